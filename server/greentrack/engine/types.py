@@ -1,0 +1,78 @@
+"""Value types and the backend protocol shared by the engines (transformers, vLLM) and the pipeline.
+
+A backend turns a ``CompletionRequest`` (document text and cursor) into an ``EngineResult``: the suggestion,
+token counts, and the exact phase spans (``PhaseSpan``) that the energy layer attributes energy to.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from greentrack.energy.types import PhaseSpan
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """What to complete. ``offset`` is a Python ``str`` index into ``text`` (the cursor)."""
+
+    request_id: str
+    document_key: str  # KV reuse is kept per document (the LSP uri, or the file path)
+    text: str
+    offset: int
+    language_id: str = "python"
+    max_tokens: int = 64
+    max_time_s: float = 1.5
+    context_tokens: int = 1024
+
+
+class CancelToken:
+    """Set by whoever wants the generation stopped; backends check it at every decode step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class EngineResult:
+    """A finished (or cancelled) generation.
+
+    ``text`` is the suggestion to insert at the cursor, after stop rules and suffix de-duplication.
+    ``spans`` holds this request's prefill span and (when any token was decoded after the first) its decode
+    span, on ``time.monotonic()``'s clock, each taken after a device synchronize.
+    """
+
+    request_id: str
+    text: str
+    prompt_tokens: int
+    reused_prompt_tokens: int
+    completion_tokens: int
+    spans: list[PhaseSpan]
+    started_s: float
+    ended_s: float
+    cancelled: bool = False
+    stop_reason: str = ""
+    extras: dict[str, object] = field(default_factory=dict)
+
+    def span(self, kind: str) -> PhaseSpan | None:
+        return next((s for s in self.spans if s.kind == kind), None)
+
+
+class CompletionBackend(Protocol):
+    """An engine that runs one model. One generation at a time per backend instance (callers serialize)."""
+
+    name: str  # "transformers" | "vllm"
+    model_id: str  # what the user named (or "embedded")
+    device: str  # "cpu", "cuda:0", ...
+
+    def complete(self, request: CompletionRequest, cancel: CancelToken) -> EngineResult: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The language server (pygls): thin handlers over ``greentrack.pipeline``."""

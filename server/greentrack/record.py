@@ -1,0 +1,76 @@
+"""``CompletionRecord``: one completion request that reached the model, as the store keeps it.
+
+Its fields are the ``greentrack/energy`` notification of ``shared/CONTRACT.md`` plus ``ts``, ``developer``,
+``accepted`` and ``accepted_ts``. The pipeline fills it; the store writes it; the LSP sends ``energy_fields()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from greentrack.energy.types import Method
+
+Outcome = Literal["shown", "empty", "cancelled", "error"]
+
+#: The fields of the ``greentrack/energy`` notification, in contract order.
+ENERGY_FIELDS: tuple[str, ...] = (
+    "completion_id", "uri", "language_id", "model", "backend", "device",
+    "prompt_tokens", "reused_prompt_tokens", "completion_tokens",
+    "prefill_ms", "decode_ms", "latency_ms",
+    "prefill_j", "decode_j", "total_j",
+    "method", "meter", "uncertainty_j",
+    "co2e_g", "outcome",
+)
+
+
+def utc_now_iso() -> str:
+    """The current time, UTC, ISO 8601 with microseconds and an explicit offset."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def co2e_grams(energy_j: float, intensity_g_per_kwh: float) -> float:
+    """Grams CO2e for an energy. Units: J in, gCO2e/kWh intensity; 1 kWh = 3.6e6 J."""
+    return energy_j / 3.6e6 * intensity_g_per_kwh
+
+
+@dataclass
+class CompletionRecord:
+    """One completion. Units: ms for times, J for energy, g for CO2e."""
+
+    completion_id: str
+    uri: str
+    language_id: str
+    model: str
+    backend: str
+    device: str
+    prompt_tokens: int
+    reused_prompt_tokens: int
+    completion_tokens: int
+    prefill_ms: float
+    decode_ms: float
+    latency_ms: float
+    prefill_j: float
+    decode_j: float
+    total_j: float
+    method: Method
+    meter: str
+    uncertainty_j: float | None
+    co2e_g: float
+    outcome: Outcome
+    ts: str = field(default_factory=utc_now_iso)
+    developer: str = ""
+    accepted: int = 0
+    accepted_ts: str | None = None
+    #: Only filled when the user opted in to storing source text (``GREENTRACK_STORE_TEXT=1``).
+    text: str | None = None
+
+    def energy_fields(self) -> dict[str, Any]:
+        """The ``greentrack/energy`` notification's params."""
+        row = asdict(self)
+        return {name: row[name] for name in ENERGY_FIELDS}
+
+    def row(self) -> dict[str, Any]:
+        """Everything the store keeps."""
+        return asdict(self)

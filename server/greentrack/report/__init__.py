@@ -1,0 +1,1 @@
+"""Weekly per-developer sustainability summaries read from the store. Never imports ``lsp``."""

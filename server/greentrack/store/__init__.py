@@ -1,0 +1,1 @@
+"""The SQLite store of completions (sqlite-utils), with migrations and WAL."""
