@@ -26,3 +26,7 @@ class BadInput(GreentrackError):
 
 class BackendUnavailable(GreentrackError):
     """The requested backend is not installed (names the extra to install)."""
+
+
+class UsageError(GreentrackError):
+    """The command was used wrongly (exit status 2)."""

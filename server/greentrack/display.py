@@ -1,0 +1,65 @@
+"""Rich renderings of one completion and its energy, for ``greentrack complete``.
+
+Every energy figure is shown with how it was obtained (method, meter) and its uncertainty.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+_METHOD_WORDS = {
+    "measured": "measured: a counter read spanning exactly each phase",
+    "attributed": "attributed: counter energy split over the phases by their timestamps",
+    "estimated": "estimated: no energy counter here, a model of the machine",
+}
+
+
+def format_energy(energy_j: float) -> str:
+    """3.21 J, 412 mJ, 1.20 kJ: three significant figures in the unit that fits. Units: J in."""
+    magnitude = abs(energy_j)
+    if magnitude >= 1000:
+        return f"{energy_j / 1000:.3g} kJ"
+    if magnitude >= 1 or magnitude == 0:
+        return f"{energy_j:.3g} J"
+    return f"{energy_j * 1000:.3g} mJ"
+
+
+def completion_table(fields: dict[str, Any], db_path: Path) -> Group:
+    """The suggestion, then a table of its phases with energy, time and tokens."""
+    suggestion = fields.get("text") or ""
+    body = Syntax(suggestion, fields.get("language_id") or "text", theme="ansi_dark") if suggestion else Text(
+        "(no suggestion)", style="dim"
+    )
+    uncertainty = fields.get("uncertainty_j")
+    plus_minus = f" ± {format_energy(uncertainty)}" if uncertainty is not None else " (uncertainty unknown)"
+    table = Table(title="Energy of this completion", title_justify="left")
+    table.add_column("phase")
+    table.add_column("energy", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("tokens", justify="right")
+    table.add_row(
+        "prefill", format_energy(fields["prefill_j"]), f"{fields['prefill_ms']:.0f} ms",
+        f"{fields['prompt_tokens']} ({fields['reused_prompt_tokens']} reused)",
+    )
+    table.add_row(
+        "decode", format_energy(fields["decode_j"]), f"{fields['decode_ms']:.0f} ms", str(fields["completion_tokens"])
+    )
+    table.add_row(
+        "total", format_energy(fields["total_j"]) + plus_minus, f"{fields['latency_ms']:.0f} ms latency", "",
+        style="bold",
+    )
+    notes = Text.assemble(
+        ("method  ", "bold"), _METHOD_WORDS.get(fields["method"], fields["method"]), "\n",
+        ("meter   ", "bold"), str(fields["meter"]), "\n",
+        ("CO2e    ", "bold"), f"{fields['co2e_g']:.3g} g", "\n",
+        ("model   ", "bold"), f"{fields['model']} via {fields['backend']} on {fields['device']}", "\n",
+        ("outcome ", "bold"), f"{fields['outcome']} (logged to {db_path}, id {fields['completion_id']})",
+    )
+    return Group(Panel(body, title="suggestion", title_align="left"), table, notes)

