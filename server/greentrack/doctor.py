@@ -47,7 +47,7 @@ def diagnose(settings: Settings, *, load_model: bool = True) -> dict[str, Any]:
     }
     db: dict[str, Any] = {"path": str(settings.db_path)}
     try:
-        from greentrack.store.db import Store
+        from greentrack.store import Store
 
         with Store(settings.db_path) as store:
             db["schema_version"] = store.schema_version

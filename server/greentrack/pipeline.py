@@ -24,7 +24,7 @@ from greentrack.record import CompletionRecord, Outcome, co2e_grams
 
 if TYPE_CHECKING:
     from greentrack.energy.monitor import EnergyMonitor
-    from greentrack.store.db import Store
+    from greentrack.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def host_name() -> str:
 
 
 def open_store(settings: Settings) -> Store:
-    from greentrack.store.db import Store
+    from greentrack.store import Store
 
     return Store(settings.db_path)
 

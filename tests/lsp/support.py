@@ -1,0 +1,110 @@
+"""Fixtures for the end-to-end language-server tests: the real ``greentrack lsp`` over stdio, the real
+embedded model, a real SQLite file. Notifications the server sends are collected per client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+SERVER_COMMAND = [sys.executable, "-m", "greentrack", "lsp"]
+
+
+def server_env(db: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(GREENTRACK_DB=str(db), GREENTRACK_DEVELOPER="lsp-test@example.com", PYTHONUNBUFFERED="1")
+    env.pop("GREENTRACK_MODEL", None)
+    env.update(extra)
+    return env
+
+
+def make_config(db: Path, **extra: str) -> ClientServerConfig:
+    return ClientServerConfig(server_command=SERVER_COMMAND, server_env=server_env(db, **extra))
+
+
+class Collected:
+    """Custom notifications (``greentrack/energy``, ``greentrack/status``) as plain dicts, in order."""
+
+    def __init__(self) -> None:
+        self.energy: list[dict[str, Any]] = []
+        self.status: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout_s: float = 60.0) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            value = predicate()
+            if value:
+                return value
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise TimeoutError(f"gave up after {timeout_s} s; status={self.status} energy={self.energy}")
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+
+def _plain(params: Any) -> dict[str, Any]:
+    if isinstance(params, dict):
+        return params
+    return {k: getattr(params, k) for k in params._fields} if hasattr(params, "_fields") else dict(vars(params))
+
+
+def attach_collector(client: LanguageClient) -> Collected:
+    collected = Collected()
+
+    @client.feature("greentrack/energy")
+    def on_energy(params: Any) -> None:
+        collected.energy.append(_plain(params))
+        collected.changed.set()
+
+    @client.feature("greentrack/status")
+    def on_status(params: Any) -> None:
+        collected.status.append(_plain(params))
+        collected.changed.set()
+
+    return collected
+
+
+async def start_session(
+    client: LanguageClient, options: dict[str, Any] | None = None, wait_ready: bool = True
+) -> Collected:
+    collected = attach_collector(client)
+    await client.initialize_session(
+        types.InitializeParams(
+            capabilities=client_capabilities("visual-studio-code"),
+            initialization_options={"greentrack": {"debounceMs": 0, **(options or {})}},
+            root_uri=Path(tempfile.gettempdir()).as_uri(),
+        )
+    )
+    if wait_ready:
+        await collected.wait_for(
+            lambda: any(s["state"] in ("ready", "error") for s in collected.status), timeout_s=180
+        )
+        assert collected.status[-1]["state"] == "ready", collected.status
+    return collected
+
+
+def open_document(client: LanguageClient, uri: str, text: str, language_id: str = "python", version: int = 1) -> None:
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id=language_id, version=version, text=text)
+        )
+    )
+
+
+def inline_params(uri: str, line: int, character: int) -> types.InlineCompletionParams:
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        position=types.Position(line=line, character=character),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+    )
