@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from store_records import make_record
+from tests.store.store_records import make_record
 
 from greentrack.errors import StoreError
 from greentrack.store import SCHEMA_VERSION, Store, StoreUnwritable
@@ -219,8 +219,8 @@ def test_corrupt_and_foreign_files_are_refused_untouched(tmp_path: Path, kind: s
         data = path.read_bytes()
         path.write_bytes(data[:100] + os.urandom(len(data) - 100))
     elif kind == "foreign":
-        _foreign_sqlite(path, "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users VALUES (1, 'x');"
-                        .replace("; INSERT", ";\nINSERT"))
+        _foreign_sqlite(path, "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);\n"
+                              "INSERT INTO users VALUES (1, 'x');")
     elif kind == "newer":
         _foreign_sqlite(path, V1_SQL + "PRAGMA user_version = 7;")
     else:
