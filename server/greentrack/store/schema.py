@@ -164,7 +164,7 @@ def calibration_row(data: Mapping[str, Any], *, ts: str | None = None) -> dict[s
         raise StoreError(f"a calibration needs {', '.join(missing)}")
     when = normalize_ts(str(data.get("ts") or ts or datetime.now(UTC).isoformat()))
     try:
-        blob = json.dumps({**data, "ts": when}, sort_keys=True, allow_nan=False)
+        blob = json.dumps(dict(data), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise StoreError(f"a calibration must be plain JSON data: {e}") from e
     return {"ts": when, "host": str(data["host"]), "device": str(data["device"]),
