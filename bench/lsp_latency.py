@@ -1,0 +1,165 @@
+"""Benchmark: keystroke-to-suggestion latency of the real language server while a real file is typed.
+
+Replays the start of a module of Python's standard library character by character into ``greentrack lsp``
+(real embedded model, real SQLite), the way VS Code drives an inline-completion provider: every keystroke
+sends ``didChange`` and a new ``textDocument/inlineCompletion`` request and cancels the previous request
+(``$/cancelRequest``). Pauses at line ends let suggestions finish. Prints p50/p95 latency of the answered
+requests, the share answered with a suggestion, and the server's CPU seconds per suggestion, side by side
+for the policies given (debounce values).
+
+    .venv/bin/python bench/lsp_latency.py --chars 300 --debounce 0 --debounce 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import os
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+
+@dataclass
+class Run:
+    debounce_ms: int
+    latencies_ms: list[float] = field(default_factory=list)
+    suggestions: int = 0
+    requests: int = 0
+    cancelled: int = 0
+    server_cpu_s: float = 0.0
+
+
+def source_text() -> str:
+    return inspect.getsource(textwrap)
+
+
+async def replay(debounce_ms: int, chars: int, keystroke_s: float, pause_s: float) -> Run:
+    run = Run(debounce_ms)
+    db = Path(tempfile.mkdtemp(prefix="greentrack-bench-")) / "bench.db"
+    env = dict(os.environ, GREENTRACK_DB=str(db), GREENTRACK_DEVELOPER="bench@example.com")
+    client = LanguageClient("greentrack-bench", "0")
+    ready = asyncio.Event()
+
+    @client.feature("greentrack/status")
+    def on_status(params: object) -> None:
+        if getattr(params, "state", None) in ("ready", "error"):
+            ready.set()
+
+    await client.start_io(sys.executable, "-m", "greentrack", "lsp", env=env)
+    assert client._server is not None
+    server = psutil.Process(client._server.pid)
+    await client.initialize_async(
+        types.InitializeParams(
+            capabilities=types.ClientCapabilities(),
+            initialization_options={"greentrack": {"debounceMs": debounce_ms, "maxTokens": 32}},
+        )
+    )
+    client.initialized(types.InitializedParams())
+    await asyncio.wait_for(ready.wait(), 300)
+    text = source_text()
+    start = text.index("def wrap(")  # type a real function, character by character
+    typed = text[start : start + chars]
+    uri = "file:///bench/textwrap_typed.py"
+    prefix = text[:start]
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=prefix))
+    )
+    line = prefix.count("\n")
+    col = 0
+    cpu_before = server.cpu_times()
+    pending: tuple[asyncio.Task[object], float, str] | None = None
+
+    async def settle(task: asyncio.Task[object], sent_s: float) -> None:
+        try:
+            result = await task
+        except Exception:
+            run.cancelled += 1
+            return
+        run.latencies_ms.append((time.monotonic() - sent_s) * 1000)
+        if result:
+            run.suggestions += 1
+
+    settles: list[asyncio.Task[None]] = []
+    for version, char in enumerate(typed, start=2):
+        if pending is not None and not pending[0].done():
+            client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=pending[2]))
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                content_changes=[
+                    types.TextDocumentContentChangePartial(
+                        range=types.Range(types.Position(line, col), types.Position(line, col)), text=char
+                    )
+                ],
+            )
+        )
+        if char == "\n":
+            line, col = line + 1, 0
+        else:
+            col += 1
+        msg_id = f"bench-{debounce_ms}-{version}"
+        params = types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri),
+            position=types.Position(line, col),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+        )
+        sent_s = time.monotonic()
+        task = asyncio.ensure_future(
+            client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id)
+        )
+        run.requests += 1
+        settles.append(asyncio.ensure_future(settle(task, sent_s)))
+        pending = (task, sent_s, msg_id)
+        await asyncio.sleep(pause_s if char == "\n" else keystroke_s)
+    await asyncio.gather(*settles)
+    cpu_after = server.cpu_times()
+    run.server_cpu_s = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    return run
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chars", type=int, default=300, help="characters to type")
+    parser.add_argument("--keystroke-ms", type=float, default=120.0, help="time between keystrokes")
+    parser.add_argument("--pause-ms", type=float, default=1200.0, help="pause at the end of each line")
+    parser.add_argument("--debounce", type=int, action="append", help="debounce (ms); repeat to compare")
+    args = parser.parse_args()
+    runs = [
+        await replay(d, args.chars, args.keystroke_ms / 1000, args.pause_ms / 1000) for d in (args.debounce or [150])
+    ]
+    print(f"typed {args.chars} chars of textwrap.wrap, {args.keystroke_ms:.0f} ms/keystroke, "
+          f"{args.pause_ms:.0f} ms pause at line ends; {os.cpu_count()} CPUs")
+    print(f"{'debounce':>9} {'requests':>8} {'answered':>8} {'cancelled':>9} {'shown':>6} "
+          f"{'p50 ms':>8} {'p95 ms':>8} {'CPU s/suggestion':>17}")
+    for r in runs:
+        per = r.server_cpu_s / r.suggestions if r.suggestions else float("nan")
+        print(f"{r.debounce_ms:>7}ms {r.requests:>8} {len(r.latencies_ms):>8} {r.cancelled:>9} {r.suggestions:>6} "
+              f"{percentile(r.latencies_ms, 0.5):>8.0f} {percentile(r.latencies_ms, 0.95):>8.0f} {per:>17.2f}")
+    if len(runs) > 1:
+        base = runs[0]
+        for r in runs[1:]:
+            ratio = (r.server_cpu_s / base.server_cpu_s) if base.server_cpu_s else float("nan")
+            print(f"server CPU, debounce {r.debounce_ms} ms vs {base.debounce_ms} ms: {ratio:.2f}×")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
