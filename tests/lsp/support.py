@@ -4,6 +4,7 @@ embedded model, a real SQLite file. Notifications the server sends are collected
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
@@ -47,10 +48,8 @@ class Collected:
             if remaining <= 0:
                 raise TimeoutError(f"gave up after {timeout_s} s; status={self.status} energy={self.energy}")
             self.changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
 
 def _plain(params: Any) -> dict[str, Any]:

@@ -7,15 +7,12 @@ import asyncio
 import json
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from lsprotocol import types
 from pytest_lsp import LanguageClient
-
 from tests.lsp.support import SERVER_COMMAND, inline_params, make_config, open_document, server_env, start_session
 from tests.lsp.test_lsp_server import AREA
 

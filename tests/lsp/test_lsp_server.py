@@ -17,9 +17,9 @@ import pytest
 import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient
+from tests.lsp.support import Collected, inline_params, make_config, open_document, start_session
 
 from greentrack.record import ENERGY_FIELDS
-from tests.lsp.support import Collected, inline_params, make_config, open_document, start_session
 
 pytestmark = [pytest.mark.e2e]
 
@@ -137,7 +137,7 @@ async def test_cancel_request_stops_generation_and_logs_energy(client: LanguageC
     assert not task.done(), "generation finished before it could be cancelled"
     cancelled_at = time.monotonic()
     client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
-    with pytest.raises(Exception, match="(?i)cancel"):
+    with pytest.raises(Exception, match=r"(?i)cancel"):
         await task
     answered_s = time.monotonic() - cancelled_at
     assert answered_s < 0.5, f"the cancelled request took {answered_s:.2f} s to answer"
@@ -159,9 +159,12 @@ async def test_newer_request_supersedes_older(client: LanguageClient) -> None:
     second = asyncio.ensure_future(client.text_document_inline_completion_async(params))
     assert await first == []
     await second
-    outcomes = await found.wait_for(
-        lambda: (lambda xs: xs if len(xs) >= 2 else None)([e["outcome"] for e in found.energy[before:] if e["uri"] == uri])
-    )
+
+    def both_logged() -> list[str] | None:
+        outcomes = [e["outcome"] for e in found.energy[before:] if e["uri"] == uri]
+        return outcomes if len(outcomes) >= 2 else None
+
+    outcomes = await found.wait_for(both_logged)
     assert outcomes[0] == "cancelled" and outcomes[1] in ("shown", "empty")
 
 
