@@ -1,0 +1,193 @@
+/**
+ * Starts, stops and restarts the language client (`<python> -m greentrack lsp` over stdio).
+ * Start/stop run one at a time; restart requests that arrive while one is waiting share it, so a burst
+ * of setting changes restarts the server once. The server's notifications go to the status bar.
+ */
+import * as vscode from 'vscode';
+import {
+  LanguageClient,
+  LanguageClientOptions,
+  RevealOutputChannelOn,
+  ServerOptions,
+  State,
+  TransportKind,
+} from 'vscode-languageclient/node';
+import { ENERGY_NOTIFICATION, EnergyParams, STATUS_NOTIFICATION, StatusParams } from './protocol';
+import { PythonNotFoundError, Resolved, resolvePython } from './python';
+import { getSettings, LANGUAGES, SECTION, serverOptions } from './settings';
+import type { EnergyStatusBar } from './statusBar';
+
+export class ServerManager implements vscode.Disposable {
+  private client: LanguageClient | undefined;
+  private resolved: Resolved | undefined;
+  private queue: Promise<void> = Promise.resolve();
+  private queuedRestart: Promise<void> | undefined;
+  private stopping = false;
+  private disposed = false;
+
+  constructor(
+    private readonly context: vscode.ExtensionContext,
+    private readonly channel: vscode.LogOutputChannel,
+    private readonly statusBar: EnergyStatusBar,
+  ) {}
+
+  /** The interpreter the server runs with (resolved anew when the server is not running). */
+  async python(): Promise<Resolved> {
+    if (this.resolved) {
+      return this.resolved;
+    }
+    return resolvePython(getSettings().pythonPath, this.context.extensionPath, (m) => this.channel.info(m));
+  }
+
+  start(): Promise<void> {
+    return this.enqueue(() => this.doStart());
+  }
+
+  /** Restart once, however many times it is asked before the restart begins. */
+  restart(reason: string): Promise<void> {
+    if (this.queuedRestart) {
+      this.channel.info(`restart (${reason}): one is already queued`);
+      return this.queuedRestart;
+    }
+    const p = this.enqueue(async () => {
+      this.queuedRestart = undefined;
+      this.channel.info(`restarting the server: ${reason}`);
+      await this.doStop();
+      await this.doStart();
+    });
+    this.queuedRestart = p;
+    return p;
+  }
+
+  stop(): Promise<void> {
+    return this.enqueue(() => this.doStop());
+  }
+
+  private enqueue(task: () => Promise<void>): Promise<void> {
+    const next = this.queue.then(task, task);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  private async doStart(): Promise<void> {
+    if (this.disposed || this.client) {
+      return;
+    }
+    const settings = getSettings();
+    this.statusBar.starting('Looking for a Python with greentrack installed…');
+    let resolved: Resolved;
+    try {
+      resolved = await resolvePython(settings.pythonPath, this.context.extensionPath, (m) => this.channel.info(m));
+    } catch (e) {
+      const message = e instanceof Error ? e.message : String(e);
+      this.channel.error(message);
+      this.statusBar.error(message);
+      if (e instanceof PythonNotFoundError) {
+        void this.offerSetup(message);
+      }
+      return;
+    }
+    this.resolved = resolved;
+    this.channel.info(`starting: ${resolved.python} -m greentrack lsp (greentrack ${resolved.version}, from ${resolved.source})`);
+
+    const cwd = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
+    const server: ServerOptions = {
+      command: resolved.python,
+      args: ['-m', 'greentrack', 'lsp'],
+      transport: TransportKind.stdio,
+      // The extension host's environment (GREENTRACK_DB, GREENTRACK_DEVELOPER, ...) applies to the server.
+      options: { env: { ...process.env, PYTHONUNBUFFERED: '1' }, ...(cwd ? { cwd } : {}) },
+    };
+    const clientOptions: LanguageClientOptions = {
+      documentSelector: LANGUAGES.flatMap((language) => [
+        { scheme: 'file', language },
+        { scheme: 'untitled', language },
+      ]),
+      initializationOptions: serverOptions(settings),
+      synchronize: { configurationSection: SECTION },
+      outputChannel: this.channel,
+      revealOutputChannelOn: RevealOutputChannelOn.Never,
+      middleware: {
+        provideInlineCompletionItems: (document, position, context, token, next) =>
+          getSettings(document.uri).enabled ? next(document, position, context, token) : null,
+      },
+    };
+    const client = new LanguageClient('greentrack', 'greentrack', server, clientOptions);
+    this.client = client;
+    client.onNotification(STATUS_NOTIFICATION, (p: StatusParams) => {
+      this.channel.info(`server status: ${p.state}${p.message ? ` — ${p.message}` : ''}`);
+      this.statusBar.onStatus(p);
+    });
+    client.onNotification(ENERGY_NOTIFICATION, (p: EnergyParams) => {
+      this.channel.debug(`energy: ${JSON.stringify(p)}`);
+      this.statusBar.onEnergy(p);
+    });
+    client.onDidChangeState((e) => {
+      if (e.newState === State.Stopped && !this.stopping && this.client === client) {
+        this.statusBar.error('The greentrack server stopped. Run "greentrack: Restart Language Server"; see "greentrack: Show Logs".');
+      }
+    });
+    this.statusBar.starting('Starting the greentrack server…');
+    try {
+      await client.start();
+    } catch (e) {
+      const message = `The greentrack server did not start: ${e instanceof Error ? e.message : String(e)}`;
+      this.channel.error(message);
+      this.statusBar.error(message);
+      this.client = undefined;
+      try {
+        await client.dispose();
+      } catch {
+        // already gone
+      }
+    }
+  }
+
+  private async doStop(): Promise<void> {
+    const client = this.client;
+    this.client = undefined;
+    this.resolved = undefined;
+    if (!client) {
+      return;
+    }
+    this.stopping = true;
+    try {
+      if (client.state !== State.Stopped) {
+        await client.stop(5000);
+      }
+    } catch (e) {
+      this.channel.warn(`stopping the server: ${String(e)}`);
+    } finally {
+      this.stopping = false;
+    }
+  }
+
+  private async offerSetup(message: string): Promise<void> {
+    const setup = 'Open Setup Instructions';
+    const choose = 'Set greentrack.pythonPath';
+    const choice = await vscode.window.showErrorMessage(message, setup, choose);
+    if (choice === setup) {
+      await openSetupInstructions(this.context);
+    } else if (choice === choose) {
+      await vscode.commands.executeCommand('workbench.action.openSettings', 'greentrack.pythonPath');
+    }
+  }
+
+  dispose(): void {
+    this.disposed = true;
+    void this.stop();
+  }
+}
+
+/** The README's set-up section, rendered (it ships in the .vsix). */
+export async function openSetupInstructions(context: vscode.ExtensionContext): Promise<void> {
+  const readme = vscode.Uri.joinPath(context.extensionUri, 'README.md');
+  try {
+    await vscode.workspace.fs.stat(readme);
+    await vscode.commands.executeCommand('markdown.showPreview', readme);
+  } catch {
+    void vscode.window.showInformationMessage(
+      'Set up greentrack: create a virtual environment, `pip install -e .` in the greentrack repository, then set greentrack.pythonPath to its python.',
+    );
+  }
+}

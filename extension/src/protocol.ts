@@ -1,0 +1,50 @@
+/**
+ * The server's custom notifications (shared/CONTRACT.md, "Language server protocol"): the shapes the
+ * status bar reads. Plain types only, so unit tests can import them without VS Code.
+ */
+
+/** Method names of the server-to-client notifications. */
+export const ENERGY_NOTIFICATION = 'greentrack/energy';
+export const STATUS_NOTIFICATION = 'greentrack/status';
+
+/** Command the server attaches to every inline completion item (it is the server's, not ours). */
+export const ACCEPT_COMMAND = 'greentrack.accept';
+
+export type EnergyMethod = 'measured' | 'attributed' | 'estimated';
+export type Outcome = 'shown' | 'empty' | 'cancelled' | 'error';
+
+/** `greentrack/energy`: one completion request that reached the model. Units: J, ms, g. */
+export interface EnergyParams {
+  completion_id: string;
+  uri?: string;
+  language_id?: string;
+  model?: string;
+  backend?: string;
+  device?: string;
+  prompt_tokens?: number;
+  reused_prompt_tokens?: number;
+  completion_tokens?: number;
+  prefill_ms?: number;
+  decode_ms?: number;
+  latency_ms?: number;
+  prefill_j?: number;
+  decode_j?: number;
+  total_j: number;
+  method?: EnergyMethod | string;
+  meter?: string;
+  uncertainty_j?: number | null;
+  co2e_g?: number;
+  outcome?: Outcome | string;
+  /** Optional: today's total for this developer from the database (all sessions), when the server sends it. */
+  today_j?: number;
+  /** Optional: today's completion count from the database, when the server sends it. */
+  today_completions?: number;
+}
+
+export type ServerState = 'starting' | 'ready' | 'busy' | 'error';
+
+/** `greentrack/status`: what to show before, during and after model loading. */
+export interface StatusParams {
+  state: ServerState | string;
+  message?: string;
+}

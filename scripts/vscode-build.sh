@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Build the VS Code extension: npm ci, tsc, vsce package → greentrack.vsix at the repository root.
+# Runs with Node 24 from .cache/node24 (@vscode/vsce 4.x needs Node >= 22; the system may have Node 20).
+# Prints the .vsix path.
+#
+# Usage: scripts/vscode-build.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NODE24="$("$ROOT/scripts/vscode-node24.sh")"
+export PATH="$NODE24/bin:$PATH"
+export npm_config_nodedir="$NODE24"
+cd "$ROOT"
+
+# npm ci only when package-lock.json changed since the last install (it wipes node_modules).
+stamp="node_modules/.greentrack-lock.sha256"
+want="$(sha256sum package-lock.json | cut -d' ' -f1)"
+if [[ ! -f "$stamp" ]] || [[ "$(cat "$stamp")" != "$want" ]]; then
+  echo "vscode-build: npm ci" >&2
+  npm ci --no-audit --no-fund >&2
+  echo "$want" > "$stamp"
+fi
+
+echo "vscode-build: tsc" >&2
+./node_modules/.bin/tsc -p . >&2
+
+echo "vscode-build: vsce package" >&2
+rm -f greentrack.vsix
+# --skip-license: the license is named in package.json; a LICENSE file is packed when present.
+./node_modules/.bin/vsce package --out greentrack.vsix --allow-missing-repository --skip-license \
+  --allow-star-activation --no-rewrite-relative-links >&2 </dev/null
+echo "$ROOT/greentrack.vsix"
