@@ -53,7 +53,12 @@ class PhaseEnergy:
 
 @dataclass(frozen=True)
 class CounterSample:
-    """One reading of a cumulative energy counter. Units: s (monotonic), J (since an arbitrary origin)."""
+    """One reading of a cumulative energy counter. Units: s (monotonic), J (since an arbitrary origin).
+
+    ``t_s`` is the middle of the read call and ``read_s`` its duration: the value was taken somewhere in
+    ``[t_s - read_s / 2, t_s + read_s / 2]`` (an NVML energy read takes ~4 ms).
+    """
 
     t_s: float
     energy_j: float
+    read_s: float = 0.0

@@ -1,0 +1,289 @@
+"""A machine's per-phase energy model, measured once (``greentrack calibrate``) and used ever after.
+
+Flow: ``run_calibration`` runs the engine's synthetic phases (a prompt of N tokens, M tokens decoded) at binned
+sizes, powers of two as in Fernandez et al. (ACL 2025, arXiv 2504.17674), each many times back to back in a
+long window (≥ 2 s) read by the monitor's counter — never a single read around one phase; ``fit_calibration``
+fits joules per prompt token and per decoded token (weighted least squares on relative error) and each phase
+kind's whole-device power. The store keeps ``Calibration.to_dict()`` keyed by (host, device, model). Then:
+
+* with a counter, ``monitor`` uses ``prefill_w``/``decode_w``/``idle_w`` as attribution weights;
+* without one, ``calibrated_phase_energy`` estimates each phase from its token count (method ``estimated``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from greentrack.energy.attribution import PhaseWeights
+from greentrack.energy.types import PhaseEnergy, PhaseSpan
+
+if TYPE_CHECKING:
+    from greentrack.energy.monitor import EnergyMonitor
+
+#: A calibrated estimate is never claimed better than this (the machine's state drifts). Relative.
+MIN_RELATIVE_UNCERTAINTY = 0.10
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    """One bin's measured means. Units: tokens, s, J (per phase, whole device)."""
+
+    prompt_tokens: float
+    decode_tokens: float
+    prefill_s: float
+    decode_s: float
+    prefill_j: float
+    decode_j: float
+    output_tokens: int = 0  # what was asked (decode_tokens + the first token, which prefill yields)
+
+
+@dataclass
+class Calibration:
+    """The fitted model. Units: J per token, W, s; ``fit_error`` is the RMS relative residual of the fits.
+
+    Phase energy (whole device) ≈ ``prefill_fixed_j + j_per_prompt_token × prompt tokens`` for prefill and
+    ``decode_fixed_j + j_per_decode_token × decoded tokens`` for decode.
+    """
+
+    source_meter: str
+    device: str
+    model: str
+    host: str
+    j_per_prompt_token: float
+    j_per_decode_token: float
+    prefill_w: float
+    decode_w: float
+    idle_w: float
+    fit_error: float
+    n_points: int
+    created_ts: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    prefill_fixed_j: float = 0.0
+    decode_fixed_j: float = 0.0
+    points: list[CalibrationPoint] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data for the store (also the keys its report reads: ``*_j_per_token``, ``bins``)."""
+        out = asdict(self)
+        out["points"] = [asdict(p) for p in self.points]
+        out["prefill_j_per_token"] = self.j_per_prompt_token
+        out["decode_j_per_token"] = self.j_per_decode_token
+        out["bins"] = [
+            {"input_tokens": p.prompt_tokens, "output_tokens": p.output_tokens,
+             "energy_j": p.prefill_j + p.decode_j}
+            for p in self.points
+        ]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
+        """Inverse of ``to_dict``. Raises ``KeyError``/``TypeError``/``ValueError`` on a malformed document."""
+        def num(key: str, alias: str | None = None, default: float | None = None) -> float:
+            if key in data:
+                value = data[key]
+            elif alias is not None and alias in data:
+                value = data[alias]
+            elif default is not None:
+                value = default
+            else:
+                raise KeyError(f"calibration lacks {key!r}")
+            f = float(value)
+            if not math.isfinite(f):
+                raise ValueError(f"calibration {key!r} is not finite")
+            return f
+
+        points = [CalibrationPoint(**p) for p in data.get("points", [])]
+        return cls(
+            source_meter=str(data["source_meter"]),
+            device=str(data["device"]),
+            model=str(data["model"]),
+            host=str(data["host"]),
+            j_per_prompt_token=num("j_per_prompt_token", "prefill_j_per_token"),
+            j_per_decode_token=num("j_per_decode_token", "decode_j_per_token"),
+            prefill_w=num("prefill_w"),
+            decode_w=num("decode_w"),
+            idle_w=num("idle_w"),
+            fit_error=num("fit_error", default=0.0),
+            n_points=int(data.get("n_points", len(points))),
+            created_ts=str(data.get("created_ts", "")),
+            prefill_fixed_j=num("prefill_fixed_j", default=0.0),
+            decode_fixed_j=num("decode_fixed_j", default=0.0),
+            points=points,
+        )
+
+    @property
+    def weights(self) -> PhaseWeights:
+        """The per-kind powers as attribution weights."""
+        return PhaseWeights(prefill_w=self.prefill_w, decode_w=self.decode_w, idle_w=self.idle_w)
+
+    @property
+    def meter_name(self) -> str:
+        return f"calibrated:{self.source_meter}@{self.host}"
+
+    @property
+    def relative_uncertainty(self) -> float:
+        """Twice the fit's RMS relative residual (≈ 95 % of bins), never under 10 %."""
+        return max(MIN_RELATIVE_UNCERTAINTY, 2.0 * self.fit_error)
+
+    def phase_j(self, span: PhaseSpan) -> float:
+        """The model's energy for one phase. Units: J."""
+        if span.kind == "prefill":
+            return max(0.0, self.prefill_fixed_j + self.j_per_prompt_token * span.work)
+        return max(0.0, self.decode_fixed_j + self.j_per_decode_token * span.work)
+
+
+def calibrated_phase_energy(spans: Sequence[PhaseSpan], calibration: Calibration) -> list[PhaseEnergy]:
+    """Estimate each phase from the calibrated model (no counter). Method ``estimated``."""
+    rel = calibration.relative_uncertainty
+    out: list[PhaseEnergy] = []
+    for s in spans:
+        e = calibration.phase_j(s)
+        out.append(PhaseEnergy(s.request_id, s.kind, e, "estimated", calibration.meter_name, rel * e, None))
+    return out
+
+
+def _fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """(slope, intercept) minimising the squared *relative* residuals; through the origin when the intercept
+    would be negative or cannot be determined (one distinct x)."""
+    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y > 0]
+    if not pts:
+        return 0.0, 0.0
+    ws = [1.0 / (y * y) for _, y in pts]
+    if len({x for x, _ in pts}) >= 2:
+        sw = math.fsum(ws)
+        sx = math.fsum(w * x for w, (x, _) in zip(ws, pts, strict=True))
+        sy = math.fsum(w * y for w, (_, y) in zip(ws, pts, strict=True))
+        sxx = math.fsum(w * x * x for w, (x, _) in zip(ws, pts, strict=True))
+        sxy = math.fsum(w * x * y for w, (x, y) in zip(ws, pts, strict=True))
+        det = sw * sxx - sx * sx
+        if det > 0:
+            slope = (sw * sxy - sx * sy) / det
+            intercept = (sy - slope * sx) / sw
+            if intercept >= 0 and slope >= 0:
+                return slope, intercept
+    sxx = math.fsum(w * x * x for w, (x, _) in zip(ws, pts, strict=True))
+    sxy = math.fsum(w * x * y for w, (x, y) in zip(ws, pts, strict=True))
+    return (sxy / sxx if sxx > 0 else 0.0), 0.0
+
+
+def fit_calibration(
+    points: Sequence[CalibrationPoint],
+    *,
+    idle_w: float | None = None,
+    source_meter: str = "",
+    host: str = "",
+    device: str = "",
+    model: str = "",
+) -> Calibration:
+    """Least-squares fit of J per prompt token and per decoded token, and per-kind powers, from bin means."""
+    if not points:
+        raise ValueError("a calibration needs at least one measured point")
+    pre = [p for p in points if p.prompt_tokens > 0 and p.prefill_j > 0]
+    dec = [p for p in points if p.decode_tokens > 0 and p.decode_j > 0]
+    a_pre, b_pre = _fit_line([p.prompt_tokens for p in pre], [p.prefill_j for p in pre])
+    a_dec, b_dec = _fit_line([p.decode_tokens for p in dec], [p.decode_j for p in dec])
+    residuals = [(b_pre + a_pre * p.prompt_tokens - p.prefill_j) / p.prefill_j for p in pre]
+    residuals += [(b_dec + a_dec * p.decode_tokens - p.decode_j) / p.decode_j for p in dec]
+    fit_error = math.sqrt(math.fsum(r * r for r in residuals) / len(residuals)) if residuals else 0.0
+    pre_s = math.fsum(p.prefill_s for p in pre)
+    dec_s = math.fsum(p.decode_s for p in dec)
+    prefill_w = math.fsum(p.prefill_j for p in pre) / pre_s if pre_s > 0 else 0.0
+    decode_w = math.fsum(p.decode_j for p in dec) / dec_s if dec_s > 0 else prefill_w
+    if idle_w is None:
+        idle_w = min(w for w in (prefill_w, decode_w) if w > 0) if (prefill_w > 0 or decode_w > 0) else 0.0
+    return Calibration(
+        source_meter=source_meter, device=device, model=model, host=host,
+        j_per_prompt_token=a_pre, j_per_decode_token=a_dec,
+        prefill_w=prefill_w, decode_w=decode_w, idle_w=idle_w,
+        fit_error=fit_error, n_points=len(points),
+        prefill_fixed_j=b_pre, decode_fixed_j=b_dec, points=list(points),
+    )
+
+
+def _window(
+    run_phases: Callable[[int, int], Sequence[PhaseSpan]], n: int, m: int, repeats: int, min_window_s: float
+) -> list[PhaseSpan]:
+    """Run (n, m) back to back at least ``repeats`` times and for at least ``min_window_s``."""
+    spans: list[PhaseSpan] = []
+    count = 0
+    t0 = time.monotonic()
+    while count < repeats or time.monotonic() - t0 < min_window_s:
+        spans.extend(run_phases(n, m))
+        count += 1
+    return spans
+
+
+def run_calibration(
+    run_phases: Callable[[int, int], Sequence[PhaseSpan]],
+    monitor: EnergyMonitor,
+    prompt_sizes: Sequence[int],
+    output_sizes: Sequence[int],
+    repeats: int = 20,
+    *,
+    host: str = "",
+    device: str = "",
+    model: str = "",
+    min_window_s: float = 2.0,
+    idle_s: float = 1.0,
+) -> Calibration:
+    """Measure this machine's per-phase model with ``monitor``'s counter, over long windows.
+
+    ``run_phases(n, m)`` runs a synthetic prompt of ``n`` tokens and decodes ``m`` tokens (the first comes
+    from prefill), returning its ``PhaseSpan``s (prefill, then decode when ``m`` ≥ 2).
+
+    Per prompt size N: a window of back-to-back ``run_phases(N, 1)``; its power (counter energy over the
+    window / its duration) × the mean prefill duration is the prefill energy. Per (N, M): a window of
+    ``run_phases(N, M)``; its energy less the prefills' (at the power just measured) over the rest of the
+    window is the decode power. A window lasts at least ``min_window_s`` (≥ 20 counter steps on NVML) and
+    ``repeats`` runs, so the counter's step (~100 ms) is ≤ 5 % of it.
+    """
+    t0 = time.monotonic()
+    time.sleep(idle_s)
+    idle = monitor.window_energy(t0, time.monotonic())
+    idle_w = idle.energy_j / max(idle_s, 1e-9)
+
+    run_phases(min(prompt_sizes), max(2, min(output_sizes)))  # warm-up (allocations, kernels)
+    prefill_power_w: dict[int, float] = {}
+    prefill_dur_s: dict[int, float] = {}
+    prefill_work: dict[int, float] = {}
+    for n in prompt_sizes:
+        spans = _window(run_phases, n, 1, repeats, min_window_s)
+        pre = [s for s in spans if s.kind == "prefill"]
+        start, end = spans[0].start_s, spans[-1].end_s
+        energy_j = monitor.window_energy(start, end).energy_j
+        prefill_power_w[n] = energy_j / (end - start)
+        prefill_dur_s[n] = math.fsum(s.duration_s for s in pre) / len(pre)
+        prefill_work[n] = math.fsum(s.work for s in pre) / len(pre)
+
+    points: list[CalibrationPoint] = []
+    for n in prompt_sizes:
+        for m in output_sizes:
+            prefill_j = prefill_power_w[n] * prefill_dur_s[n]
+            if m < 2:
+                points.append(CalibrationPoint(prefill_work[n], 0.0, prefill_dur_s[n], 0.0, prefill_j, 0.0, m))
+                continue
+            spans = _window(run_phases, n, m, repeats, min_window_s)
+            pre = [s for s in spans if s.kind == "prefill"]
+            dec = [s for s in spans if s.kind == "decode"]
+            start, end = spans[0].start_s, spans[-1].end_s
+            energy_j = monitor.window_energy(start, end).energy_j
+            pre_total_s = math.fsum(s.duration_s for s in pre)
+            rest_s = (end - start) - pre_total_s
+            decode_w = max(0.0, energy_j - prefill_power_w[n] * pre_total_s) / rest_s if rest_s > 0 else 0.0
+            dec_s = math.fsum(s.duration_s for s in dec) / len(dec) if dec else 0.0
+            dec_work = math.fsum(s.work for s in dec) / len(dec) if dec else 0.0
+            points.append(CalibrationPoint(
+                prompt_tokens=math.fsum(s.work for s in pre) / len(pre),
+                decode_tokens=dec_work,
+                prefill_s=math.fsum(s.duration_s for s in pre) / len(pre),
+                decode_s=dec_s,
+                prefill_j=prefill_power_w[n] * pre_total_s / len(pre),
+                decode_j=decode_w * dec_s,
+                output_tokens=m,
+            ))
+    return fit_calibration(points, idle_w=idle_w, source_meter=monitor.meter_name,
+                           host=host, device=device, model=model)

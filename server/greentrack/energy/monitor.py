@@ -1,0 +1,210 @@
+"""``EnergyMonitor``: what the pipeline uses. A counter, its background sampler, and the attributor.
+
+Flow: ``open_monitor(device)`` picks the best meter (NVML for ``cuda``, RAPL for ``cpu``, else the calibrated
+model or the CPU-time estimate; Zeus's order) and starts its sampler. The engine records ``PhaseSpan``s
+(timestamps only: no counter read on the critical path); after the completion, off the critical path, the
+pipeline calls ``phase_energy(spans)``, which waits for the counter to step past the phases and attributes
+the counter's energy to them (``attribution.attribute``). ``probe_meters`` tells ``greentrack doctor`` which
+meters work here and why not.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from greentrack.energy.attribution import Attribution, MeterInfo, PhaseWeights, attribute
+from greentrack.energy.calibration import Calibration, calibrated_phase_energy
+from greentrack.energy.counter import Counter, MeterStatus
+from greentrack.energy.estimate import CpuTimeEstimate, probe_estimate
+from greentrack.energy.nvml import NvmlCounter, cuda_to_nvml_ids, probe_nvml
+from greentrack.energy.rapl import DEFAULT_SYSFS_ROOT, RaplCounter, probe_rapl
+from greentrack.energy.sampler import Sampler
+from greentrack.energy.types import Method, PhaseEnergy, PhaseSpan
+from greentrack.errors import MeterUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class EnergyMonitor:
+    """Per-phase energy from one meter. Thread-safe; one per process and device.
+
+    With a ``counter``: a sampler reads it in the background and ``phase_energy`` attributes (method
+    ``attributed``, or ``estimated`` for the CPU-time estimate), weighted by ``calibration``'s per-kind powers
+    where one is given. Without a counter: ``calibration``'s model estimates each phase from its tokens.
+    ``by_work``: under batching, share concurrent phases' energy by their work rate (tokens per second).
+    """
+
+    def __init__(
+        self,
+        counter: Counter | None,
+        *,
+        calibration: Calibration | None = None,
+        period_s: float | None = None,
+        ring_s: float = 120.0,
+        by_work: bool = False,
+    ) -> None:
+        if counter is None and calibration is None:
+            raise ValueError("an EnergyMonitor needs a counter or a calibration")
+        self.counter = counter
+        self.calibration = calibration
+        self.by_work = by_work
+        self.last_attribution: Attribution | None = None
+        self.sampler: Sampler | None = None
+        if counter is not None:
+            self.meter_name: str = counter.name
+            self.method: Method = counter.method
+            self.sampler = Sampler(counter, period_s=period_s, ring_s=ring_s).start()
+        else:
+            assert calibration is not None
+            self.meter_name = calibration.meter_name
+            self.method = "estimated"
+
+    # -- the pipeline's API -------------------------------------------------------------------------------
+
+    def phase_energy(self, spans: Sequence[PhaseSpan], *, timeout_s: float = 0.5) -> list[PhaseEnergy]:
+        """One ``PhaseEnergy`` per span, same order. Blocks until the counter has stepped after the last span's
+        end (typically ≤ 120 ms on NVML), or ``timeout_s``; past it, the tail is extrapolated with a wider
+        uncertainty and a warning is logged. Call it off the completion's critical path.
+        """
+        if not spans:
+            return []
+        if self.counter is None:
+            assert self.calibration is not None
+            return calibrated_phase_energy(spans, self.calibration)
+        weights = self.calibration.weights if self.calibration is not None else None
+        result = self._attribute(spans, timeout_s=timeout_s, weights=weights)
+        return result.phases
+
+    def window_energy(self, start_s: float, end_s: float, *, timeout_s: float = 1.0) -> PhaseEnergy:
+        """The energy of a whole time window (calibration, benchmarks). Units: J, monotonic s."""
+        if self.counter is None:
+            raise MeterUnavailable(f"no counter to measure a window with (meter: {self.meter_name})")
+        span = PhaseSpan("window", "prefill", start_s, end_s, 1.0)
+        return self._attribute([span], timeout_s=timeout_s, weights=None).phases[0]
+
+    def attribution(self, spans: Sequence[PhaseSpan], *, timeout_s: float = 0.5) -> Attribution:
+        """Like ``phase_energy`` but the whole result (unattributed energy, bounds, window)."""
+        if self.counter is None:
+            raise MeterUnavailable(f"no counter to attribute with (meter: {self.meter_name})")
+        weights = self.calibration.weights if self.calibration is not None else None
+        return self._attribute(spans, timeout_s=timeout_s, weights=weights)
+
+    def _attribute(
+        self, spans: Sequence[PhaseSpan], *, timeout_s: float, weights: PhaseWeights | None
+    ) -> Attribution:
+        counter, sampler = self.counter, self.sampler
+        assert counter is not None and sampler is not None
+        first_s = min(s.start_s for s in spans)
+        last_s = max(s.end_s for s in spans)
+        came = sampler.wait_for_step_after(last_s, time.monotonic() + timeout_s)
+        lookback_s = 3.0 * max(counter.update_period_s, sampler.period_s) + counter.timing_slack_s + counter.lag_s
+        samples = sampler.samples_between(first_s - lookback_s, math.inf)
+        meter = MeterInfo(
+            name=counter.name, method=counter.method, resolution_j=counter.resolution_j,
+            max_power_w=counter.max_power_w, min_power_w=0.0,
+            relative_uncertainty=counter.relative_uncertainty,
+        )
+        result = attribute(
+            samples, spans, meter, update_period_s=counter.update_period_s,
+            timing_slack_s=counter.timing_slack_s, lag_s=counter.lag_s, weights=weights, by_work=self.by_work,
+        )
+        if not came:
+            why = sampler.error or f"no counter step within {timeout_s:.2f} s after the phases"
+            log.warning("%s: %s; %s, uncertainty widened", counter.name, why,
+                        result.notes[-1] if result.notes else "extrapolated")
+        elif samples and samples[0].t_s > first_s:
+            log.warning("%s: phases started before the sampler's oldest sample; extrapolated", counter.name)
+        self.last_attribution = result
+        return result
+
+    def describe(self) -> dict[str, object]:
+        """What ``greentrack doctor`` shows about the active meter."""
+        out: dict[str, object] = {"meter": self.meter_name, "method": self.method}
+        if self.counter is not None:
+            out["counter"] = self.counter.describe()
+        if self.sampler is not None:
+            out["sampler"] = self.sampler.describe()
+        if self.calibration is not None:
+            cal = self.calibration.to_dict()
+            cal.pop("points", None)
+            cal.pop("bins", None)
+            out["calibration"] = cal
+        return out
+
+    def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
+        if self.counter is not None:
+            self.counter.close()
+
+    def __enter__(self) -> EnergyMonitor:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _cuda_ordinals(device: str) -> list[int] | None:
+    _, _, rest = device.partition(":")
+    ordinals = [int(i) for i in rest.split(",") if i.strip().isdigit()]
+    return ordinals or None
+
+
+def open_monitor(
+    device: str = "auto",
+    *,
+    gpu_indices: Sequence[int] | None = None,
+    calibration: Calibration | None = None,
+    strict: bool = False,
+    sysfs_root: Path | str = DEFAULT_SYSFS_ROOT,
+    period_s: float | None = None,
+) -> EnergyMonitor:
+    """The best monitor for ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+
+    ``cuda*``: NVML over ``gpu_indices`` (CUDA ordinals; default the device's, or all GPUs). ``cpu``: RAPL.
+    ``auto``: NVML, then RAPL. Without a counter: ``calibration``'s model when given, else the CPU-time
+    estimate. Never fails for lack of a counter unless ``strict`` (the user named a device whose meter is
+    missing): then ``MeterUnavailable`` says why.
+    """
+    dev = device.strip().lower()
+    counter: Counter | None = None
+    reasons: list[str] = []
+    if dev.startswith("cuda") or dev == "auto":
+        ordinals = list(gpu_indices) if gpu_indices is not None else _cuda_ordinals(dev)
+        try:
+            counter = NvmlCounter(cuda_to_nvml_ids(ordinals) if ordinals is not None else None)
+        except MeterUnavailable as e:
+            if strict and dev.startswith("cuda"):
+                raise MeterUnavailable(f"no energy counter for {device}: {e}") from e
+            reasons.append(str(e))
+    if counter is None and (dev == "cpu" or dev == "auto"):
+        try:
+            counter = RaplCounter(sysfs_root)
+        except MeterUnavailable as e:
+            if strict and dev == "cpu":
+                raise MeterUnavailable(f"no energy counter for {device}: {e}") from e
+            reasons.append(str(e))
+    if counter is None and calibration is not None:
+        log.info("no energy counter (%s): using the calibrated model %s", "; ".join(reasons),
+                 calibration.meter_name)
+        return EnergyMonitor(None, calibration=calibration)
+    if counter is None:
+        counter = CpuTimeEstimate()
+        if dev.startswith("cuda"):
+            log.warning("no GPU energy counter (%s): %s sees only CPU time, not the GPU; run "
+                        "`greentrack calibrate` where NVML works", "; ".join(reasons), counter.name)
+        else:
+            log.info("no energy counter (%s): using %s", "; ".join(reasons), counter.name)
+    return EnergyMonitor(counter, calibration=calibration, period_s=period_s)
+
+
+def probe_meters(sysfs_root: Path | str = DEFAULT_SYSFS_ROOT) -> list[MeterStatus]:
+    """NVML, RAPL and the estimate: whether each works here, and why not. Opens and closes each."""
+    return [probe_nvml(), probe_rapl(sysfs_root), probe_estimate()]

@@ -1,0 +1,218 @@
+"""NVIDIA GPUs: the NVML energy counter (``nvmlDeviceGetTotalEnergyConsumption``), summed over a model's GPUs.
+
+Flow: ``open_monitor("cuda:N")`` builds an ``NvmlCounter``; only the sampler thread reads it. Vendor errors
+(``pynvml.NVMLError*``) are translated here, once, into ``MeterUnavailable`` raised ``from`` the original.
+
+Caveats (measured on an H100, driver 580, 2026-11-22; see ``docs/measurement.md``):
+
+* The counter (mJ since the driver loaded) moves only every ~100 ms (median 99.97 ms, min 72 ms), by
+  ~71 J a step at full load: a 20 ms prefill is below its resolution in time. Per-phase figures are
+  therefore *attributed* by ``attribution.attribute``, never read around a phase.
+* One read costs ~3.9 ms of a CPU thread: never read it on a completion's critical path. The sampler polls
+  every 20 ms (~20 % of one core) to time each step within ~12 ms.
+* It is the whole device's energy, not this process's: other processes on the GPU are counted too.
+* Under MIG the counter is the whole GPU's (all instances), and a warning says so.
+* GPUs older than Volta have no energy counter (``NVMLError_NotSupported``): the counter then integrates
+  ``nvmlDeviceGetPowerUsage`` (mW) over the sampler's reads (trapezoids), with a 100 ms timing slack because
+  that reading is itself an average over a window (a 1 s average on Ampere and later, per NVML's docs;
+  "Part-time Power Measurements", arXiv 2312.02741, shows it samples only ~25 % of the time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from greentrack.energy.counter import Counter, MeterStatus, measure_read_cost_s
+from greentrack.errors import MeterUnavailable
+
+log = logging.getLogger(__name__)
+
+#: What ``nvmlInit`` failing for lack of a driver says, verbatim in ``greentrack doctor``.
+NO_DRIVER = "NVML library not found (no NVIDIA driver)"
+
+
+def _pynvml() -> Any:
+    try:
+        import pynvml
+    except ImportError as e:  # nvidia-ml-py is a dependency, but be clear if it was removed
+        raise MeterUnavailable("NVML: the nvidia-ml-py package is not installed (pip install nvidia-ml-py)") from e
+    return pynvml
+
+
+def _translate(pynvml: Any, e: Exception, doing: str) -> MeterUnavailable:
+    """One clear line for an NVML error."""
+    if isinstance(e, pynvml.NVMLError_LibraryNotFound):
+        return MeterUnavailable(NO_DRIVER)
+    if isinstance(e, pynvml.NVMLError_DriverNotLoaded):
+        return MeterUnavailable("NVML: the NVIDIA driver is not loaded")
+    if isinstance(e, pynvml.NVMLError_NoPermission):
+        return MeterUnavailable(f"NVML: no permission to {doing}")
+    return MeterUnavailable(f"NVML: cannot {doing}: {e}")
+
+
+def cuda_to_nvml_ids(cuda_indices: Sequence[int]) -> list[int | str]:
+    """Map CUDA ordinals (``cuda:N`` as the model sees them) to NVML indices or UUIDs.
+
+    NVML ignores ``CUDA_VISIBLE_DEVICES``; CUDA renumbers the visible GPUs from 0. Entries of the variable
+    that are integers map to NVML indices; others (``GPU-…``/``MIG-…`` UUIDs) are looked up by UUID.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None or not visible.strip():
+        return list(cuda_indices)
+    entries = [v.strip() for v in visible.split(",") if v.strip()]
+    out: list[int | str] = []
+    for i in cuda_indices:
+        if i < 0 or i >= len(entries):
+            raise MeterUnavailable(f"NVML: cuda:{i} is not among CUDA_VISIBLE_DEVICES={visible}")
+        entry = entries[i]
+        out.append(int(entry) if entry.isdigit() else entry)
+    return out
+
+
+class NvmlCounter(Counter):
+    """The summed energy of some GPUs. Units: J. See the module docstring for the caveats.
+
+    ``gpu_ids``: NVML indices (or UUIDs), default all GPUs. Raises ``MeterUnavailable`` with one clear line
+    when NVML cannot be used (no driver, no such GPU).
+    """
+
+    method = "attributed"
+    resolution_j = 0.001  # the counter is in mJ
+    update_period_s = 0.1  # H100 measured: median 99.97 ms between steps
+    sample_period_s = 0.02
+    timing_slack_s = 0.0
+
+    def __init__(self, gpu_ids: Sequence[int | str] | None = None) -> None:
+        self._nvml = pynvml = _pynvml()
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as e:
+            raise _translate(pynvml, e, "initialise") from e
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            count = int(pynvml.nvmlDeviceGetCount())
+            if count == 0:
+                raise MeterUnavailable("NVML: no NVIDIA GPU found")
+            ids: list[int | str] = list(range(count)) if gpu_ids is None else list(gpu_ids)
+            if not ids:
+                raise MeterUnavailable("NVML: no GPU index given")
+            self._handles: list[Any] = []
+            for gid in ids:
+                if isinstance(gid, int):
+                    if not 0 <= gid < count:
+                        raise MeterUnavailable(f"NVML: no GPU {gid} (this machine has {count})")
+                    self._handles.append(pynvml.nvmlDeviceGetHandleByIndex(gid))
+                else:
+                    self._handles.append(pynvml.nvmlDeviceGetHandleByUUID(gid))
+            self.gpu_ids = ids
+            self.caveats: list[str] = []
+            # Per GPU: does it have the energy counter, or do we integrate power?
+            self._has_counter: list[bool] = []
+            for gid, h in zip(ids, self._handles, strict=True):
+                try:
+                    pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+                    self._has_counter.append(True)
+                except pynvml.NVMLError_NotSupported:
+                    self._has_counter.append(False)
+                    self.caveats.append(
+                        f"GPU {gid} has no energy counter (pre-Volta): integrating its power reading instead"
+                    )
+                try:
+                    current, _pending = pynvml.nvmlDeviceGetMigMode(h)
+                    if current == pynvml.NVML_DEVICE_MIG_ENABLE:
+                        self.caveats.append(
+                            f"GPU {gid} is in MIG mode: its counter is the whole GPU's energy, all instances"
+                        )
+                except pynvml.NVMLError:
+                    pass  # MIG unsupported: nothing to say
+            for c in self.caveats:
+                log.warning("%s", c)
+            limits_w: list[float] = []
+            for h in self._handles:
+                try:
+                    limits_w.append(float(pynvml.nvmlDeviceGetEnforcedPowerLimit(h)) / 1000.0)
+                except pynvml.NVMLError:
+                    limits_w = []
+                    break
+            self.max_power_w = sum(limits_w) if limits_w else None
+            if not all(self._has_counter):
+                self.timing_slack_s = 0.1
+            kind = "nvml" if all(self._has_counter) else "nvml-power"
+            self.name = f"{kind}:" + "+".join(f"gpu{g}" for g in ids)
+            # Power integration state (only for GPUs without the counter).
+            self._power_last: list[tuple[float, float] | None] = [None] * len(ids)
+            self._integrated_j: list[float] = [0.0] * len(ids)
+            self.read_cost_s = measure_read_cost_s(self, reads=3)
+        except MeterUnavailable:
+            self._shutdown()
+            raise
+        except pynvml.NVMLError as e:
+            self._shutdown()
+            raise _translate(pynvml, e, "open the GPU") from e
+
+    def read_j(self) -> float:
+        pynvml = self._nvml
+        total_j = 0.0
+        with self._lock:
+            if self._closed:
+                raise MeterUnavailable("NVML: the counter was closed")
+            try:
+                for i, h in enumerate(self._handles):
+                    if self._has_counter[i]:
+                        total_j += float(pynvml.nvmlDeviceGetTotalEnergyConsumption(h)) / 1000.0
+                    else:
+                        total_j += self._integrate_power(i, h)
+            except pynvml.NVMLError as e:
+                raise _translate(pynvml, e, "read the GPU energy") from e
+        return total_j
+
+    def _integrate_power(self, i: int, handle: Any) -> float:
+        """Trapezoids of ``nvmlDeviceGetPowerUsage`` (mW) between reads. Units: J."""
+        power_w = float(self._nvml.nvmlDeviceGetPowerUsage(handle)) / 1000.0
+        now_s = time.monotonic()
+        last = self._power_last[i]
+        if last is not None:
+            last_s, last_w = last
+            self._integrated_j[i] += 0.5 * (last_w + power_w) * (now_s - last_s)
+        self._power_last[i] = (now_s, power_w)
+        return self._integrated_j[i]
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            self._nvml.nvmlShutdown()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._shutdown()
+
+    def describe(self) -> dict[str, object]:
+        out = super().describe()
+        out["gpu_ids"] = list(self.gpu_ids)
+        out["caveats"] = [*list(self.caveats), "whole-device energy: other processes on these GPUs are counted too"]
+        return out
+
+
+def probe_nvml() -> MeterStatus:
+    """Whether NVML works here, without keeping it open."""
+    try:
+        counter = NvmlCounter()
+    except MeterUnavailable as e:
+        return MeterStatus("nvml", False, str(e))
+    try:
+        return MeterStatus(
+            counter.name, True,
+            f"{len(counter.gpu_ids)} GPU(s), read cost {counter.read_cost_s * 1000:.1f} ms"
+            + ("; " + "; ".join(counter.caveats) if counter.caveats else ""),
+        )
+    finally:
+        counter.close()
