@@ -1,0 +1,160 @@
+"""``greentrack report``: weekly per-developer summaries from one database, or a team's merged.
+
+Place in the flow: the CLI (``cli.py``) parses options and calls ``run_report``; ``build_reports`` reads the
+files (``query``), shapes each developer's week (``figures``) and ``render.render`` formats it. Weeks are ISO
+weeks in the developer's local time zone (``weeks``); carbon intensity comes from ``carbon``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from greentrack.config import default_carbon_intensity, default_developer
+from greentrack.errors import GreentrackError, UsageError
+from greentrack.report.figures import summarize
+from greentrack.report.query import Range, Source, open_source
+from greentrack.report.render import FORMATS, render, table_renderables
+from greentrack.report.weeks import Week, local_zone, parse_week, zone_name
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What one report run covers: the week (in its zone) and the developers (None: everyone)."""
+
+    week: Week
+    developers: tuple[str, ...] | None
+
+    def this_week(self) -> Range:
+        return Range(self.week.day_starts_utc()[0], self.week.day_starts_utc()[-1], self.developers)
+
+    def both_weeks(self) -> Range:
+        return Range(self.week.previous().day_starts_utc()[0], self.week.day_starts_utc()[-1], self.developers)
+
+    def boundaries(self) -> list[str]:
+        return self.week.previous().day_starts_utc()[:-1] + self.week.day_starts_utc()
+
+
+def select(*, week: str | None, developer: str | None, all_developers: bool, tz: str | None,
+           now: datetime | None = None) -> Selection:
+    """Resolve the options. Raises ``UsageError`` for a malformed week, an unknown zone, or conflicting options."""
+    if developer and all_developers:
+        raise UsageError("--developer and --all exclude each other")
+    zone = local_zone(tz)
+    wk = parse_week(week, zone, now=now)
+    devs = None if all_developers else (developer or default_developer(),)
+    return Selection(wk, devs)
+
+
+def _reports_from(source: Source, sel: Selection, intensity: float) -> list[dict[str, Any]]:
+    source.merge(sel.both_weeks())
+    facts = source.facts(sel.both_weeks(), sel.boundaries(), sel.this_week())
+    developers = list(sel.developers) if sel.developers is not None else source.developers(sel.this_week())
+    calibrations = source.calibrations()
+    wk = sel.week
+    return [
+        summarize(
+            dev, week_label=wk.label, days=wk.days(), from_ts=wk.start.isoformat(), to_ts=wk.end.isoformat(),
+            tz_name=zone_name(wk.zone), previous_label=wk.previous().label, facts=facts.get(dev),
+            carbon_intensity_g_per_kwh=intensity, calibrations=calibrations,
+        )
+        for dev in developers
+    ]
+
+
+def build_reports(
+    db_paths: Sequence[Path],
+    *,
+    week: str | None = None,
+    developer: str | None = None,
+    all_developers: bool = False,
+    tz: str | None = None,
+    carbon_intensity: float | None = None,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """One report per developer for the week (see ``shared/CONTRACT.md`` "Report").
+
+    With ``all_developers``, every developer with a completion that week (none: an empty list); otherwise the one
+    developer (default: ``config.default_developer()``), with zeros if they have nothing that week. Several files
+    or folders of ``*.db`` are merged, deduplicated on ``completion_id``.
+    """
+    sel = select(week=week, developer=developer, all_developers=all_developers, tz=tz, now=now)
+    intensity = default_carbon_intensity() if carbon_intensity is None else float(carbon_intensity)
+    with open_source(db_paths) as source:
+        return _reports_from(source, sel, intensity)
+
+
+def export_rows(
+    db_paths: Sequence[Path],
+    *,
+    week: str | None = None,
+    developer: str | None = None,
+    all_developers: bool = False,
+    tz: str | None = None,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """The week's completions (every stored column but ``text``), merged and deduplicated, for the CSV export."""
+    sel = select(week=week, developer=developer, all_developers=all_developers, tz=tz, now=now)
+    with open_source(db_paths) as source:
+        source.merge(sel.both_weeks())
+        return list(source.iter_rows(sel.this_week()))
+
+
+def run_report(
+    db_paths: Sequence[Path],
+    *,
+    week: str | None,
+    developer: str | None,
+    all_developers: bool,
+    fmt: str,
+    out: Path | None,
+    tz: str | None = None,
+    carbon_intensity: float | None = None,
+    console: Console | None = None,
+) -> int:
+    """Build and print (or write to ``out``) the report; returns the exit status (0).
+
+    Raises ``UsageError`` for bad options (exit 2) and ``GreentrackError`` for unusable files (exit 1).
+    """
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    sel = select(week=week, developer=developer, all_developers=all_developers, tz=tz)
+    intensity = default_carbon_intensity() if carbon_intensity is None else float(carbon_intensity)
+    rows: list[dict[str, Any]] | None = None
+    with open_source(db_paths) as source:
+        reports = _reports_from(source, sel, intensity)
+        if fmt == "csv":
+            rows = list(source.iter_rows(sel.this_week()))
+    if out is None and fmt == "table":
+        con = console or Console()
+        for item in table_renderables(reports):
+            con.print(item)
+        return 0
+    text = render(reports, fmt, rows=rows, as_list=all_developers)
+    if out is None:
+        if console is not None:
+            console.file.write(text)
+        else:
+            sys.stdout.write(text)
+        return 0
+    try:
+        out = out.expanduser()
+        if out.parent and not out.parent.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as e:
+        raise GreentrackError(f"cannot write {out}: {e.strerror or e}") from e
+    if console is not None:
+        console.print(f"report written to {out}", highlight=False)
+    else:
+        sys.stderr.write(f"report written to {out}\n")
+    return 0

@@ -1,0 +1,134 @@
+"""The report's figures: one developer's week (and the week before) shaped from aggregate ``Facts``.
+
+Place in the flow: ``query.Source.facts`` sums the rows in SQLite; ``summarize`` here turns those sums into the
+object of ``shared/CONTRACT.md`` "Report" (plus a few additive keys: ``tz``, ``by_outcome``, per-day phases),
+and ``tips.derive_tips`` adds tips, each with the figure behind it. Pure: no files, no clock.
+
+Units: J for energy, g for CO2e, gCO2e/kWh for intensity; shares are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+from greentrack.record import co2e_grams
+from greentrack.report.query import Facts, Group
+from greentrack.report.tips import derive_tips
+
+METHODS: tuple[str, ...] = ("measured", "attributed", "estimated")
+OUTCOMES: tuple[str, ...] = ("shown", "empty", "cancelled", "error")
+
+
+def rj(value: float) -> float:
+    """Energy rounded to the µJ (hides float summation noise; far below any meter's resolution)."""
+    return round(value, 6) + 0.0
+
+
+def rshare(value: float) -> float:
+    return round(value, 4) + 0.0
+
+
+def _sum(groups: Sequence[Group], attr: str) -> float:
+    return float(sum(getattr(g, attr) for g in groups))
+
+
+def summarize(
+    developer: str,
+    *,
+    week_label: str,
+    days: Sequence[date],
+    from_ts: str,
+    to_ts: str,
+    tz_name: str,
+    previous_label: str,
+    facts: Facts | None,
+    carbon_intensity_g_per_kwh: float,
+    calibrations: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """The report of one developer and week. ``facts.groups`` days 0–6 are the previous week, 7–13 this week."""
+    facts = facts or Facts()
+    this = [g for g in facts.groups if g.day >= 7]
+    prev = [g for g in facts.groups if g.day < 7]
+
+    n = sum(g.completions for g in this)
+    accepted = sum(g.completions for g in this if g.accepted)
+    total_j = _sum(this, "total_j")
+    prefill_j = _sum(this, "prefill_j")
+    decode_j = _sum(this, "decode_j")
+    wasted_j = float(sum(g.total_j for g in this if not g.accepted))
+
+    by_method: dict[str, float] = dict.fromkeys(METHODS, 0.0)
+    for g in this:
+        by_method[g.method] = by_method.get(g.method, 0.0) + g.total_j
+    method_share = {m: rshare(v / total_j) if total_j > 0 else 0.0 for m, v in by_method.items()}
+
+    day_rows: list[dict[str, Any]] = []
+    for i, day in enumerate(days):
+        gs = [g for g in this if g.day == 7 + i]
+        day_rows.append({
+            "date": day.isoformat(),
+            "completions": sum(g.completions for g in gs),
+            "accepted": sum(g.completions for g in gs if g.accepted),
+            "energy_j": rj(_sum(gs, "total_j")),
+            "prefill_j": rj(_sum(gs, "prefill_j")),
+            "decode_j": rj(_sum(gs, "decode_j")),
+        })
+
+    def breakdown(key: str, name: str) -> list[dict[str, Any]]:
+        counts: dict[str, int] = defaultdict(int)
+        acc: dict[str, int] = defaultdict(int)
+        energy: dict[str, float] = defaultdict(float)
+        for g in this:
+            k = getattr(g, key)
+            counts[k] += g.completions
+            acc[k] += g.completions if g.accepted else 0
+            energy[k] += g.total_j
+        ordered = sorted(counts, key=lambda k: (-energy[k], k))
+        return [{name: k, "completions": counts[k], "accepted": acc[k], "energy_j": rj(energy[k])} for k in ordered]
+
+    outcome_rows = []
+    for outcome in (*OUTCOMES, *sorted({g.outcome for g in this} - set(OUTCOMES))):
+        gs = [g for g in this if g.outcome == outcome]
+        outcome_rows.append({
+            "outcome": outcome,
+            "completions": sum(g.completions for g in gs),
+            "accepted": sum(g.completions for g in gs if g.accepted),
+            "energy_j": rj(_sum(gs, "total_j")),
+        })
+
+    prev_n = sum(g.completions for g in prev)
+    previous_week = None
+    if prev_n:
+        previous_week = {
+            "week": previous_label,
+            "completions": prev_n,
+            "accepted": sum(g.completions for g in prev if g.accepted),
+            "energy_j_total": rj(_sum(prev, "total_j")),
+        }
+
+    report: dict[str, Any] = {
+        "developer": developer,
+        "week": week_label,
+        "from": from_ts,
+        "to": to_ts,
+        "tz": tz_name,
+        "completions": n,
+        "accepted": accepted,
+        "acceptance_rate": rshare(accepted / n) if n else None,
+        "energy_j": {"total": rj(total_j), "prefill": rj(prefill_j), "decode": rj(decode_j), "wasted": rj(wasted_j)},
+        "j_per_completion": rj(total_j / n) if n else None,
+        "j_per_accepted": rj(total_j / accepted) if accepted else None,
+        "co2e_g": round(co2e_grams(total_j, carbon_intensity_g_per_kwh), 9) + 0.0,
+        "carbon_intensity_g_per_kwh": carbon_intensity_g_per_kwh,
+        "method_share": method_share,
+        "by_day": day_rows,
+        "by_model": breakdown("model", "model"),
+        "by_language": breakdown("language_id", "language_id"),
+        "by_outcome": outcome_rows,
+        "previous_week": previous_week,
+    }
+    report["tips"] = derive_tips(report, facts, calibrations)
+    return report
