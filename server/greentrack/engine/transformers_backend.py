@@ -1,0 +1,290 @@
+"""The transformers backend: one model in this process, a greedy decode loop of its own, exact phase spans.
+
+Flow of ``complete``: prompt (``prompt.PromptBuilder``: window, FIM or prefix-only, token healing) → runner
+``begin`` (KV reuse: the longest common token prefix with what the cache holds) → prefill (the rest of the
+prompt; ends when the first token exists, after a device synchronize) → decode loop (one token per step;
+the ``CancelToken``, the stop rules of ``stops`` and the token/time budgets checked at every step) →
+``EngineResult`` with the cleaned text and ``PhaseSpan``s for the energy layer. No energy counter is read here.
+
+A hand-written loop rather than ``generate``: cancellation, stop rules and phase boundaries are then exact,
+and on CUDA the decode step is a captured CUDA graph (``runners.StaticRunner``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from greentrack.config import EMBEDDED_MODEL, Settings
+from greentrack.energy.types import PhaseSpan
+from greentrack.engine.loading import LoadedModel, load_model, resolve_model
+from greentrack.engine.prompt import Healer, Prompt, PromptBuilder
+from greentrack.engine.runners import DynamicRunner, StaticRunner
+from greentrack.engine.stops import (
+    StopContext,
+    budget_stop,
+    check_stop,
+    clean_completion,
+    stop_context,
+    stop_token_ids,
+)
+from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
+from greentrack.errors import BadInput
+
+OnToken = Callable[[int, str], None]
+
+
+class HFTokenizer:
+    """``prompt.TokenizerLike`` over a transformers tokenizer (no special tokens added, none skipped)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return text
+
+    def bos_ids(self) -> list[int]:
+        """What the tokenizer puts before a text by default (often nothing for code models' byte-level BPE)."""
+        with_special = list(self.tokenizer.encode("x", add_special_tokens=True))
+        without = self.encode("x")
+        if len(with_special) > len(without) and with_special[len(with_special) - len(without) :] == without:
+            return with_special[: len(with_special) - len(without)]
+        return []
+
+
+class TransformersBackend:
+    """``CompletionBackend`` on transformers: CPU (DynamicCache per document) or CUDA (static cache + graph)."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str = EMBEDDED_MODEL,
+        device: str = "auto",
+        *,
+        dtype: str | None = None,
+        cache: str = "auto",
+        cuda_graph: bool = True,
+        max_documents: int = 4,
+        reuse: bool = True,
+        healing: bool = True,
+        suffix_share: float | None = None,
+        context_tokens: int = 1024,
+        max_tokens: int = 64,
+        loaded: LoadedModel | None = None,
+        warmup: bool = True,
+    ) -> None:
+        self.model_id = model or EMBEDDED_MODEL
+        self.loaded = loaded or load_model(resolve_model(self.model_id), device, dtype)
+        self.torch_device = self.loaded.device
+        self.device = str(self.torch_device)
+        self.model = self.loaded.model
+        self.tok = HFTokenizer(self.loaded.tokenizer)
+        vocab: dict[str, int] = dict(self.loaded.tokenizer.get_vocab())
+        self.prompts = PromptBuilder(
+            self.tok, vocab, bos_ids=self.tok.bos_ids(), suffix_share=suffix_share, healing=healing
+        )
+        eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        eos_ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+        self.stop_ids = stop_token_ids(vocab, eos_ids)
+        self.reuse = reuse
+        self._healer: Healer | None = None
+        self._lock = threading.Lock()
+        kind = cache if cache != "auto" else ("static" if self.torch_device.type == "cuda" else "dynamic")
+        self.runner: DynamicRunner | StaticRunner
+        if kind == "static":
+            limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 20)
+            self.runner = StaticRunner(
+                self.model, self.torch_device, min(limit, context_tokens + max_tokens + 64), cuda_graph
+            )
+        else:
+            self.runner = DynamicRunner(self.model, self.torch_device, max_documents)
+        if warmup:
+            self.warmup()
+
+    def warmup(self) -> None:
+        """First forwards are slow (kernel selection, oneDNN primitives, CUDA graph capture): pay that at load."""
+        for n in (8, 64, 8):
+            self.run_synthetic(n, 3, request_id="warmup")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> TransformersBackend:
+        return cls(
+            settings.model, settings.device, context_tokens=settings.context_tokens,
+            max_tokens=settings.max_tokens, **kwargs,
+        )
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    @property
+    def fim_family(self) -> str | None:
+        return self.prompts.fim.family if self.prompts.fim else None
+
+    def healer(self) -> Healer:
+        if self._healer is None:
+            tokenizer = self.loaded.tokenizer
+            n = len(tokenizer)
+            pieces = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+            excluded = set(getattr(tokenizer, "all_special_ids", [])) | set(self.stop_ids)
+            excluded |= set(getattr(tokenizer, "added_tokens_decoder", {}).keys())
+            self._healer = Healer(pieces, excluded)
+        return self._healer
+
+    def _sync(self) -> None:
+        if self.torch_device.type == "cuda":
+            torch.cuda.synchronize(self.torch_device)
+
+    def _pick(self, logits: torch.Tensor, allowed: list[int] | None) -> int:
+        if allowed:
+            idx = torch.tensor(allowed, dtype=torch.long, device=logits.device)
+            return int(allowed[int(torch.argmax(logits.index_select(0, idx)))])
+        return int(torch.argmax(logits))
+
+    # ------------------------------------------------------------------------------------------ completion
+
+    def build_prompt(self, request: CompletionRequest) -> Prompt:
+        return self.prompts.build(request.text, request.offset, request.context_tokens)
+
+    def complete(
+        self, request: CompletionRequest, cancel: CancelToken | None = None, on_token: OnToken | None = None
+    ) -> EngineResult:
+        """Complete at the cursor. ``on_token(n, text)`` is called after each generated token (tests, streaming)."""
+        cancel = cancel or CancelToken()
+        started = time.monotonic()
+        if request.max_tokens < 1:
+            raise BadInput(f"max_tokens must be at least 1 (got {request.max_tokens})")
+        prompt = self.build_prompt(request)
+        ctx = stop_context(prompt.window.prefix, prompt.window.suffix)
+        with self._lock, torch.inference_mode():
+            return self._generate(request, prompt, ctx, cancel, on_token, started)
+
+    def _generate(
+        self,
+        request: CompletionRequest,
+        prompt: Prompt,
+        ctx: StopContext,
+        cancel: CancelToken,
+        on_token: OnToken | None,
+        started: float,
+    ) -> EngineResult:
+        ids = prompt.ids
+        extras: dict[str, object] = {
+            "mode": ctx.mode, "fim": self.fim_family, "heal_text": prompt.heal_text, "runner": self.runner.kind,
+            "cuda_graph": self.runner.uses_graph, "dtype": str(self.loaded.dtype).removeprefix("torch."),
+        }
+        if cancel.cancelled:
+            return EngineResult(request.request_id, "", len(ids), 0, 0, [], started, time.monotonic(), True,
+                                "cancelled", extras)
+        if isinstance(self.runner, StaticRunner):
+            self.runner.ensure_capacity(len(ids) + request.max_tokens + 1)
+        doc_key = request.document_key if self.reuse else None
+        reused = self.runner.begin(doc_key, ids)
+        heal_remaining = prompt.heal_text
+        healer = self.healer() if heal_remaining else None
+        gen: list[int] = []
+        spans: list[PhaseSpan] = []
+        reason = ""
+        text = ""
+        cached_ids = list(ids)
+
+        self._sync()
+        t_prefill = time.monotonic()
+        logits = self.runner.prefill(ids[reused:])
+        allowed = healer.allowed(heal_remaining) if healer else None
+        token = self._pick(logits, allowed)
+        self._sync()
+        t_first = time.monotonic()
+        spans.append(PhaseSpan(request.request_id, "prefill", t_prefill, t_first, float(len(ids) - reused)))
+        t_last = t_first
+        try:
+            while True:
+                gen.append(token)
+                if healer is not None and heal_remaining:
+                    heal_remaining = Healer.advance(heal_remaining, self.tok.decode([token]))
+                raw = self.tok.decode(gen)
+                text = raw[len(prompt.heal_text) :] if raw.startswith(prompt.heal_text) else raw
+                if on_token is not None:
+                    on_token(len(gen), text)
+                if token in self.stop_ids:
+                    reason = "eos"
+                    break
+                decision = check_stop(text, ctx) if not heal_remaining else None
+                if decision is not None:
+                    text, reason = decision.text, decision.reason
+                    break
+                budget = budget_stop(len(gen), time.monotonic() - started, request.max_tokens, request.max_time_s)
+                if budget:
+                    reason = budget
+                    break
+                if cancel.cancelled:
+                    reason = "cancelled"
+                    break
+                logits = self.runner.step(token)
+                cached_ids.append(token)
+                allowed = healer.allowed(heal_remaining) if healer is not None and heal_remaining else None
+                token = self._pick(logits, allowed)
+                t_last = time.monotonic()
+        finally:
+            self._sync()
+            t_end = time.monotonic()
+            self.runner.end(doc_key, cached_ids)
+        if len(gen) > 1:
+            spans.append(PhaseSpan(request.request_id, "decode", t_first, max(t_last, t_first), float(len(gen) - 1)))
+        if reason == "eos" and gen:
+            text = self.tok.decode(gen[:-1])
+            text = text[len(prompt.heal_text) :] if text.startswith(prompt.heal_text) else text
+        final = clean_completion(text, ctx)
+        extras.update(cuda_graph=self.runner.uses_graph,
+                      prefill_ms=(t_first - t_prefill) * 1e3, decode_ms=(max(t_last, t_first) - t_first) * 1e3)
+        return EngineResult(
+            request_id=request.request_id,
+            text=final,
+            prompt_tokens=len(ids),
+            reused_prompt_tokens=reused,
+            completion_tokens=len(gen),
+            spans=spans,
+            started_s=started,
+            ended_s=t_end,
+            cancelled=reason == "cancelled",
+            stop_reason=reason,
+            extras=extras,
+        )
+
+    # ------------------------------------------------------------------------------------------ calibration
+
+    def run_synthetic(self, prompt_tokens: int, new_tokens: int, request_id: str = "synthetic") -> list[PhaseSpan]:
+        """Prefill exactly ``prompt_tokens`` tokens, then decode exactly ``new_tokens`` steps (no stops, no reuse)."""
+        if prompt_tokens < 1 or new_tokens < 0:
+            raise BadInput("run_synthetic needs prompt_tokens >= 1 and new_tokens >= 0")
+        vocab = int(self.model.config.vocab_size)
+        base = self.tok.encode("def compute(values):\n    total = 0\n    for v in values:\n        total += v\n")
+        ids = [base[i % len(base)] % vocab for i in range(prompt_tokens)]
+        with self._lock, torch.inference_mode():
+            if isinstance(self.runner, StaticRunner):
+                self.runner.ensure_capacity(prompt_tokens + new_tokens + 1)
+            self.runner.begin(None, ids)
+            self._sync()
+            t0 = time.monotonic()
+            token = int(torch.argmax(self.runner.prefill(ids)))
+            self._sync()
+            t1 = time.monotonic()
+            for _ in range(new_tokens):
+                token = int(torch.argmax(self.runner.step(token)))
+            self._sync()
+            t2 = time.monotonic()
+            self.runner.end(None, [])
+        spans = [PhaseSpan(request_id, "prefill", t0, t1, float(prompt_tokens))]
+        if new_tokens:
+            spans.append(PhaseSpan(request_id, "decode", t1, t2, float(new_tokens)))
+        return spans
+
+    def close(self) -> None:
+        self.runner.forget()
