@@ -341,6 +341,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "mean_abs_error_pct_single": 100 * statistics.fmean(abs(a - t) / t for a, t, _ in vals)}
         return out
 
+    # The raw run, replayed on CPU by tests/energy/test_trace_replay.py (times relative to the first sample).
+    t_ref = samples[0].t_s
+    (out / "h100_mixed.json").write_text(json.dumps({
+        "device": results.get("counter", {}).get("device", str(device)), "date": results["date"],
+        "what": "sampler reads (t_s, energy_j, read_s) during the mixed workload, its phase spans, the "
+                "ground-truth powers from steady windows, and the calibration run_calibration fitted",
+        "counter": monitor.counter.describe(),
+        "samples": [[round(x.t_s - t_ref, 6), round(x.energy_j - samples[0].energy_j, 3), round(x.read_s, 6)]
+                    for x in samples],
+        "spans": [[sp.request_id, sp.kind, round(sp.start_s - t_ref, 6), round(sp.end_s - t_ref, 6), sp.work]
+                  for sp in all_spans],
+        "truth": truth,
+        "calibration": cal_d,
+    }))
     results["mixed_uncalibrated"] = evaluate(None)
     results["mixed_calibrated"] = evaluate(cal.weights)
     results["sampler"] = monitor.sampler.describe()

@@ -13,10 +13,11 @@ Method (details and the proofs in ``docs/measurement.md``):
    counter (RAPL, the CPU-time estimate) gives a knot at every read, ``delta_s`` = half the read's duration.
 2. *Split.* The energy ΔC of each interval between consecutive knots is split over the interval's
    elementary segments (cut at every span boundary) in proportion to ``weight × duration``, where the
-   weight is the calibrated whole-device power of the most demanding active phase kind (``idle_w`` where
-   no span is active; all weights 1, a pure time split, without a calibration). Within a segment, the
-   active spans share its energy in proportion to their kind's power, times their work rate
-   (``work / duration``) when ``by_work`` is set (batching). Every joule of ΔC goes to a span or to
+   weight is the modelled whole-device power of the segment: the calibrated power of the active span
+   (its modelled energy over its duration), idle plus each span's excess over idle for concurrent spans,
+   ``idle_w`` where no span is active; all weights 1, a pure time split, without a calibration. Within a
+   segment, the active spans share its energy in proportion to their modelled power, times their work
+   rate (``work / duration``) when ``by_work`` is set (batching). Every joule of ΔC goes to a span or to
    ``unattributed_j``: Σ phases + unattributed = counter delta over the window, exactly.
 3. *Bound.* For each interval a span touches, the true energy of the span's time in it lies in
    ``[max(p_lo·d_min, ΔC − p_hi·o_max), min(p_hi·d_max, ΔC − p_lo·o_min)]``, where ``d`` is the span's
@@ -53,17 +54,36 @@ class Knot:
 
 @dataclass(frozen=True)
 class PhaseWeights:
-    """Relative power of each phase kind and of idle time, whole device. Units: W (only ratios matter).
+    """Whole-device power of each phase kind and of idle time. Units: W (only ratios matter).
 
-    From a ``Calibration`` where one exists; all 1 (a pure time split) otherwise.
+    From a ``Calibration`` where one exists; all 1 (a pure time split) otherwise. With the calibration's
+    per-token coefficients, a span's power is its modelled energy over its duration (a 4096-token prefill
+    draws more than a 128-token one: 629 W against 157 W on the H100 here), kept between ``idle_w`` and
+    five times the larger kind power.
     """
 
     prefill_w: float = 1.0
     decode_w: float = 1.0
     idle_w: float = 1.0
+    prefill_fixed_j: float | None = None
+    j_per_prompt_token: float | None = None
+    decode_fixed_j: float | None = None
+    j_per_decode_token: float | None = None
 
     def of(self, kind: PhaseKind) -> float:
         return self.prefill_w if kind == "prefill" else self.decode_w
+
+    def power_w(self, span: PhaseSpan) -> float:
+        """The modelled whole-device power while ``span`` runs alone. Units: W."""
+        if span.kind == "prefill":
+            fixed_j, per_token_j = self.prefill_fixed_j, self.j_per_prompt_token
+        else:
+            fixed_j, per_token_j = self.decode_fixed_j, self.j_per_decode_token
+        if per_token_j is None or span.duration_s <= 0.0:
+            return self.of(span.kind)
+        modelled_w = ((fixed_j or 0.0) + per_token_j * span.work) / span.duration_s
+        ceiling_w = 5.0 * max(self.prefill_w, self.decode_w, self.idle_w)
+        return min(max(modelled_w, self.idle_w), ceiling_w)
 
 
 @dataclass(frozen=True)
@@ -175,8 +195,20 @@ def _mean_power_w(k0: Knot, k1: Knot) -> float:
     return (k1.energy_j - k0.energy_j) / span_s if span_s > 0 else 0.0
 
 
+def _segment_power_w(active: Sequence[int], power_w: Sequence[float], idle_w: float) -> float:
+    """The modelled device power of a segment: idle, plus each active span's excess over idle.
+
+    One span: its own power. Without a calibration (all 1): 1 everywhere, a pure time split.
+    """
+    if not active:
+        return idle_w
+    if len(active) == 1:
+        return power_w[active[0]]
+    return idle_w + math.fsum(max(0.0, power_w[i] - idle_w) for i in active)
+
+
 def _span_weight(span: PhaseSpan, weights: PhaseWeights, by_work: bool) -> float:
-    w = weights.of(span.kind)
+    w = weights.power_w(span)
     if by_work:
         rate = span.work / span.duration_s if span.duration_s > 0 else span.work
         w *= max(rate, 0.0)
@@ -241,6 +273,7 @@ def attribute_knots(
     touched = [0] * n
     unattributed_j = 0.0
     ws = [_span_weight(s, weights, by_work) for s in spans]
+    pw = [weights.power_w(s) for s in spans]
 
     # Interval powers (for the p_hi fallback and extrapolation).
     intervals = [(ks[i - 1], ks[i]) for i in range(1, len(ks))]
@@ -276,7 +309,7 @@ def attribute_knots(
                 continue
             mid = 0.5 * (s0 + s1)
             active = [i for i in inside if spans[i].start_s <= mid < spans[i].end_s]
-            seg_w = max((weights.of(spans[i].kind) for i in active), default=weights.idle_w)
+            seg_w = _segment_power_w(active, pw, weights.idle_w)
             segs.append((s0, s1, active))
             total_w += seg_w * (s1 - s0)
         if total_w <= 0.0:
@@ -285,7 +318,7 @@ def attribute_knots(
         own = dict.fromkeys(near, 0.0)  # energy of the segments where each span is active
         mine = dict.fromkeys(near, 0.0)  # the span's share of it
         for s0, s1, active in segs:
-            seg_w = max((weights.of(spans[i].kind) for i in active), default=weights.idle_w)
+            seg_w = _segment_power_w(active, pw, weights.idle_w)
             seg_e = delta_c * seg_w * (s1 - s0) / total_w
             share_w = math.fsum(ws[i] for i in active)
             if not active or share_w <= 0.0:

@@ -117,8 +117,12 @@ class Calibration:
 
     @property
     def weights(self) -> PhaseWeights:
-        """The per-kind powers as attribution weights."""
-        return PhaseWeights(prefill_w=self.prefill_w, decode_w=self.decode_w, idle_w=self.idle_w)
+        """The per-kind powers (and per-token model) as attribution weights."""
+        return PhaseWeights(
+            prefill_w=self.prefill_w, decode_w=self.decode_w, idle_w=self.idle_w,
+            prefill_fixed_j=self.prefill_fixed_j, j_per_prompt_token=self.j_per_prompt_token,
+            decode_fixed_j=self.decode_fixed_j, j_per_decode_token=self.j_per_decode_token,
+        )
 
     @property
     def meter_name(self) -> str:

@@ -84,9 +84,12 @@ class NvmlCounter(Counter):
 
     method = "attributed"
     resolution_j = 0.001  # the counter is in mJ
-    update_period_s = 0.1  # H100 measured: median 99.97 ms between steps
+    update_period_s = 0.1  # H100 measured: median 99.8 ms between steps (60-145 ms)
     sample_period_s = 0.02
-    timing_slack_s = 0.0
+    #: A step shows the energy up to ~25 ms before it (H100, best fit to a 1 s load's edges, 2026-11-22);
+    #: ±10 ms of slack covers that fit's spread and other GPUs' differences.
+    lag_s = 0.025
+    timing_slack_s = 0.01
 
     def __init__(self, gpu_ids: Sequence[int | str] | None = None) -> None:
         self._nvml = pynvml = _pynvml()
@@ -144,6 +147,7 @@ class NvmlCounter(Counter):
             self.max_power_w = sum(limits_w) if limits_w else None
             if not all(self._has_counter):
                 self.timing_slack_s = 0.1
+                self.lag_s = 0.0
             kind = "nvml" if all(self._has_counter) else "nvml-power"
             self.name = f"{kind}:" + "+".join(f"gpu{g}" for g in ids)
             # Power integration state (only for GPUs without the counter).
