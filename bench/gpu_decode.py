@@ -1,0 +1,204 @@
+"""GPU decode at batch 1: plain Hugging Face ``generate`` vs greentrack's static cache + CUDA-graph decode step.
+
+Run on the GPU machine (no hub access there, so the model is the Qwen2.5-Coder-1.5B *shape* built from a config
+in code, random weights, bf16):
+
+    PYTHONPATH=server python bench/gpu_decode.py [--out DIR]
+
+Measures, side by side in one run: ms/token (wall clock, after a synchronize) and J/token from NVML's
+cumulative energy counter (``nvmlDeviceGetTotalEnergyConsumption``, whole GPU, ~100 ms update period) read
+only at the ends of long windows (>= ~8 s each, so the counter's resolution is < 1%), plus idle power.
+Figures are *measured* (counter windows), gross (idle power included); J/token above idle is also given.
+Also checks that the greedy tokens of the graph path match ``generate`` and eager static decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from typing import Any
+
+import torch
+
+PROMPT_TOKENS = 128
+NEW_TOKENS = 256
+WINDOW_S = 8.0
+
+
+def build_model() -> Any:
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(
+        hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+        intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6,
+        max_position_embeddings=32768, rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151643,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def build_tokenizer() -> Any:
+    """A byte-level tokenizer (256 byte tokens, Qwen's FIM and end tokens), enough to drive the engine."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk)
+    tok.add_special_tokens({"eos_token": "<|endoftext|>",
+                            "additional_special_tokens": ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]})
+    return tok
+
+
+class Nvml:
+    def __init__(self) -> None:
+        import pynvml
+
+        self.nv = pynvml
+        pynvml.nvmlInit()
+        self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        self.name = pynvml.nvmlDeviceGetName(self.handle)
+        self.driver = pynvml.nvmlSystemGetDriverVersion()
+
+    def energy_j(self) -> float:
+        return float(self.nv.nvmlDeviceGetTotalEnergyConsumption(self.handle)) / 1000.0
+
+
+def window(nvml: Nvml, fn: Any, tokens_per_call: int, min_s: float = WINDOW_S) -> dict[str, float]:
+    """Call ``fn`` repeatedly for at least ``min_s`` seconds between two counter reads."""
+    torch.cuda.synchronize()
+    e0, t0 = nvml.energy_j(), time.monotonic()
+    calls = 0
+    while True:
+        fn()
+        calls += 1
+        torch.cuda.synchronize()
+        if time.monotonic() - t0 >= min_s:
+            break
+    t1, e1 = time.monotonic(), nvml.energy_j()
+    tokens = calls * tokens_per_call
+    return {"calls": calls, "tokens": tokens, "duration_s": t1 - t0, "energy_j": e1 - e0,
+            "ms_per_token": (t1 - t0) * 1e3 / tokens, "j_per_token": (e1 - e0) / tokens,
+            "power_w": (e1 - e0) / (t1 - t0)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--window-s", type=float, default=WINDOW_S)
+    args = ap.parse_args()
+    from greentrack.engine.loading import LoadedModel, ModelSource
+    from greentrack.engine.transformers_backend import TransformersBackend
+    from greentrack.engine.types import CompletionRequest
+
+    nvml = Nvml()
+    res: dict[str, Any] = {"gpu": nvml.name, "driver": nvml.driver, "torch": torch.__version__,
+                           "python": platform.python_version(), "prompt_tokens": PROMPT_TOKENS,
+                           "new_tokens": NEW_TOKENS, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    import transformers
+
+    res["transformers"] = transformers.__version__
+    t = time.monotonic()
+    model = build_model()
+    tok = build_tokenizer()
+    res["build_s"] = time.monotonic() - t
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(1000, 100000, (1, PROMPT_TOKENS), generator=g).cuda()
+
+    # idle power
+    torch.cuda.synchronize()
+    time.sleep(1.0)
+    res["idle"] = window(nvml, lambda: time.sleep(0.5), 1, min_s=4.0)
+    idle_w = res["idle"]["power_w"]
+
+    def gen(n: int) -> torch.Tensor:
+        out: torch.Tensor = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
+                                           min_new_tokens=n, do_sample=False)
+        return out[0, PROMPT_TOKENS:]
+
+    results: dict[str, Any] = {}
+    ref_tokens: list[int] = []
+    try:
+        with torch.inference_mode():
+            ref_tokens = gen(64).tolist()
+            gen(NEW_TOKENS)
+            results["hf_generate"] = window(nvml, lambda: gen(NEW_TOKENS), NEW_TOKENS, args.window_s)
+    except Exception:
+        results["hf_generate"] = {"error": traceback.format_exc(limit=3)}
+
+    loaded = LoadedModel(model, tok, ModelSource("qwen2.5-coder-1.5b-shape", "folder", __import__("pathlib").Path(".")),
+                         __import__("pathlib").Path("."), torch.device("cuda:0"), torch.bfloat16)
+    for label, graph in (("greentrack_static_eager", False), ("greentrack_static_cudagraph", True)):
+        try:
+            t = time.monotonic()
+            backend = TransformersBackend("qwen2.5-coder-1.5b-shape", "cuda", loaded=loaded, cuda_graph=graph,
+                                          context_tokens=1024, max_tokens=NEW_TOKENS)
+            init_s = time.monotonic() - t
+            # greedy tokens vs generate (same prompt ids, no reuse)
+            ids = prompt[0].tolist()
+            with torch.inference_mode():
+                backend.runner.begin(None, ids)
+                token = int(torch.argmax(backend.runner.prefill(ids)))
+                mine = [token]
+                for _ in range(63):
+                    token = int(torch.argmax(backend.runner.step(token)))
+                    mine.append(token)
+                backend.runner.end(None, [])
+            match = next((i for i, (a, b) in enumerate(zip(mine, ref_tokens, strict=False)) if a != b), len(mine))
+            spans = backend.run_synthetic(PROMPT_TOKENS, NEW_TOKENS)
+            w = window(nvml, lambda b=backend: b.run_synthetic(PROMPT_TOKENS, NEW_TOKENS), NEW_TOKENS, args.window_s)
+            sp = [backend.run_synthetic(PROMPT_TOKENS, NEW_TOKENS) for _ in range(3)]
+            decode_ms = min(s[1].duration_s for s in sp) * 1e3 / NEW_TOKENS
+            pre = [backend.run_synthetic(1024, 0)[0].duration_s * 1e3 for _ in range(5)]
+            w.update(init_s=init_s, uses_graph=backend.runner.uses_graph,
+                     graph_error=getattr(backend.runner, "graph_error", ""),
+                     greedy_match_vs_generate=f"{match}/64", decode_span_ms_per_token=decode_ms,
+                     prefill_1024_ms=sorted(pre)[2], first_spans=[(s.kind, s.duration_s, s.work) for s in spans])
+            # one real completion through the whole path (FIM prompt, stop rules) for timing
+            text = "def fib(n):\n    " + "x = 1\n    " * 50
+            r = backend.complete(CompletionRequest("r1", "doc", text, len(text), max_tokens=32, max_time_s=5))
+            r2 = backend.complete(CompletionRequest("r2", "doc", text + "y", len(text) + 1, max_tokens=32,
+                                                    max_time_s=5))
+            w["complete"] = {"prompt_tokens": r.prompt_tokens, "reused": r2.reused_prompt_tokens,
+                             "completion_tokens": r.completion_tokens, "fim": r.extras.get("fim"),
+                             "prefill_ms": r.extras.get("prefill_ms"), "decode_ms": r.extras.get("decode_ms"),
+                             "prefill_ms_reused": r2.extras.get("prefill_ms"), "stop": r.stop_reason}
+            results[label] = w
+            backend.close()
+            del backend
+            torch.cuda.empty_cache()
+        except Exception:
+            results[label] = {"error": traceback.format_exc(limit=5)}
+    for v in results.values():
+        if "j_per_token" in v:
+            v["j_per_token_above_idle"] = (v["energy_j"] - idle_w * v["duration_s"]) / v["tokens"]
+    res["results"] = results
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu_decode.json"), "w") as f:
+        json.dump(res, f, indent=2, default=str)
+    print(json.dumps(res, indent=2, default=str))
+    print(f"\n| path | ms/token | J/token | J/token above idle | W | tokens |  (idle {idle_w:.0f} W)")
+    for k, v in results.items():
+        if "j_per_token" in v:
+            print(f"| {k} | {v['ms_per_token']:.2f} | {v['j_per_token']:.3f} | {v['j_per_token_above_idle']:.3f} | "
+                  f"{v['power_w']:.0f} | {v['tokens']} |")
+        else:
+            print(f"| {k} | error | | | | |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
