@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from greentrack.energy.counter import Counter, MeterStatus, measure_read_cost_s
@@ -91,7 +91,10 @@ class NvmlCounter(Counter):
     lag_s = 0.025
     timing_slack_s = 0.01
 
-    def __init__(self, gpu_ids: Sequence[int | str] | None = None) -> None:
+    def __init__(
+        self, gpu_ids: Sequence[int | str] | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
         self._nvml = pynvml = _pynvml()
         try:
             pynvml.nvmlInit()
@@ -180,7 +183,7 @@ class NvmlCounter(Counter):
     def _integrate_power(self, i: int, handle: Any) -> float:
         """Trapezoids of ``nvmlDeviceGetPowerUsage`` (mW) between reads. Units: J."""
         power_w = float(self._nvml.nvmlDeviceGetPowerUsage(handle)) / 1000.0
-        now_s = time.monotonic()
+        now_s = self._clock()
         last = self._power_last[i]
         if last is not None:
             last_s, last_w = last
