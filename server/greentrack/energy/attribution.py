@@ -357,9 +357,11 @@ def attribute_knots(
         edges.append(ks[-1])
     for i, sp in enumerate(spans):
         parts: list[tuple[float, float | None]] = []
-        if sp.start_s < t_lo:
+        if len(ks) < 2:
+            parts.append((sp.duration_s, None))
+        elif sp.start_s < t_lo:
             parts.append((max(0.0, min(sp.end_s, t_lo) - sp.start_s), head_w))
-        if sp.end_s > t_hi:
+        if len(ks) >= 2 and sp.end_s > t_hi:
             parts.append((max(0.0, sp.end_s - max(sp.start_s, t_hi)), tail_w))
         for d, mean_w in parts:
             if d <= 0.0:
