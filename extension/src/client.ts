@@ -106,6 +106,7 @@ export class ServerManager implements vscode.Disposable {
       initializationOptions: serverOptions(settings),
       synchronize: { configurationSection: SECTION },
       outputChannel: this.channel,
+      traceOutputChannel: this.channel,
       revealOutputChannelOn: RevealOutputChannelOn.Never,
       middleware: {
         provideInlineCompletionItems: (document, position, context, token, next) =>
