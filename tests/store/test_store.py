@@ -41,7 +41,7 @@ def test_new_file_is_private_whatever_the_umask(tmp_path: Path, umask: int) -> N
 def test_wal_version_and_roundtrip(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     with Store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         assert store.db.journal_mode == "wal"
         assert store.path == path
         rec = make_record(1, ts="2026-11-18T11:00:00+01:00", text="secret")
@@ -170,6 +170,57 @@ def test_migration_from_previous_version(tmp_path: Path) -> None:
         store.save_calibration({"host": "h", "device": "cpu", "model": "m"})
     with Store(path) as again:  # reopening a migrated file is a no-op
         assert again.schema_version == SCHEMA_VERSION and again.count() == 6
+
+
+V2_SQL = """
+CREATE TABLE [calibrations] ([id] INTEGER PRIMARY KEY, [ts] TEXT NOT NULL, [host] TEXT NOT NULL,
+   [device] TEXT NOT NULL, [model] TEXT NOT NULL, [data] TEXT);
+CREATE INDEX [idx_calibrations_host_device_model_ts] ON [calibrations] ([host], [device], [model], [ts]);
+CREATE INDEX [idx_completions_ts] ON [completions] ([ts]);
+CREATE INDEX [idx_completions_developer_ts] ON [completions] ([developer], [ts]);
+PRAGMA user_version = 2;
+"""
+
+
+def test_migration_from_version_n_minus_1_backfills_gaps(tmp_path: Path) -> None:
+    """Version 2 → 3: the column ``next_gap_ms`` appears, filled for the rows already there."""
+    path = tmp_path / "v2.db"
+    make_v1_file(path, 0)
+    conn = sqlite3.connect(path)
+    conn.executescript(V2_SQL)
+    rows = [
+        make_record(1, ts="2026-11-18T10:00:00.000+00:00", latency_ms=100.0),
+        make_record(2, ts="2026-11-18T10:00:00.400+00:00", latency_ms=50.0),  # starts 450 ms after 1
+        make_record(3, ts="2026-11-18T10:00:05.000+00:00", latency_ms=50.0, uri="file:///w/other.py"),
+        make_record(4, ts="2026-11-18T10:00:09.000+00:00", latency_ms=0.0),  # 8.6 s after 2
+    ]
+    for rec in rows:
+        row = rec.row()
+        row["ts"] = row["ts"].replace("+00:00", "000+00:00")
+        conn.execute(f"INSERT INTO completions VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    conn.execute("INSERT INTO calibrations (ts, host, device, model, data) "
+                 "VALUES ('2026-11-01', 'h', 'cpu', 'm', '{}')")
+    conn.commit()
+    conn.close()
+    with Store(path) as store:
+        assert store.schema_version == 3
+        gaps = {r["completion_id"]: r["next_gap_ms"] for r in store.completions()}
+        assert store.latest_calibration(host="h", device="cpu", model="m") == {}
+    assert gaps["c000001"] == pytest.approx(450.0, abs=0.1)
+    assert gaps["c000002"] == pytest.approx(8650.0, abs=0.1)
+    assert gaps["c000003"] is None and gaps["c000004"] is None
+
+
+def test_gaps_are_kept_when_rows_arrive_out_of_order(tmp_path: Path) -> None:
+    with Store(tmp_path / "g.db") as store:
+        store.record(make_record(1, ts="2026-11-18T10:00:00.000Z", latency_ms=0.0))
+        store.record(make_record(3, ts="2026-11-18T10:00:01.000Z", latency_ms=0.0))
+        store.record(make_record(2, ts="2026-11-18T10:00:00.300Z", latency_ms=0.0))  # another window, late
+        store.record(make_record(4, ts="2026-11-18T10:00:00.500Z", latency_ms=0.0, developer="someone-else"))
+        gaps = {r["completion_id"]: r["next_gap_ms"] for r in store.completions()}
+    assert gaps["c000001"] == pytest.approx(300.0, abs=0.1)
+    assert gaps["c000002"] == pytest.approx(700.0, abs=0.1)
+    assert gaps["c000003"] is None and gaps["c000004"] is None
 
 
 def test_failed_migration_leaves_the_old_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ from rich.console import Console
 from greentrack.config import default_carbon_intensity, default_developer
 from greentrack.errors import GreentrackError, UsageError
 from greentrack.report.figures import summarize
-from greentrack.report.query import Range, Source, open_source
+from greentrack.report.query import Range, Source, needs_bins, open_source
 from greentrack.report.render import FORMATS, render, table_renderables
 from greentrack.report.weeks import Week, local_zone, parse_week, zone_name
 
@@ -55,9 +55,12 @@ def select(*, week: str | None, developer: str | None, all_developers: bool, tz:
 
 def _reports_from(source: Source, sel: Selection, intensity: float) -> list[dict[str, Any]]:
     source.merge(sel.both_weeks())
-    facts = source.facts(sel.both_weeks(), sel.boundaries(), sel.this_week())
-    developers = list(sel.developers) if sel.developers is not None else source.developers(sel.this_week())
     calibrations = source.calibrations()
+    facts = source.facts(sel.both_weeks(), sel.boundaries(), sel.this_week(), with_bins=needs_bins(calibrations))
+    if sel.developers is None:
+        developers = sorted(d for d, f in facts.items() if f.this_week())
+    else:
+        developers = list(sel.developers)
     wk = sel.week
     return [
         summarize(

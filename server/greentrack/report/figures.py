@@ -121,7 +121,7 @@ def summarize(
         "energy_j": {"total": rj(total_j), "prefill": rj(prefill_j), "decode": rj(decode_j), "wasted": rj(wasted_j)},
         "j_per_completion": rj(total_j / n) if n else None,
         "j_per_accepted": rj(total_j / accepted) if accepted else None,
-        "co2e_g": round(co2e_grams(total_j, carbon_intensity_g_per_kwh), 9) + 0.0,
+        "co2e_g": float(f"{co2e_grams(total_j, carbon_intensity_g_per_kwh):.9g}"),
         "carbon_intensity_g_per_kwh": carbon_intensity_g_per_kwh,
         "method_share": method_share,
         "by_day": day_rows,

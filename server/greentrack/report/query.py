@@ -83,57 +83,72 @@ class Range:
         return sql
 
 
-def day_index_sql(boundaries: Sequence[str], params: dict[str, Any]) -> str:
-    """``CASE`` giving a row's day number from ``len(boundaries) - 1`` consecutive [start, end) days."""
-    parts = []
-    for i, b in enumerate(boundaries[1:-1], start=1):
-        params[f"b{i}"] = b
-        parts.append(f"WHEN ts < :b{i} THEN {i - 1}")
-    return f"CASE {' '.join(parts)} ELSE {len(boundaries) - 2} END"
+def day_index_sql(boundaries: Sequence[str], params: dict[str, Any], lo: int = 0, hi: int | None = None) -> str:
+    """A row's day number among the ``len(boundaries) - 1`` consecutive [start, end) days: a nested ``CASE``
+    (binary search, ~4 comparisons of ``ts`` text for 14 days)."""
+    if hi is None:
+        hi = len(boundaries) - 2
+        for i, b in enumerate(boundaries):
+            params[f"b{i}"] = b
+    if lo == hi:
+        return str(lo)
+    mid = (lo + hi + 1) // 2
+    return (f"CASE WHEN ts < :b{mid} THEN {day_index_sql(boundaries, params, lo, mid - 1)} "
+            f"ELSE {day_index_sql(boundaries, params, mid, hi)} END")
 
 
-def aggregate_sql(src: str, rng: Range, boundaries: Sequence[str]) -> tuple[str, dict[str, Any]]:
-    """Sums per developer, local day, model, language, method, acceptance and outcome."""
-    params: dict[str, Any] = {}
-    where = rng.where(params)
-    day = day_index_sql(boundaries, params)
-    sql = f"""
-        SELECT developer, {day} AS day, COALESCE(model, ''), COALESCE(language_id, ''),
-               COALESCE(method, 'estimated'), accepted, COALESCE(outcome, ''),
-               COUNT(*), TOTAL(total_j), TOTAL(prefill_j), TOTAL(decode_j),
-               TOTAL(prompt_tokens), TOTAL(reused_prompt_tokens), TOTAL(completion_tokens)
-        FROM {src} WHERE {where}
-        GROUP BY 1, 2, 3, 4, 5, 6, 7"""
-    return sql, params
+_COMPUTED = "MAX(0, COALESCE(prompt_tokens, 0) - COALESCE(reused_prompt_tokens, 0))"
+#: (name, per-row expression) summed per group by ``aggregate_sql``.
+AGG_VALUES: tuple[tuple[str, str], ...] = (
+    ("n", "1"),
+    ("total_j", "COALESCE(total_j, 0)"),
+    ("prefill_j", "COALESCE(prefill_j, 0)"),
+    ("decode_j", "COALESCE(decode_j, 0)"),
+    ("prompt_tokens", "COALESCE(prompt_tokens, 0)"),
+    ("reused_prompt_tokens", "COALESCE(reused_prompt_tokens, 0)"),
+    ("completion_tokens", "COALESCE(completion_tokens, 0)"),
+    ("computed_tokens", _COMPUTED),
+    *((f"beyond_{cap}", f"MAX(0, {_COMPUTED} - {cap})") for cap in CONTEXT_CAPS),
+    *((f"gap{d}_n", f"(COALESCE(next_gap_ms < {d}, 0))") for d in DEBOUNCE_CANDIDATES_MS),
+    *((f"gap{d}_j", f"(CASE WHEN next_gap_ms < {d} THEN COALESCE(total_j, 0) ELSE 0 END)")
+      for d in DEBOUNCE_CANDIDATES_MS),
+)
+AGG_KEYS: tuple[tuple[str, str], ...] = (
+    ("developer", "developer"),
+    ("model", "COALESCE(model, '')"),
+    ("language_id", "COALESCE(language_id, '')"),
+    ("method", "COALESCE(method, 'estimated')"),
+    ("accepted", "COALESCE(accepted, 0)"),
+    ("outcome", "COALESCE(outcome, '')"),
+)
 
 
-def timing_sql(src: str, rng: Range) -> tuple[str, dict[str, Any]]:
-    """Per developer: what each candidate debounce would have skipped.
+def aggregate_sql(
+    src: str, rng: Range, boundaries: Sequence[str], *, table: str = "agg"
+) -> list[tuple[str, dict[str, Any]]]:
+    """Sums per developer, local day, model, language, method, acceptance and outcome, as statements:
+    (re)create a temporary table keyed by the group, fill it with one ``INSERT … ON CONFLICT DO UPDATE`` pass
+    over the rows (a tree lookup per row into the small table, no sort of the whole range), read it.
 
-    A request ``i`` started at ``ts - latency_ms``. When the next request of the same developer in the same
-    file started less than ``D`` ms later, a keystroke came within ``D`` of the one that triggered ``i`` (both
-    are preceded by the same configured debounce), so a debounce of ``D`` would not have sent ``i`` at all.
-    Sums: unaccepted requests skipped and their energy, and accepted ones that would have been lost too.
+    Also summed: computed prompt tokens (and those beyond each of ``CONTEXT_CAPS``) and, for the debounce tip,
+    the rows whose ``next_gap_ms`` is under each of ``DEBOUNCE_CANDIDATES_MS`` and their energy.
     """
     params: dict[str, Any] = {}
     where = rng.where(params)
-    sums = []
-    for d in DEBOUNCE_CANDIDATES_MS:
-        params[f"d{d}"] = d
-        sums.append(f"TOTAL(CASE WHEN accepted = 0 AND gap_ms < :d{d} THEN 1 END)")
-        sums.append(f"TOTAL(CASE WHEN accepted = 0 AND gap_ms < :d{d} THEN total_j END)")
-        sums.append(f"TOTAL(CASE WHEN accepted = 1 AND gap_ms < :d{d} THEN 1 END)")
-    sql = f"""
-        SELECT developer, {', '.join(sums)}
-        FROM (
-            SELECT developer, accepted, total_j,
-                   (julianday(LEAD(ts) OVER w) - julianday(ts)) * 86400000.0
-                   - COALESCE(LEAD(latency_ms) OVER w, 0) + COALESCE(latency_ms, 0) AS gap_ms
-            FROM {src} WHERE {where}
-            WINDOW w AS (PARTITION BY developer, uri ORDER BY ts)
-        )
-        GROUP BY developer"""
-    return sql, params
+    day = day_index_sql(boundaries, params)
+    keys = [("day", day), *AGG_KEYS]
+    key_names = ", ".join(k for k, _ in keys)
+    value_names = [v for v, _ in AGG_VALUES]
+    create = (f"CREATE TEMP TABLE {table} ({key_names}, {', '.join(value_names)}, "
+              f"PRIMARY KEY ({key_names})) WITHOUT ROWID")
+    insert = (
+        f"INSERT INTO {table} ({key_names}, {', '.join(value_names)}) "
+        f"SELECT {', '.join(e for _, e in keys)}, {', '.join(e for _, e in AGG_VALUES)} "
+        f"FROM {src} WHERE {where} "
+        f"ON CONFLICT DO UPDATE SET {', '.join(f'{v} = {v} + excluded.{v}' for v in value_names)}"
+    )
+    select = f"SELECT {key_names}, {', '.join(value_names)} FROM {table}"
+    return [(f"DROP TABLE IF EXISTS temp.{table}", {}), (create, {}), (insert, params), (select, {})]
 
 
 def _bin_case(column: str, bins: Sequence[int]) -> str:
@@ -142,17 +157,14 @@ def _bin_case(column: str, bins: Sequence[int]) -> str:
 
 
 def bins_sql(src: str, rng: Range) -> tuple[str, dict[str, Any]]:
-    """Per developer, model and device: completions and energy per power-of-two bin of input/output length,
-    and the prompt tokens computed beyond each of ``CONTEXT_CAPS``."""
+    """Per developer, model and device: completions and energy per power-of-two bin of input/output length."""
     params: dict[str, Any] = {}
     where = rng.where(params)
-    computed = "MAX(0, COALESCE(prompt_tokens, 0) - COALESCE(reused_prompt_tokens, 0))"
-    beyond = [f"TOTAL(MAX(0, {computed} - {cap}))" for cap in CONTEXT_CAPS]
     sql = f"""
         SELECT developer, COALESCE(model, ''), COALESCE(device, ''),
                {_bin_case('COALESCE(prompt_tokens, 0)', INPUT_BINS)} AS in_bin,
                {_bin_case('COALESCE(completion_tokens, 0)', OUTPUT_BINS)} AS out_bin,
-               COUNT(*), TOTAL(total_j), TOTAL(prefill_j), TOTAL({computed}), {', '.join(beyond)}
+               COUNT(*), TOTAL(total_j)
         FROM {src} WHERE {where}
         GROUP BY 1, 2, 3, 4, 5"""
     return sql, params
@@ -164,11 +176,6 @@ def rows_sql(src: str, rng: Range) -> tuple[str, dict[str, Any]]:
     where = rng.where(params)
     cols = ", ".join(f"[{c}]" for c in EXPORT_COLUMNS)
     return f"SELECT {cols} FROM {src} WHERE {where} ORDER BY developer, ts, completion_id", params
-
-
-def developers_sql(src: str, rng: Range) -> tuple[str, dict[str, Any]]:
-    params: dict[str, Any] = {}
-    return f"SELECT DISTINCT developer FROM {src} WHERE {rng.where(params)} ORDER BY developer", params
 
 
 @dataclass(frozen=True)
@@ -189,11 +196,15 @@ class Group:
     prompt_tokens: float
     reused_prompt_tokens: float
     completion_tokens: float
+    computed_prompt_tokens: float = 0.0
+    beyond_cap: dict[int, float] = field(default_factory=dict)
+    #: debounce ms → (rows whose next request came sooner, their energy J)
+    superseded_within: dict[int, tuple[int, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Timing:
-    """What a debounce of ``debounce_ms`` would have skipped (see ``timing_sql``)."""
+    """What a debounce of ``debounce_ms`` would have skipped this week (see ``schema``: ``next_gap_ms``)."""
 
     debounce_ms: int
     skipped_unaccepted: int
@@ -211,18 +222,35 @@ class Bin:
     out_bin: int
     completions: int
     total_j: float
-    prefill_j: float
-    computed_prompt_tokens: float
-    beyond_cap: dict[int, float]
 
 
 @dataclass
 class Facts:
-    """Everything the figures of one developer's week are made from."""
+    """Everything the figures of one developer's week are made from (``groups``: both weeks, days 0–13)."""
 
     groups: list[Group] = field(default_factory=list)
-    timing: list[Timing] = field(default_factory=list)
     bins: list[Bin] = field(default_factory=list)
+
+    def this_week(self) -> list[Group]:
+        return [g for g in self.groups if g.day >= 7]
+
+    @property
+    def timing(self) -> list[Timing]:
+        out = []
+        this = self.this_week()
+        for d in DEBOUNCE_CANDIDATES_MS:
+            un = [g.superseded_within.get(d, (0, 0.0)) for g in this if not g.accepted]
+            acc = [g.superseded_within.get(d, (0, 0.0)) for g in this if g.accepted]
+            out.append(Timing(d, sum(n for n, _ in un), sum(j for _, j in un), sum(n for n, _ in acc)))
+        return out
+
+
+def needs_bins(calibrations: Sequence[dict[str, Any]]) -> bool:
+    """Whether a device has calibrations of two models or more (else no binned comparison can be made)."""
+    models: dict[str, set[str]] = {}
+    for cal in calibrations:
+        models.setdefault(str(cal.get("device", "")), set()).add(str(cal.get("model", "")))
+    return any(len(m) > 1 for m in models.values())
 
 
 class Source:
@@ -234,6 +262,7 @@ class Source:
         self.conn.execute("PRAGMA temp_store = MEMORY")
         self.table = "s0.completions"
         self.has_calibrations: list[bool] = []
+        self.columns: list[set[str]] = []
         try:
             for i, path in enumerate(self.paths):
                 self.conn.execute(f"ATTACH DATABASE ? AS s{i}", (ro_uri(path),))
@@ -241,6 +270,7 @@ class Source:
                 if "completions" not in tables:
                     raise StoreError(f"{path} holds no completions table (an empty greentrack database?)")
                 self.has_calibrations.append("calibrations" in tables)
+                self.columns.append({r[1] for r in self.conn.execute(f"PRAGMA s{i}.table_info(completions)")})
         except sqlite3.Error as e:
             self.conn.close()
             raise StoreError(f"cannot read {path}: {e}") from e
@@ -249,8 +279,9 @@ class Source:
         self.conn.close()
 
     def merge(self, rng: Range) -> None:
-        """With several files: copy the rows in ``rng`` into one temporary table, deduplicated."""
-        if len(self.paths) < 2:
+        """With several files (or an old one read-only): copy the rows in ``rng`` into one temporary table,
+        deduplicated on ``completion_id``; a column an older file lacks reads as NULL."""
+        if len(self.paths) < 2 and set(EXPORT_COLUMNS) <= self.columns[0]:
             return
         cols = ", ".join(f"[{c}]" for c in EXPORT_COLUMNS)
         decl = ", ".join(f"[{c}]" + (" TEXT PRIMARY KEY" if c == "completion_id" else "") for c in EXPORT_COLUMNS)
@@ -259,8 +290,9 @@ class Source:
         for i in range(len(self.paths)):
             params: dict[str, Any] = {}
             where = rng.where(params)
+            exprs = ", ".join(f"[{c}]" if c in self.columns[i] else "NULL" for c in EXPORT_COLUMNS)
             self.conn.execute(
-                f"INSERT INTO merged ({cols}) SELECT {cols} FROM s{i}.completions WHERE {where} "
+                f"INSERT INTO merged ({cols}) SELECT {exprs} FROM s{i}.completions WHERE {where} "
                 "ON CONFLICT(completion_id) DO UPDATE SET accepted = MAX(accepted, excluded.accepted), "
                 "accepted_ts = COALESCE(accepted_ts, excluded.accepted_ts)",
                 params,
@@ -281,9 +313,6 @@ class Source:
         for row in cur:
             yield dict(zip(names, row, strict=True))
 
-    def developers(self, rng: Range) -> list[str]:
-        return [str(r[0]) for r in self.run(developers_sql(self.table, rng))]
-
     def calibrations(self) -> list[dict[str, Any]]:
         """Every calibration in every file, newest first (JSON documents as saved)."""
         import json
@@ -302,22 +331,31 @@ class Source:
         out.sort(key=lambda item: item[0], reverse=True)
         return [doc for _, doc in out]
 
-    def facts(self, rng: Range, boundaries: Sequence[str], this_week: Range) -> dict[str, Facts]:
-        """``Facts`` per developer: groups over ``rng`` (both weeks), timing and bins over ``this_week``."""
+    def facts(
+        self, rng: Range, boundaries: Sequence[str], this_week: Range, *, with_bins: bool = True
+    ) -> dict[str, Facts]:
+        """``Facts`` per developer: groups over ``rng`` (both weeks), length bins over ``this_week``."""
         by_dev: dict[str, Facts] = {}
-        for r in self.run(aggregate_sql(self.table, rng, boundaries)):
-            g = Group(str(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5] or 0), str(r[6]),
-                      int(r[7]), float(r[8]), float(r[9]), float(r[10]), float(r[11]), float(r[12]), float(r[13]))
+        statements = aggregate_sql(self.table, rng, boundaries)
+        for built in statements[:-1]:
+            self.run(built)
+        nk = 1 + len(AGG_KEYS)
+        names = [v for v, _ in AGG_VALUES]
+        for r in self.run(statements[-1]):
+            v = dict(zip(names, r[nk:], strict=True))
+            g = Group(
+                str(r[1]), int(r[0]), str(r[2]), str(r[3]), str(r[4]), int(r[5] or 0), str(r[6]),
+                int(v["n"]), float(v["total_j"]), float(v["prefill_j"]), float(v["decode_j"]),
+                float(v["prompt_tokens"]), float(v["reused_prompt_tokens"]), float(v["completion_tokens"]),
+                float(v["computed_tokens"]),
+                {cap: float(v[f"beyond_{cap}"]) for cap in CONTEXT_CAPS},
+                {d: (int(v[f"gap{d}_n"]), float(v[f"gap{d}_j"])) for d in DEBOUNCE_CANDIDATES_MS},
+            )
             by_dev.setdefault(g.developer, Facts()).groups.append(g)
-        for r in self.run(timing_sql(self.table, this_week)):
-            facts = by_dev.setdefault(str(r[0]), Facts())
-            for k, d in enumerate(DEBOUNCE_CANDIDATES_MS):
-                facts.timing.append(Timing(d, int(r[1 + 3 * k]), float(r[2 + 3 * k]), int(r[3 + 3 * k])))
-        for r in self.run(bins_sql(self.table, this_week)):
-            beyond = {cap: float(r[9 + k]) for k, cap in enumerate(CONTEXT_CAPS)}
-            b = Bin(str(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]), float(r[7]), float(r[8]),
-                    beyond)
-            by_dev.setdefault(str(r[0]), Facts()).bins.append(b)
+        if with_bins:
+            for r in self.run(bins_sql(self.table, this_week)):
+                b = Bin(str(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]))
+                by_dev.setdefault(str(r[0]), Facts()).bins.append(b)
         return by_dev
 
 

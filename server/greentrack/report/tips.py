@@ -24,10 +24,12 @@ REQUEST_KEYS = ("j_per_request", "request_j")
 
 
 def fmt_j(energy_j: float) -> str:
-    """Energy with a readable unit and 3 significant digits: ``3.21 J``, ``450 mJ``, ``12.5 kJ``."""
+    """Energy with a readable unit and 3 significant digits: ``3.21 J``, ``450 mJ``, ``647 µJ``, ``12.5 kJ``."""
     a = abs(energy_j)
     if a == 0:
         return "0 J"
+    if a < 1e-3:
+        return f"{energy_j * 1e6:.3g} µJ"
     if a < 1:
         return f"{energy_j * 1e3:.3g} mJ"
     if a < 1e3:
@@ -79,17 +81,18 @@ def _wasted_tip(report: dict[str, Any], facts: Facts) -> str | None:
 
 def _context_tip(report: dict[str, Any], facts: Facts) -> str | None:
     total = float(report["energy_j"]["total"])
-    prefill_j = sum(b.prefill_j for b in facts.bins)
-    tokens = sum(b.computed_prompt_tokens for b in facts.bins)
-    n = sum(b.completions for b in facts.bins)
+    this = facts.this_week()
+    prefill_j = sum(g.prefill_j for g in this)
+    tokens = sum(g.computed_prompt_tokens for g in this)
+    n = sum(g.completions for g in this)
     if prefill_j <= 0 or tokens <= 0 or n == 0:
         return None
     per_token_j = prefill_j / tokens
     tip = (f"Prefill was {fmt_pct(prefill_j / total)} of the energy ({fmt_j(prefill_j)}): {fmt_j(per_token_j)} per "
            f"prompt token over {tokens:.0f} computed prompt tokens (mean {tokens / n:.0f} per request).")
     beyond: dict[int, float] = defaultdict(float)
-    for b in facts.bins:
-        for cap, t in b.beyond_cap.items():
+    for g in this:
+        for cap, t in g.beyond_cap.items():
             beyond[cap] += t
     mean = tokens / n
     caps = [cap for cap in sorted(beyond) if cap < mean and beyond[cap] > 0]

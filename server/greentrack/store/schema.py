@@ -10,6 +10,10 @@ Versions (``PRAGMA user_version``):
 * 1 — table ``completions``: every field of ``CompletionRecord``, ``completion_id`` the primary key.
 * 2 — table ``calibrations`` (one JSON document per host, device and model, per run) and indexes on
   ``completions(ts)`` and ``completions(developer, ts)``.
+* 3 — column ``completions.next_gap_ms``: how long after this request (start to start, start = ``ts`` minus
+  ``latency_ms``) the same developer's next request in the same file started (NULL: none yet). Kept up to date
+  by ``Store.record`` (two indexed updates per insert), backfilled here for older rows; the report's debounce
+  tip reads it instead of sorting the whole week. Index on ``completions(developer, uri, ts)``.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ _PY_TYPES: dict[str, type] = {
 for _f in fields(CompletionRecord):
     COMPLETION_COLUMNS[_f.name] = _PY_TYPES.get(str(_f.type), str)
 
-#: Columns the report, the CSV export and ``Store.completions`` expose (everything but the opt-in ``text``).
-EXPORT_COLUMNS: tuple[str, ...] = tuple(c for c in COMPLETION_COLUMNS if c != "text")
+#: Columns the report, the CSV export and ``Store.completions`` expose (everything but the opt-in ``text``),
+#: and the one derived column the store maintains (schema version 3).
+EXPORT_COLUMNS: tuple[str, ...] = (*(c for c in COMPLETION_COLUMNS if c != "text"), "next_gap_ms")
 
 CALIBRATION_COLUMNS: dict[str, type] = {
     "id": int, "ts": str, "host": str, "device": str, "model": str, "data": str,
@@ -73,11 +78,32 @@ def _v2_calibrations_and_indexes(db: sqlite_utils.Database) -> None:
     db.table("completions").create_index(["developer", "ts"], if_not_exists=True)
 
 
+#: start-to-start gap, ms, between a row ``p`` and a later row ``n`` of the same developer and file.
+GAP_SQL = (
+    "((julianday({n}.ts) - julianday({p}.ts)) * 86400000.0"
+    " - COALESCE({n}.latency_ms, 0) + COALESCE({p}.latency_ms, 0))"
+)
+
+
+@migration(3)
+def _v3_next_gap(db: sqlite_utils.Database) -> None:
+    db.table("completions").add_column("next_gap_ms", float)
+    db.table("completions").create_index(["developer", "uri", "ts"], if_not_exists=True)
+    db.execute(
+        "UPDATE completions SET next_gap_ms = g.gap FROM ("
+        "  SELECT completion_id, (julianday(LEAD(ts) OVER w) - julianday(ts)) * 86400000.0"
+        "    - COALESCE(LEAD(latency_ms) OVER w, 0) + COALESCE(latency_ms, 0) AS gap"
+        "  FROM completions WINDOW w AS (PARTITION BY developer, uri ORDER BY ts)"
+        ") AS g WHERE completions.completion_id = g.completion_id AND g.gap IS NOT NULL"
+    )
+
+
 SCHEMA_VERSION: int = max(MIGRATIONS)
 #: Tables a file of each version must hold to be ours.
 TABLES_BY_VERSION: dict[int, frozenset[str]] = {
     1: frozenset({"completions"}),
     2: frozenset({"completions", "calibrations"}),
+    3: frozenset({"completions", "calibrations"}),
 }
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -117,6 +143,29 @@ def insert_sql(*, or_ignore: bool = False) -> str:
     params = ", ".join(f":{c}" for c in COMPLETION_COLUMNS)
     verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
     return f"{verb} INTO completions ({cols}) VALUES ({params})"
+
+
+def gap_update_sql(row: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """After inserting ``row``: set ``next_gap_ms`` of the request just before it (same developer and file) and
+    of ``row`` itself when a later one is already there (rows from several processes may arrive out of order).
+    A smaller gap never gets overwritten by a larger one."""
+    params = {"id": row["completion_id"], "dev": row["developer"], "uri": row["uri"], "ts": row["ts"]}
+    before = (
+        "UPDATE completions AS p SET next_gap_ms = g.gap FROM ("
+        f"  SELECT c.completion_id AS cid, {GAP_SQL.format(n='n', p='c')} AS gap"
+        "  FROM completions AS c, completions AS n"
+        "  WHERE n.completion_id = :id AND c.developer = :dev AND c.uri IS :uri AND c.ts < :ts"
+        "  ORDER BY c.ts DESC LIMIT 1"
+        ") AS g WHERE p.completion_id = g.cid AND (p.next_gap_ms IS NULL OR p.next_gap_ms > g.gap)"
+    )
+    after = (
+        "UPDATE completions AS p SET next_gap_ms = ("
+        f"  SELECT {GAP_SQL.format(n='n', p='p')} FROM completions AS n"
+        "  WHERE n.developer = :dev AND n.uri IS :uri AND n.ts > :ts ORDER BY n.ts LIMIT 1"
+        ") WHERE p.completion_id = :id AND EXISTS ("
+        "  SELECT 1 FROM completions AS n WHERE n.developer = :dev AND n.uri IS :uri AND n.ts > :ts)"
+    )
+    return [(before, params), (after, params)]
 
 
 def mark_accepted_sql(completion_id: str, ts: str) -> tuple[str, dict[str, Any]]:

@@ -225,19 +225,23 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------------------------
 
-    def _write(self, sql: str, params: Mapping[str, Any] | list[Mapping[str, Any]]) -> int:
-        """Execute one write with retries; returns the row count. Raises ``StoreUnwritable`` past them."""
+    def _write(self, sql: str, params: Mapping[str, Any], *then: tuple[str, Mapping[str, Any]]) -> int:
+        """Execute one write (and ``then`` statements, in the same transaction) with retries.
+
+        Returns the first statement's row count. Raises ``StoreUnwritable`` past the retries.
+        """
         if self.readonly:
             raise StoreUnwritable(f"the database {self.path} was opened read-only")
         last: sqlite3.Error | None = None
         for attempt in range(self.retries + 1):
             try:
-                if isinstance(params, list):
+                if then:
                     with self.db.atomic():
-                        cur = self._conn.executemany(sql, params)
-                else:
-                    cur = self._conn.execute(sql, params)
-                return int(cur.rowcount)
+                        count = int(self._conn.execute(sql, params).rowcount)
+                        for extra_sql, extra_params in then:
+                            self._conn.execute(extra_sql, extra_params)
+                    return count
+                return int(self._conn.execute(sql, params).rowcount)
             except sqlite3.IntegrityError:
                 raise
             except sqlite3.Error as e:
@@ -253,7 +257,7 @@ class Store:
         """Insert one completion. If the database stays unwritable, the row is spooled (never lost)."""
         row = schema.completion_row(rec)
         try:
-            self._write(schema.insert_sql(), row)
+            self._write(schema.insert_sql(), row, *schema.gap_update_sql(row))
         except sqlite3.IntegrityError as e:
             raise StoreError(f"completion {row['completion_id']} is already recorded") from e
         except StoreUnwritable as e:
@@ -305,7 +309,10 @@ class Store:
             for entry in entries:
                 op = entry.get("op")
                 if op == "record":
-                    self._conn.execute(schema.insert_sql(or_ignore=True), schema.completion_row(entry["row"]))
+                    row = schema.completion_row(entry["row"])
+                    if self._conn.execute(schema.insert_sql(or_ignore=True), row).rowcount:
+                        for sql, params in schema.gap_update_sql(row):
+                            self._conn.execute(sql, params)
                 elif op == "accept":
                     self._conn.execute(*schema.mark_accepted_sql(str(entry["completion_id"]), str(entry["ts"])))
                 elif op == "outcome":

@@ -1,0 +1,265 @@
+"""``greentrack report`` on a database with known rows: exact figures in every format, weeks, merges, bad files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from tests.report.report_fixture import ALICE, BOB, EXPECTED_ALICE, ROWS, build_db, rec
+
+from greentrack.errors import GreentrackError, StoreError, UsageError
+from greentrack.report.command import build_reports, export_rows, run_report
+from greentrack.report.render import render
+from greentrack.report.tips import calibrated_energy_j, fmt_j
+from greentrack.store import SCHEMA_VERSION, Store
+from greentrack.store.schema import EXPORT_COLUMNS, normalize_ts
+
+W47 = dict(week="2026-W47", tz="Europe/Berlin", carbon_intensity=400.0)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return build_db(tmp_path / "team.db")
+
+
+def alice(db: Path, **kw: Any) -> dict[str, Any]:
+    reports = build_reports([db], developer=ALICE, **{**W47, **kw})
+    assert len(reports) == 1
+    return reports[0]
+
+
+def test_json_figures_are_exact(db: Path) -> None:
+    report = alice(db)
+    assert report == EXPECTED_ALICE
+    # the contract's keys, all present
+    for key in ("developer", "week", "from", "to", "completions", "accepted", "acceptance_rate", "energy_j",
+                "j_per_completion", "j_per_accepted", "co2e_g", "carbon_intensity_g_per_kwh", "method_share",
+                "by_day", "by_model", "by_language", "previous_week", "tips"):
+        assert key in report
+    assert set(report["energy_j"]) == {"total", "prefill", "decode", "wasted"}
+    text = render([report], "json", as_list=False)
+    assert json.loads(text) == EXPECTED_ALICE
+
+
+def test_all_developers_and_one_with_nothing_accepted(db: Path) -> None:
+    reports = build_reports([db], all_developers=True, **W47)
+    assert [r["developer"] for r in reports] == [ALICE, BOB]
+    assert reports[0] == EXPECTED_ALICE
+    bob = reports[1]
+    assert (bob["completions"], bob["accepted"], bob["acceptance_rate"]) == (1, 0, 0.0)
+    assert bob["j_per_accepted"] is None and bob["j_per_completion"] == 1.0
+    assert bob["energy_j"] == {"total": 1.0, "prefill": 0.25, "decode": 0.75, "wasted": 1.0}
+    assert bob["previous_week"] is None
+    assert bob["tips"][0].startswith("100.0% of this week's energy (1 J) went to 1 suggestion(s) never accepted")
+    assert json.loads(render(reports, "json")) == reports
+
+
+def test_empty_week(db: Path) -> None:
+    report = alice(db, week="2026-W30")
+    assert report["completions"] == 0 and report["accepted"] == 0
+    assert report["acceptance_rate"] is None and report["j_per_completion"] is None
+    assert report["j_per_accepted"] is None
+    assert report["energy_j"] == {"total": 0.0, "prefill": 0.0, "decode": 0.0, "wasted": 0.0}
+    assert [d["completions"] for d in report["by_day"]] == [0] * 7
+    assert report["by_model"] == [] and report["tips"] == [] and report["previous_week"] is None
+    assert build_reports([db], all_developers=True, week="2026-W30", tz="Europe/Berlin") == []
+    for fmt in ("table", "md", "html", "json", "csv"):
+        assert render([], fmt)
+    assert "No completions" in render([], "table")
+    assert render([], "json", as_list=False).strip() == "null"
+    assert "No tips this week." in render([report], "md")
+
+
+def test_markdown(db: Path) -> None:
+    md = render([alice(db)], "md")
+    for line in (
+        "# greentrack report — alice@example.com — 2026-W47",
+        "| Completions | 6 (2 accepted, 33.3%) |",
+        "| Energy | 7.88 J (prefill 1.88 J, decode 6 J) |",
+        "| Wasted | 2.88 J on suggestions never accepted |",
+        "| Per completion | 1.31 J |",
+        "| Per accepted | 3.94 J |",
+        "| CO2e | 0.875 mg at 400 gCO2e/kWh |",
+        "| Method | measured 38.1%, attributed 57.1%, estimated 4.8% |",
+        "| Previous week | 2026-W46: 2 completions, 1 accepted, 4.5 J |",
+        "| 2026-11-16 | 4 | 2 | 7.5 J |",
+        "| 2026-11-18 | 1 | 0 | 125 mJ |",
+        "| m-big | 4 | 2 | 7.5 J |",
+        "| typescript | 1 | 0 | 125 mJ |",
+        "- " + EXPECTED_ALICE["tips"][0],
+    ):
+        assert line in md.splitlines(), line
+
+
+def test_table(db: Path) -> None:
+    text = render([alice(db)], "table", width=120)
+    assert "greentrack — alice@example.com — 2026-W47 (2026-11-16 … 2026-11-22, Europe/Berlin)" in text
+    assert "6 (2 accepted, 33.3%)" in text and "7.88 J (prefill 1.88 J, decode 6 J)" in text
+    day_lines = [line for line in text.splitlines() if line.strip().startswith("2026-11-")]
+    assert len(day_lines) == 7
+    monday = next(line for line in day_lines if "2026-11-16" in line)
+    wednesday = next(line for line in day_lines if "2026-11-18" in line)
+    assert monday.count("█") == 30 and "7.5 J" in monday  # the peak day fills the bar
+    assert "125 mJ" in wednesday and wednesday.count("█") == 0  # 0.125 / 7.5 of 30 cells: an eighth-block only
+    assert "Tips" in text and "m-small would have used" in text
+
+
+def test_csv_exports_every_stored_column_but_text(db: Path) -> None:
+    rows = export_rows([db], developer=ALICE, week="2026-W47", tz="Europe/Berlin")
+    text = render([], "csv", rows=rows)
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert [r["completion_id"] for r in parsed] == ["r1", "r2", "r3", "r4", "r5", "r6"]
+    assert list(parsed[0]) == list(EXPORT_COLUMNS) and "text" not in parsed[0]
+    r4 = parsed[3]
+    assert (r4["total_j"], r4["prefill_j"], r4["method"], r4["accepted"]) == ("3.0", "0.5", "attributed", "1")
+    assert r4["ts"] == "2026-11-16T10:00:00.650000+00:00"
+    assert r4["accepted_ts"] == "2026-11-20T12:00:00.000000+00:00"
+    assert float(parsed[1]["next_gap_ms"]) == pytest.approx(250.0, abs=0.1)
+    assert parsed[0]["uncertainty_j"] == ""
+
+
+def test_html_is_self_contained(db: Path) -> None:
+    html = render([alice(db)], "html")
+    assert html.startswith("<!DOCTYPE html>")
+    for needle in ('<svg id="chart-days-0"', '<svg id="chart-models-0"', '<svg id="chart-methods-0"',
+                   'class="bar-decode"', "7.88 J", "alice@example.com", "m-small would have used"):
+        assert needle in html
+    assert html.count('class="bar-prefill"') == 3  # three days with energy
+    for forbidden in ("http://", "https://", "<script", "@import", "src="):
+        assert forbidden not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_run_report_writes_every_format(db: Path, tmp_path: Path) -> None:
+    for fmt in ("table", "md", "json", "csv", "html"):
+        out = tmp_path / "out" / f"report.{fmt}"
+        console = Console(file=io.StringIO(), width=100)
+        code = run_report([db], week="2026-W47", developer=ALICE, all_developers=False, fmt=fmt, out=out,
+                          tz="Europe/Berlin", carbon_intensity=400.0, console=console)
+        assert code == 0 and out.stat().st_size > 200
+        assert f"report written to {out}" in console.file.getvalue()  # type: ignore[attr-defined]
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == EXPECTED_ALICE
+    assert (tmp_path / "out" / "report.csv").read_text().count("\n") == 7
+    console = Console(file=io.StringIO(), width=100)
+    assert run_report([db], week="2026-W47", developer=None, all_developers=True, fmt="json", out=None,
+                      tz="Europe/Berlin", carbon_intensity=400.0, console=console) == 0
+    assert [r["developer"] for r in json.loads(console.file.getvalue())] == [ALICE, BOB]  # type: ignore[attr-defined]
+
+
+def test_default_developer_and_intensity_from_environment(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GREENTRACK_DEVELOPER", BOB)
+    monkeypatch.setenv("GREENTRACK_CARBON_INTENSITY", "FRA")
+    [report] = build_reports([db], week="2026-W47", tz="Europe/Berlin")
+    assert report["developer"] == BOB
+    assert report["carbon_intensity_g_per_kwh"] == 56.039  # CodeCarbon's figure for France
+    assert report["co2e_g"] == pytest.approx(1.0 / 3.6e6 * 56.039, rel=1e-6)
+
+
+def test_this_week_by_default(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    path = tmp_path / "now.db"
+    with Store(path) as store:
+        store.record(rec("now", datetime.now(UTC).isoformat(), prefill_j=0.5, decode_j=0.5, developer=BOB))
+    [report] = build_reports([path], developer=BOB, tz="UTC")
+    assert report["completions"] == 1
+    assert report["week"] == "{}-W{:02d}".format(*datetime.now(UTC).isocalendar()[:2])
+
+
+def test_usage_errors(db: Path) -> None:
+    for week in ("2026-47", "2026-W7", "26-W47", "2026-W00", "2026-W54", "2025-W53"):
+        with pytest.raises(UsageError):
+            build_reports([db], week=week)
+    assert build_reports([db], week="2026-W53", developer=ALICE)[0]["week"] == "2026-W53"  # 2026 has 53 weeks
+    with pytest.raises(UsageError, match="time zone"):
+        build_reports([db], week="2026-W47", tz="Mars/Olympus")
+    with pytest.raises(UsageError, match="exclude"):
+        build_reports([db], developer=ALICE, all_developers=True)
+    with pytest.raises(UsageError, match="--format"):
+        run_report([db], week=None, developer=None, all_developers=False, fmt="pdf", out=None)
+    with pytest.raises(UsageError, match="no database"):
+        build_reports([db.parent / "missing.db"])
+    assert issubclass(UsageError, GreentrackError)
+
+
+def _snapshot(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+def test_corrupt_and_foreign_files_fail_cleanly_untouched(tmp_path: Path, db: Path) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(os.urandom(4096))
+    foreign = tmp_path / "foreign.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE notes (x)")
+    conn.commit()
+    conn.close()
+    for bad, message in ((corrupt, "not an SQLite database"), (foreign, "another program")):
+        before = _snapshot(bad)
+        with pytest.raises(StoreError, match=message):
+            build_reports([db, bad], all_developers=True, **W47)
+        with pytest.raises(GreentrackError):
+            run_report([bad], week="2026-W47", developer=None, all_developers=False, fmt="json", out=None)
+        assert _snapshot(bad) == before
+
+
+def test_older_schema_is_migrated_and_reported(tmp_path: Path) -> None:
+    from tests.store.test_store import V1_SQL
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SQL)
+    for record, accepted in ROWS:
+        row = record.row()
+        row["ts"] = normalize_ts(row["ts"])
+        row["accepted"] = int(accepted)
+        row["accepted_ts"] = "2026-11-20T12:00:00.000000+00:00" if accepted else None
+        conn.execute(f"INSERT INTO completions VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    conn.commit()
+    conn.close()
+    report = alice(path)
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+    expected = {k: v for k, v in EXPECTED_ALICE.items() if k != "tips"}
+    assert {k: v for k, v in report.items() if k != "tips"} == expected
+    # no calibrations in a v1 file: every tip but the model comparison, the debounce one from backfilled gaps
+    assert report["tips"] == [t for t in EXPECTED_ALICE["tips"] if "would have used" not in t]
+
+
+def test_team_merge_of_two_files_dedupes(tmp_path: Path) -> None:
+    team = tmp_path / "team"
+    team.mkdir()
+    alice_rows = [r for r in ROWS if r[0].developer == ALICE]
+    first = alice_rows[:3]  # r1–r3
+    # the second file holds r3 again (a copy taken after acceptance elsewhere) and the rest
+    second = [(alice_rows[2][0], True), *alice_rows[3:]]
+    build_db(team / "a.db", first, calibrations=False)
+    build_db(team / "b.db", second + [r for r in ROWS if r[0].developer == BOB])
+    reports = build_reports([team / "a.db", team / "b.db"], all_developers=True, **W47)
+    merged = reports[0]
+    assert merged["developer"] == ALICE and merged["completions"] == 6  # r3 counted once
+    assert merged["accepted"] == 3  # r3's acceptance from the second copy counts
+    assert merged["energy_j"]["total"] == 7.875
+    assert merged["energy_j"]["wasted"] == pytest.approx(2.875 - 1.5)
+    assert build_reports([team], all_developers=True, **W47) == reports  # a folder of *.db
+    assert [r["developer"] for r in reports] == [ALICE, BOB]
+
+
+def test_calibrated_energy_by_bins() -> None:
+    cal = {"bins": [{"input_tokens": 512, "output_tokens": 16, "energy_j": 2.5}], "prefill_j_per_token": 1.0,
+           "decode_j_per_token": 1.0}
+    assert calibrated_energy_j(cal, 512, 16) == 2.5
+    assert calibrated_energy_j({"bins": []}, 512, 16) is None
+    assert calibrated_energy_j({"prefill_j_per_token": 0.001, "decode_j_per_token": 0.5}, 1000, 4) == 3.0
+    assert calibrated_energy_j({"decode_j_per_token": 0.5}, 1000, 4) is None
+
+
+def test_fmt_j_units() -> None:
+    assert [fmt_j(x) for x in (0, 0.000647, 0.125, 3.2109, 12500, 3.4e7)] == [
+        "0 J", "647 µJ", "125 mJ", "3.21 J", "12.5 kJ", "34 MJ"]
