@@ -1,0 +1,153 @@
+"""Calibration: the fit recovers known coefficients; run_calibration measures a fake engine's phases through
+the real sampler over long windows; storage round trip; the calibrated estimate."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+
+import pytest
+
+from greentrack.energy.calibration import (
+    Calibration,
+    CalibrationPoint,
+    calibrated_phase_energy,
+    fit_calibration,
+    run_calibration,
+)
+from greentrack.energy.counter import Counter
+from greentrack.energy.monitor import EnergyMonitor
+from greentrack.energy.types import PhaseSpan
+
+PROMPTS = (32, 64, 128, 256, 512, 1024, 2048, 4096)  # powers of two, as Fernandez et al.
+OUTPUTS = (8, 16, 32, 64)
+
+
+def points(a_pre: float, b_pre: float, a_dec: float, noise: float, rng: random.Random) -> list[CalibrationPoint]:
+    out = []
+    for n in PROMPTS:
+        for m in OUTPUTS:
+            pre = (b_pre + a_pre * n) * (1 + rng.gauss(0, noise))
+            dec = a_dec * (m - 1) * (1 + rng.gauss(0, noise))
+            out.append(CalibrationPoint(n, m - 1, 0.02 + n * 4e-6, 0.025 * (m - 1), pre, dec, m))
+    return out
+
+
+def test_fit_recovers_exact_coefficients() -> None:
+    cal = fit_calibration(points(0.0046, 3.6, 1.0, 0.0, random.Random(0)), idle_w=122.0, source_meter="nvml:gpu0",
+                          host="h", device="cuda:0", model="m")
+    assert cal.j_per_prompt_token == pytest.approx(0.0046, rel=1e-9)
+    assert cal.prefill_fixed_j == pytest.approx(3.6, rel=1e-9)
+    assert cal.j_per_decode_token == pytest.approx(1.0, rel=1e-9)
+    assert cal.decode_fixed_j == pytest.approx(0.0, abs=1e-9)
+    assert cal.fit_error == pytest.approx(0.0, abs=1e-9)
+    assert cal.n_points == len(PROMPTS) * len(OUTPUTS)
+    assert cal.decode_w == pytest.approx(1.0 / 0.025)
+    assert cal.idle_w == 122.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fit_with_noise(seed: int) -> None:
+    cal = fit_calibration(points(0.0046, 3.6, 1.0, 0.05, random.Random(seed)))
+    assert cal.j_per_prompt_token == pytest.approx(0.0046, rel=0.1)
+    assert cal.prefill_fixed_j == pytest.approx(3.6, rel=0.15)
+    assert cal.j_per_decode_token == pytest.approx(1.0, rel=0.05)
+    assert 0.02 < cal.fit_error < 0.1
+    assert cal.relative_uncertainty == max(0.1, 2 * cal.fit_error)
+
+
+def test_fit_needs_points_and_survives_a_single_size() -> None:
+    with pytest.raises(ValueError):
+        fit_calibration([])
+    cal = fit_calibration([CalibrationPoint(100, 9, 0.02, 0.2, 2.0, 9.0, 10)])
+    assert cal.j_per_prompt_token == pytest.approx(0.02) and cal.prefill_fixed_j == 0.0
+    assert cal.j_per_decode_token == pytest.approx(1.0)
+
+
+def test_dict_round_trip_and_store_keys() -> None:
+    cal = fit_calibration(points(0.0046, 3.6, 1.0, 0.01, random.Random(1)), idle_w=120.0, source_meter="nvml:gpu0",
+                          host="box", device="cuda:0", model="qwen")
+    data = json.loads(json.dumps(cal.to_dict(), allow_nan=False))
+    assert data["prefill_j_per_token"] == cal.j_per_prompt_token
+    assert data["decode_j_per_token"] == cal.j_per_decode_token
+    assert {"input_tokens", "output_tokens", "energy_j"} <= set(data["bins"][0])
+    back = Calibration.from_dict(data)
+    assert back == cal
+    # Older or foreign documents: aliases accepted, malformed ones rejected with the errors the pipeline catches.
+    del data["j_per_prompt_token"]
+    assert Calibration.from_dict(data).j_per_prompt_token == cal.j_per_prompt_token
+    with pytest.raises(KeyError):
+        Calibration.from_dict({"source_meter": "x", "device": "d", "model": "m", "host": "h"})
+    bad = cal.to_dict()
+    bad["idle_w"] = "nan"
+    with pytest.raises(ValueError):
+        Calibration.from_dict(bad)
+
+
+def test_calibrated_estimate() -> None:
+    cal = Calibration("nvml:gpu0", "cuda:0", "m", "h", 0.005, 4.0, 400.0, 150.0, 120.0, 0.08, 6, prefill_fixed_j=2.0)
+    spans = [PhaseSpan("r", "prefill", 0.0, 0.03, 600), PhaseSpan("r", "decode", 0.03, 0.4, 10)]
+    pre, dec = calibrated_phase_energy(spans, cal)
+    assert pre.energy_j == pytest.approx(5.0) and dec.energy_j == pytest.approx(40.0)
+    assert pre.method == dec.method == "estimated" and pre.meter == "calibrated:nvml:gpu0@h"
+    assert dec.uncertainty_j == pytest.approx(0.16 * 40.0)
+
+
+class FakeDevice(Counter):
+    """A continuous counter integrating a power the fake engine sets (exactly, on the real clock)."""
+
+    name = "fake:device"
+    update_period_s = 0.0
+    sample_period_s = 0.005
+    max_power_w = 1000.0
+
+    def __init__(self, idle_w: float) -> None:
+        self._lock = threading.Lock()
+        self._t = time.monotonic()
+        self._e = 0.0
+        self._p = idle_w
+        self.idle_w = idle_w
+
+    def set_power(self, power_w: float) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._e += self._p * (now - self._t)
+            self._t, self._p = now, power_w
+
+    def read_j(self) -> float:
+        with self._lock:
+            return self._e + self._p * (time.monotonic() - self._t)
+
+
+def test_run_calibration_recovers_a_fake_engines_model() -> None:
+    device = FakeDevice(idle_w=100.0)
+    prefill_s, step_s = 0.01, 0.005
+
+    def run_phases(n: int, m: int) -> list[PhaseSpan]:
+        # Prefill: 10 ms at 100 + 0.2 n W → 1 J + 0.002 J/token. Decode: 5 ms/token at 150 W → 0.75 J/token.
+        t0 = time.monotonic()
+        device.set_power(100.0 + 0.2 * n)
+        while time.monotonic() - t0 < prefill_s:
+            pass
+        t1 = time.monotonic()
+        spans = [PhaseSpan(f"c{n}", "prefill", t0, t1, n)]
+        if m >= 2:
+            device.set_power(150.0)
+            while time.monotonic() - t1 < step_s * (m - 1):
+                pass
+            spans.append(PhaseSpan(f"c{n}", "decode", t1, time.monotonic(), m - 1))
+        device.set_power(100.0)
+        return spans
+
+    with EnergyMonitor(device) as monitor:
+        cal = run_calibration(run_phases, monitor, (64, 256, 1024), (1, 9), repeats=3, host="h", device="cpu",
+                              model="fake", min_window_s=0.15, idle_s=0.1)
+    assert cal.source_meter == "fake:device" and cal.host == "h" and cal.model == "fake"
+    assert cal.idle_w == pytest.approx(100.0, rel=0.1)
+    assert cal.j_per_prompt_token == pytest.approx(0.002, rel=0.15)
+    assert cal.prefill_fixed_j == pytest.approx(1.0, rel=0.25)
+    assert cal.j_per_decode_token == pytest.approx(0.75, rel=0.15)
+    assert cal.decode_w == pytest.approx(150.0, rel=0.1)
+    assert cal.n_points == 6 and cal.fit_error < 0.1
