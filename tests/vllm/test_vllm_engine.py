@@ -321,3 +321,12 @@ def _spans(r: EngineResult) -> list:  # type: ignore[type-arg]
 
 def _overlap(x: object, y: object) -> float:
     return max(0.0, min(x.end_s, y.end_s) - max(x.start_s, y.start_s))  # type: ignore[attr-defined]
+
+
+def test_synthetic_phases_for_calibration(backend: VllmBackend) -> None:
+    """``greentrack calibrate --backend vllm``: exact token counts, no prefix-cache reads, no stop rules."""
+    for _ in range(2):  # the second time the same prompt is in the cache: it must not be read
+        spans = backend.run_synthetic(200, 5)
+        assert [(s.kind, s.work) for s in spans] == [("prefill", 200.0), ("decode", 5.0)]
+        assert spans[0].start_s < spans[0].end_s == spans[1].start_s < spans[1].end_s
+    assert [s.kind for s in backend.run_synthetic(16, 0)] == ["prefill"]

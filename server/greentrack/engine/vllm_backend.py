@@ -216,6 +216,7 @@ class _Job:
     fim: str | None
     submitted_s: float
     heal_text: str = ""
+    synthetic: int = -1  # >= 0: a calibration phase decoding exactly this many steps (no stops, no cache reads)
     done: threading.Event = field(default_factory=threading.Event)
     added: bool = False
     text: str = ""
@@ -402,6 +403,29 @@ class VllmBackend:
             "fim": self._builder.fim.family if self._builder.fim else None,
         }
 
+    def run_synthetic(self, prompt_tokens: int, new_tokens: int, request_id: str = "synthetic") -> list[PhaseSpan]:
+        """Prefill exactly ``prompt_tokens`` tokens, then decode exactly ``new_tokens`` steps (``greentrack
+        calibrate``): no stop rules, EOS ignored, the prefix cache not read. Spans from vLLM's metrics."""
+        from greentrack.engine.stops import StopContext
+
+        if prompt_tokens < 1 or new_tokens < 0:
+            raise BadInput("run_synthetic needs prompt_tokens >= 1 and new_tokens >= 0")
+        base = self._tokenizer.encode("def compute(values):\n    total = 0\n    for v in values:\n        total += v\n")
+        ids = [base[i % len(base)] for i in range(prompt_tokens)]
+        with self._seq_lock:
+            self._seq += 1
+            engine_id = f"{request_id}#{self._seq}"
+        request = CompletionRequest(request_id, "greentrack://synthetic", "", 0, max_tokens=new_tokens + 1,
+                                    max_time_s=0.0)
+        job = _Job(request, CancelToken(), engine_id, ids, StopContext("line", "", "", 0, False, ""), None,
+                   time.monotonic(), synthetic=new_tokens)
+        self._enqueue(job)
+        job.done.wait()
+        if job.error is not None:
+            raise GreentrackError(f"vLLM failed on a calibration phase: {job.error}") from job.error
+        assert job.result is not None
+        return job.result.spans
+
     # -- preparing and submitting -----------------------------------------------------------------------
 
     def _prepare(self, request: CompletionRequest, cancel: CancelToken) -> _Job:
@@ -487,14 +511,19 @@ class VllmBackend:
         while not self._submit.empty():
             job = self._submit.get_nowait()
             req = job.request
-            params = vl.SamplingParams(
-                max_tokens=max(1, int(req.max_tokens)),
-                temperature=0.0,
-                stop_token_ids=self._stop_ids,
-                skip_special_tokens=False,
-                output_kind=vl.RequestOutputKind.CUMULATIVE,
-                extra_args=self._heal_args(job),
-            )
+            if job.synthetic >= 0:
+                params = vl.SamplingParams(max_tokens=job.synthetic + 1, temperature=0.0, ignore_eos=True,
+                                           skip_reading_prefix_cache=True, detokenize=False,
+                                           output_kind=vl.RequestOutputKind.CUMULATIVE)
+            else:
+                params = vl.SamplingParams(
+                    max_tokens=max(1, int(req.max_tokens)),
+                    temperature=0.0,
+                    stop_token_ids=self._stop_ids,
+                    skip_special_tokens=False,
+                    output_kind=vl.RequestOutputKind.CUMULATIVE,
+                    extra_args=self._heal_args(job),
+                )
             try:
                 self._engine.add_request(job.engine_id, {"prompt_token_ids": job.prompt_ids}, params)
             except Exception as e:
@@ -557,7 +586,7 @@ class VllmBackend:
             if not was_prefilling and new_tokens > 0 and prev_end is not None:
                 job.step_spans.append(PhaseSpan(job.request.request_id, "decode", prev_end,
                                                 job.stats.last_token_s or step_end, float(new_tokens)))
-            decision = None if healing else check_stop(job.text, job.stop_ctx)
+            decision = None if healing or job.synthetic >= 0 else check_stop(job.text, job.stop_ctx)
             if decision is not None:
                 if not out.finished:
                     self._engine.abort_request([job.engine_id])
