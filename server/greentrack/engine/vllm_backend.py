@@ -525,13 +525,22 @@ class VllmBackend:
                     extra_args=self._heal_args(job),
                 )
             try:
-                self._engine.add_request(job.engine_id, {"prompt_token_ids": job.prompt_ids}, params)
+                self._engine.add_request(job.engine_id, self._engine_input(job.prompt_ids), params)
             except Exception as e:
                 job.error = BadInput(f"vLLM refused the prompt ({len(job.prompt_ids)} tokens): {e}")
                 job.done.set()
                 continue
             job.added = True
             active[job.engine_id] = job
+
+    def _engine_input(self, ids: list[int]) -> Any:
+        """Token ids as vLLM 0.32 wants them (``Renderer.render_cmpl``; a raw ``TokensPrompt`` is deprecated)."""
+        prompt = {"prompt_token_ids": ids}
+        renderer = getattr(self._engine, "renderer", None)
+        render = getattr(renderer, "render_cmpl", None)
+        if render is None:  # pragma: no cover - older vLLM
+            return prompt
+        return render([prompt])[0]
 
     def _heal_args(self, job: _Job) -> dict[str, Any] | None:
         from greentrack.engine.vllm_healing import EXTRA_ARG
