@@ -141,23 +141,37 @@ def main() -> None:
 
     loaded = LoadedModel(model, tok, ModelSource("qwen2.5-coder-1.5b-shape", "folder", __import__("pathlib").Path(".")),
                          __import__("pathlib").Path("."), torch.device("cuda:0"), torch.bfloat16)
-    for label, graph in (("greentrack_static_eager", False), ("greentrack_static_cudagraph", True)):
+    with torch.inference_mode():
+        ref_logits = model(prompt).logits[0, -1].float()
+    eager_tokens: list[int] = []
+    variants = (("greentrack_static_eager", False, False), ("greentrack_static_cudagraph", True, False),
+                ("greentrack_cudagraph_compiled", True, True))
+    for label, graph, compiled in variants:
         try:
             t = time.monotonic()
             backend = TransformersBackend("qwen2.5-coder-1.5b-shape", "cuda", loaded=loaded, cuda_graph=graph,
-                                          context_tokens=1024, max_tokens=NEW_TOKENS)
+                                          compile_step=compiled, context_tokens=1024, max_tokens=NEW_TOKENS)
             init_s = time.monotonic() - t
             # greedy tokens vs generate (same prompt ids, no reuse)
             ids = prompt[0].tolist()
             with torch.inference_mode():
                 backend.runner.begin(None, ids)
-                token = int(torch.argmax(backend.runner.prefill(ids)))
+                first_logits = backend.runner.prefill(ids).float()
+                top2 = torch.topk(ref_logits, 2).values
+                logits_check = {"max_abs_diff_vs_plain_forward": float((first_logits - ref_logits).abs().max()),
+                                "ref_top2_margin": float(top2[0] - top2[1]),
+                                "argmax_equal": bool(int(first_logits.argmax()) == int(ref_logits.argmax()))}
+                token = int(torch.argmax(first_logits))
                 mine = [token]
                 for _ in range(63):
                     token = int(torch.argmax(backend.runner.step(token)))
                     mine.append(token)
                 backend.runner.end(None, [])
             match = next((i for i, (a, b) in enumerate(zip(mine, ref_tokens, strict=False)) if a != b), len(mine))
+            if not eager_tokens:
+                eager_tokens = mine
+            match_eager = next((i for i, (a, b) in enumerate(zip(mine, eager_tokens, strict=False)) if a != b),
+                               len(mine))
             spans = backend.run_synthetic(PROMPT_TOKENS, NEW_TOKENS)
             w = window(nvml, lambda b=backend: b.run_synthetic(PROMPT_TOKENS, NEW_TOKENS), NEW_TOKENS, args.window_s)
             sp = [backend.run_synthetic(PROMPT_TOKENS, NEW_TOKENS) for _ in range(3)]
@@ -165,7 +179,8 @@ def main() -> None:
             pre = [backend.run_synthetic(1024, 0)[0].duration_s * 1e3 for _ in range(5)]
             w.update(init_s=init_s, uses_graph=backend.runner.uses_graph,
                      graph_error=getattr(backend.runner, "graph_error", ""),
-                     greedy_match_vs_generate=f"{match}/64", decode_span_ms_per_token=decode_ms,
+                     greedy_match_vs_generate=f"{match}/64", greedy_match_vs_static_eager=f"{match_eager}/64",
+                     first_logits=logits_check, decode_span_ms_per_token=decode_ms,
                      prefill_1024_ms=sorted(pre)[2], first_spans=[(s.kind, s.duration_s, s.work) for s in spans])
             # one real completion through the whole path (FIM prompt, stop rules) for timing
             text = "def fib(n):\n    " + "x = 1\n    " * 50

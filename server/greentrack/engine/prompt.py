@@ -93,6 +93,8 @@ def validate(text: str, offset: int) -> None:
         raise BadInput(f"cursor offset {offset} is outside the document (0..{len(text)})")
     if "\x00" in text:
         raise BadInput("the document looks binary (it contains NUL bytes); nothing to complete")
+    if _SURROGATE.search(text):
+        raise BadInput("the document contains undecodable bytes (not valid UTF-8 text); nothing to complete")
 
 
 @dataclass(frozen=True)
@@ -156,10 +158,7 @@ def fit_window(
     prefix_budget = budget_tokens - suffix_tokens
     _start, prefix = _cut_prefix(text, offset, prefix_budget * MAX_CHARS_PER_TOKEN)
     prefix, prefix_tokens = _trim_to_budget(prefix, prefix_budget, count_tokens, from_start=True)
-    window = Window(prefix, suffix, offset - len(prefix), offset + len(suffix), prefix_tokens, suffix_tokens)
-    if _SURROGATE.search(prefix) or _SURROGATE.search(suffix):
-        raise BadInput("the document contains undecodable bytes near the cursor; nothing to complete")
-    return window
+    return Window(prefix, suffix, offset - len(prefix), offset + len(suffix), prefix_tokens, suffix_tokens)
 
 
 # ---------------------------------------------------------------------------------------------- token healing

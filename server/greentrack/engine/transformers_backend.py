@@ -12,6 +12,7 @@ and on CUDA the decode step is a captured CUDA graph (``runners.StaticRunner``).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -73,6 +74,7 @@ class TransformersBackend:
         dtype: str | None = None,
         cache: str = "auto",
         cuda_graph: bool = True,
+        compile_step: bool | None = None,
         max_documents: int = 4,
         reuse: bool = True,
         healing: bool = True,
@@ -98,12 +100,15 @@ class TransformersBackend:
         self.reuse = reuse
         self._healer: Healer | None = None
         self._lock = threading.Lock()
+        if compile_step is None:  # opt-in: ~40 s of torch.compile at start-up for ~25% less energy per token
+            compile_step = os.environ.get("GREENTRACK_COMPILE_DECODE", "") in ("1", "true", "yes")
         kind = cache if cache != "auto" else ("static" if self.torch_device.type == "cuda" else "dynamic")
         self.runner: DynamicRunner | StaticRunner
         if kind == "static":
             limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 20)
             self.runner = StaticRunner(
-                self.model, self.torch_device, min(limit, context_tokens + max_tokens + 64), cuda_graph
+                self.model, self.torch_device, min(limit, context_tokens + max_tokens + 64), cuda_graph,
+                compile_step=compile_step,
             )
         else:
             self.runner = DynamicRunner(self.model, self.torch_device, max_documents)
