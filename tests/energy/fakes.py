@@ -165,3 +165,28 @@ class ReplayCounter(Counter):
         if self.read_cost_s:
             time.sleep(self.read_cost_s)
         return value
+
+
+class TraceReplayCounter(Counter):
+    """A recorded counter trace (``[t_s, energy_j, read_s]`` rows) played back on the real clock: a read at
+    trace time ``t`` returns the last recorded value at or before ``t``. Time 0 is construction."""
+
+    method = "attributed"
+    resolution_j = 0.001
+    update_period_s = 0.1
+    sample_period_s = 0.02
+    timing_slack_s = 0.01
+    lag_s = 0.025
+    max_power_w = 700.0
+
+    def __init__(self, rows: Sequence[Sequence[float]], *, read_cost_s: float = 0.003) -> None:
+        self.times = [float(r[0]) for r in rows]
+        self.values = [float(r[1]) for r in rows]
+        self.read_cost_s = read_cost_s
+        self.name = "replay:h100"
+        self.origin_s = time.monotonic() - self.times[0]
+
+    def read_j(self) -> float:
+        time.sleep(self.read_cost_s)
+        i = bisect.bisect_right(self.times, time.monotonic() - self.origin_s) - 1
+        return self.values[max(0, i)]

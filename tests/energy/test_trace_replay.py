@@ -159,3 +159,28 @@ def test_whole_run_conserves() -> None:
     assert res.extrapolated_j == 0.0
     assert abs(res.total_j + res.unattributed_j - res.window_j) < 1e-9 * res.window_j
     assert 0.0 < res.unattributed_j < 0.2 * res.window_j  # idle gaps between requests
+
+
+def test_recorded_trace_through_the_real_sampler() -> None:
+    """The H100 trace played on the real clock, read by the real sampler thread (20 ms): the monitor's figure
+    for the 1 s load matches the attribution from every recorded read, within its uncertainty."""
+    import time
+
+    from tests.energy.fakes import TraceReplayCounter
+
+    from greentrack.energy.monitor import EnergyMonitor
+
+    d = load("h100_trace.json")
+    rows = [r for r in d["samples"] if r[0] < 2.6]
+    samples, spans = trace_samples()
+    block = spans[0]
+    counter = TraceReplayCounter(rows)
+    with EnergyMonitor(counter) as monitor:
+        live = PhaseSpan("block", "prefill", block.start_s + counter.origin_s, block.end_s + counter.origin_s)
+        time.sleep(max(0.0, live.end_s - time.monotonic()))
+        (figure,) = monitor.phase_energy([live], timeout_s=1.0)
+        assert monitor.last_attribution is not None and monitor.last_attribution.extrapolated_j == 0.0
+    reference = attribute(samples, [block], H100, update_period_s=0.1, timing_slack_s=0.01, lag_s=0.025).phases[0]
+    assert figure.uncertainty_j is not None
+    assert abs(figure.energy_j - reference.energy_j) <= figure.uncertainty_j
+    assert figure.uncertainty_j < 0.25 * figure.energy_j  # a 1 s phase: resolved, unlike the 30 ms bursts
