@@ -35,11 +35,16 @@ class Selection:
     def this_week(self) -> Range:
         return Range(self.week.day_starts_utc()[0], self.week.day_starts_utc()[-1], self.developers)
 
+    def previous_week(self) -> Range:
+        prev = self.week.previous().day_starts_utc()
+        return Range(prev[0], prev[-1], self.developers)
+
     def both_weeks(self) -> Range:
         return Range(self.week.previous().day_starts_utc()[0], self.week.day_starts_utc()[-1], self.developers)
 
     def boundaries(self) -> list[str]:
-        return self.week.previous().day_starts_utc()[:-1] + self.week.day_starts_utc()
+        """The 8 UTC starts of the week's 7 local days (the last: the end of the week)."""
+        return self.week.day_starts_utc()
 
 
 def select(*, week: str | None, developer: str | None, all_developers: bool, tz: str | None,
@@ -56,7 +61,7 @@ def select(*, week: str | None, developer: str | None, all_developers: bool, tz:
 def _reports_from(source: Source, sel: Selection, intensity: float) -> list[dict[str, Any]]:
     source.merge(sel.both_weeks())
     calibrations = source.calibrations()
-    facts = source.facts(sel.both_weeks(), sel.boundaries(), sel.this_week(), with_bins=needs_bins(calibrations))
+    facts = source.facts(sel.this_week(), sel.previous_week(), sel.boundaries(), with_bins=needs_bins(calibrations))
     if sel.developers is None:
         developers = sorted(d for d, f in facts.items() if f.this_week())
     else:

@@ -48,10 +48,9 @@ def summarize(
     carbon_intensity_g_per_kwh: float,
     calibrations: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The report of one developer and week. ``facts.groups`` days 0–6 are the previous week, 7–13 this week."""
+    """The report of one developer and week, from the week's ``facts`` (days 0–6) and the previous week's."""
     facts = facts or Facts()
-    this = [g for g in facts.groups if g.day >= 7]
-    prev = [g for g in facts.groups if g.day < 7]
+    this = facts.groups
 
     n = sum(g.completions for g in this)
     accepted = sum(g.completions for g in this if g.accepted)
@@ -67,7 +66,7 @@ def summarize(
 
     day_rows: list[dict[str, Any]] = []
     for i, day in enumerate(days):
-        gs = [g for g in this if g.day == 7 + i]
+        gs = [g for g in this if g.day == i]
         day_rows.append({
             "date": day.isoformat(),
             "completions": sum(g.completions for g in gs),
@@ -99,14 +98,14 @@ def summarize(
             "energy_j": rj(_sum(gs, "total_j")),
         })
 
-    prev_n = sum(g.completions for g in prev)
+    prev_n = sum(n for _, n, _ in facts.previous)
     previous_week = None
     if prev_n:
         previous_week = {
             "week": previous_label,
             "completions": prev_n,
-            "accepted": sum(g.completions for g in prev if g.accepted),
-            "energy_j_total": rj(_sum(prev, "total_j")),
+            "accepted": sum(n for accepted, n, _ in facts.previous if accepted),
+            "energy_j_total": rj(sum(j for _, _, j in facts.previous)),
         }
 
     report: dict[str, Any] = {

@@ -9,8 +9,10 @@ figures are then shaped in Python by ``figures.summarize`` from the ``Facts`` re
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,8 @@ from greentrack.store.store import ro_uri
 DEBOUNCE_CANDIDATES_MS: tuple[int, ...] = (300, 500)
 #: Prompt caps (tokens) the report evaluates in its "smaller context" tip.
 CONTEXT_CAPS: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
+#: Memory-map the attached files (read-only) up to this size: fewer copies on a full scan.
+MMAP_BYTES = 1 << 30
 #: Power-of-two bins of input and output lengths (Fernandez et al., ACL 2025).
 INPUT_BINS: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 OUTPUT_BINS: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
@@ -151,23 +155,42 @@ def aggregate_sql(
     return [(f"DROP TABLE IF EXISTS temp.{table}", {}), (create, {}), (insert, params), (select, {})]
 
 
+def previous_sql(src: str, rng: Range, *, table: str = "prev") -> list[tuple[str, dict[str, Any]]]:
+    """The week before: completions and energy per developer and acceptance (same upsert pass, two keys)."""
+    params: dict[str, Any] = {}
+    where = rng.where(params)
+    return [
+        (f"DROP TABLE IF EXISTS temp.{table}", {}),
+        (f"CREATE TEMP TABLE {table} (developer, accepted, n, total_j, PRIMARY KEY (developer, accepted)) "
+         "WITHOUT ROWID", {}),
+        (f"INSERT INTO {table} (developer, accepted, n, total_j) "
+         f"SELECT developer, COALESCE(accepted, 0), 1, COALESCE(total_j, 0) FROM {src} WHERE {where} "
+         "ON CONFLICT DO UPDATE SET n = n + 1, total_j = total_j + excluded.total_j", params),
+        (f"SELECT developer, accepted, n, total_j FROM {table}", {}),
+    ]
+
+
 def _bin_case(column: str, bins: Sequence[int]) -> str:
     parts = [f"WHEN {column} <= {b} THEN {b}" for b in bins[:-1]]
     return f"CASE {' '.join(parts)} ELSE {bins[-1]} END"
 
 
-def bins_sql(src: str, rng: Range) -> tuple[str, dict[str, Any]]:
-    """Per developer, model and device: completions and energy per power-of-two bin of input/output length."""
+def bins_sql(src: str, rng: Range, *, table: str = "bins") -> list[tuple[str, dict[str, Any]]]:
+    """Per developer, model and device: completions and energy per power-of-two bin of input/output length
+    (the same upsert pass as ``aggregate_sql``)."""
     params: dict[str, Any] = {}
     where = rng.where(params)
-    sql = f"""
-        SELECT developer, COALESCE(model, ''), COALESCE(device, ''),
-               {_bin_case('COALESCE(prompt_tokens, 0)', INPUT_BINS)} AS in_bin,
-               {_bin_case('COALESCE(completion_tokens, 0)', OUTPUT_BINS)} AS out_bin,
-               COUNT(*), TOTAL(total_j)
-        FROM {src} WHERE {where}
-        GROUP BY 1, 2, 3, 4, 5"""
-    return sql, params
+    keys = ("developer, COALESCE(model, ''), COALESCE(device, ''), "
+            f"{_bin_case('COALESCE(prompt_tokens, 0)', INPUT_BINS)}, "
+            f"{_bin_case('COALESCE(completion_tokens, 0)', OUTPUT_BINS)}")
+    return [
+        (f"DROP TABLE IF EXISTS temp.{table}", {}),
+        (f"CREATE TEMP TABLE {table} (developer, model, device, in_bin, out_bin, n, total_j, "
+         "PRIMARY KEY (developer, model, device, in_bin, out_bin)) WITHOUT ROWID", {}),
+        (f"INSERT INTO {table} SELECT {keys}, 1, COALESCE(total_j, 0) FROM {src} WHERE {where} "
+         "ON CONFLICT DO UPDATE SET n = n + 1, total_j = total_j + excluded.total_j", params),
+        (f"SELECT developer, model, device, in_bin, out_bin, n, total_j FROM {table}", {}),
+    ]
 
 
 def rows_sql(src: str, rng: Range) -> tuple[str, dict[str, Any]]:
@@ -226,13 +249,15 @@ class Bin:
 
 @dataclass
 class Facts:
-    """Everything the figures of one developer's week are made from (``groups``: both weeks, days 0–13)."""
+    """Everything the figures of one developer's week are made from: ``groups`` of the week (days 0–6),
+    ``previous`` week's ``(accepted, completions, energy J)``, and length ``bins`` (only with calibrations)."""
 
     groups: list[Group] = field(default_factory=list)
     bins: list[Bin] = field(default_factory=list)
+    previous: list[tuple[int, int, float]] = field(default_factory=list)
 
     def this_week(self) -> list[Group]:
-        return [g for g in self.groups if g.day >= 7]
+        return self.groups
 
     @property
     def timing(self) -> list[Timing]:
@@ -266,6 +291,7 @@ class Source:
         try:
             for i, path in enumerate(self.paths):
                 self.conn.execute(f"ATTACH DATABASE ? AS s{i}", (ro_uri(path),))
+                self.conn.execute(f"PRAGMA s{i}.mmap_size = {MMAP_BYTES}")
                 tables = {r[0] for r in self.conn.execute(f"SELECT name FROM s{i}.sqlite_master WHERE type='table'")}
                 if "completions" not in tables:
                     raise StoreError(f"{path} holds no completions table (an empty greentrack database?)")
@@ -331,17 +357,56 @@ class Source:
         out.sort(key=lambda item: item[0], reverse=True)
         return [doc for _, doc in out]
 
+    def _attach_copy(self) -> sqlite3.Connection:
+        """Another connection to the same single file (for a worker thread)."""
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn.execute("ATTACH DATABASE ? AS s0", (ro_uri(self.paths[0]),))
+        conn.execute(f"PRAGMA s0.mmap_size = {MMAP_BYTES}")
+        return conn
+
+    def _aggregate(self, conn: sqlite3.Connection, rng: Range, boundaries: Sequence[str], table: str
+                   ) -> list[tuple[Any, ...]]:
+        statements = aggregate_sql(self.table, rng, boundaries, table=table)
+        try:
+            for sql, params in statements[:-1]:
+                conn.execute(sql, params)
+            return conn.execute(*statements[-1]).fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the completions: {e}") from e
+
     def facts(
-        self, rng: Range, boundaries: Sequence[str], this_week: Range, *, with_bins: bool = True
+        self, this_week: Range, previous_week: Range, boundaries: Sequence[str], *, with_bins: bool = True,
+        threads: int | None = None,
     ) -> dict[str, Facts]:
-        """``Facts`` per developer: groups over ``rng`` (both weeks), length bins over ``this_week``."""
+        """``Facts`` per developer. ``boundaries``: the 8 UTC starts of the week's local days.
+
+        A single file is read by ``threads`` connections at once (default: up to 2, the CPUs), each summing a
+        part of the week's days; merged files are read through the one connection that holds the merged table.
+        """
+        workers = max(1, min(threads or (os.cpu_count() or 1), 2, len(boundaries) - 1))
+        if self.table != "s0.completions":
+            workers = 1
+        raw: list[tuple[Any, ...]] = []
+        if workers == 1:
+            raw = self._aggregate(self.conn, this_week, boundaries, "agg")
+        else:
+            cut = [round(i * (len(boundaries) - 1) / workers) for i in range(workers + 1)]
+            parts = [Range(boundaries[cut[i]], boundaries[cut[i + 1]], this_week.developers) for i in range(workers)]
+
+            def work(k: int) -> list[tuple[Any, ...]]:
+                conn = self._attach_copy()
+                try:
+                    return self._aggregate(conn, parts[k], boundaries, f"agg{k}")
+                finally:
+                    conn.close()
+
+            with ThreadPoolExecutor(workers) as pool:
+                for rows in pool.map(work, range(workers)):
+                    raw.extend(rows)
         by_dev: dict[str, Facts] = {}
-        statements = aggregate_sql(self.table, rng, boundaries)
-        for built in statements[:-1]:
-            self.run(built)
         nk = 1 + len(AGG_KEYS)
         names = [v for v, _ in AGG_VALUES]
-        for r in self.run(statements[-1]):
+        for r in raw:
             v = dict(zip(names, r[nk:], strict=True))
             g = Group(
                 str(r[1]), int(r[0]), str(r[2]), str(r[3]), str(r[4]), int(r[5] or 0), str(r[6]),
@@ -352,8 +417,16 @@ class Source:
                 {d: (int(v[f"gap{d}_n"]), float(v[f"gap{d}_j"])) for d in DEBOUNCE_CANDIDATES_MS},
             )
             by_dev.setdefault(g.developer, Facts()).groups.append(g)
+        statements = previous_sql(self.table, previous_week)
+        for built in statements[:-1]:
+            self.run(built)
+        for r in self.run(statements[-1]):
+            by_dev.setdefault(str(r[0]), Facts()).previous.append((int(r[1] or 0), int(r[2]), float(r[3])))
         if with_bins:
-            for r in self.run(bins_sql(self.table, this_week)):
+            statements = bins_sql(self.table, this_week)
+            for built in statements[:-1]:
+                self.run(built)
+            for r in self.run(statements[-1]):
                 b = Bin(str(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]))
                 by_dev.setdefault(str(r[0]), Facts()).bins.append(b)
         return by_dev
