@@ -20,10 +20,16 @@ if [[ ! -f "$stamp" ]] || [[ "$(cat "$stamp")" != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
-echo "vscode-build: tsc" >&2
-./node_modules/.bin/tsc -p . >&2
+# Up to date: a .vsix newer than every input (sources, manifest, lock file, README) is kept.
+if [[ -f greentrack.vsix && -f extension/out/src/extension.js && -z "${GREENTRACK_REBUILD:-}" ]] && \
+   [[ -z "$(find package.json package-lock.json tsconfig.json .vscodeignore extension/src README.md LICENSE \
+            -newer greentrack.vsix 2>/dev/null | head -1)" ]]; then
+  echo "vscode-build: greentrack.vsix is up to date (GREENTRACK_REBUILD=1 forces a build)" >&2
+  echo "$ROOT/greentrack.vsix"
+  exit 0
+fi
 
-echo "vscode-build: vsce package" >&2
+echo "vscode-build: tsc + vsce package" >&2  # vsce runs `vscode:prepublish` (tsc -p .) first
 rm -f greentrack.vsix
 # --skip-license: the license is named in package.json; a LICENSE file is packed when present.
 ./node_modules/.bin/vsce package --out greentrack.vsix --allow-missing-repository --skip-license \

@@ -10,7 +10,6 @@ import {
   RevealOutputChannelOn,
   ServerOptions,
   State,
-  TransportKind,
 } from 'vscode-languageclient/node';
 import { ENERGY_NOTIFICATION, EnergyParams, STATUS_NOTIFICATION, StatusParams } from './protocol';
 import { PythonNotFoundError, Resolved, resolvePython } from './python';
@@ -94,7 +93,7 @@ export class ServerManager implements vscode.Disposable {
     const server: ServerOptions = {
       command: resolved.python,
       args: ['-m', 'greentrack', 'lsp'],
-      transport: TransportKind.stdio,
+      // No `transport`: stdio without the `--stdio` argument vscode-languageclient would append.
       // The extension host's environment (GREENTRACK_DB, GREENTRACK_DEVELOPER, ...) applies to the server.
       options: { env: { ...process.env, PYTHONUNBUFFERED: '1' }, ...(cwd ? { cwd } : {}) },
     };

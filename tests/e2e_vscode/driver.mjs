@@ -400,6 +400,16 @@ async function main() {
       }
     }
     mark('total_s');
+    // The extension's log channel (server stderr, client errors) next to the screenshots.
+    try {
+      const logs = path.join(dirs.ud, 'logs');
+      for (const session of fs.readdirSync(logs)) {
+        const f = path.join(logs, session, 'exthost1', 'greentrack.greentrack', 'greentrack.log');
+        if (fs.existsSync(f)) fs.copyFileSync(f, path.join(ARTIFACTS, 'greentrack-extension.log'));
+      }
+    } catch {
+      // no logs written
+    }
   }
   process.stdout.write(`E2E_RESULT ${JSON.stringify(result)}\n`);
   process.exitCode = result.ok ? 0 : 1;
