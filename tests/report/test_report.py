@@ -21,7 +21,7 @@ from greentrack.report.tips import calibrated_energy_j, fmt_j
 from greentrack.store import SCHEMA_VERSION, Store
 from greentrack.store.schema import EXPORT_COLUMNS, normalize_ts
 
-W47 = dict(week="2026-W47", tz="Europe/Berlin", carbon_intensity=400.0)
+W47: dict[str, Any] = {"week": "2026-W47", "tz": "Europe/Berlin", "carbon_intensity": 400.0}
 
 
 @pytest.fixture
@@ -263,3 +263,30 @@ def test_calibrated_energy_by_bins() -> None:
 def test_fmt_j_units() -> None:
     assert [fmt_j(x) for x in (0, 0.000647, 0.125, 3.2109, 12500, 3.4e7)] == [
         "0 J", "647 µJ", "125 mJ", "3.21 J", "12.5 kJ", "34 MJ"]
+
+
+def test_two_connections_sum_like_one(db: Path) -> None:
+    from greentrack.report.command import select
+    from greentrack.report.query import open_source
+
+    sel = select(week="2026-W47", developer=None, all_developers=True, tz="Europe/Berlin")
+    with open_source([db]) as source:
+        runs = [source.facts(sel.this_week(), sel.previous_week(), sel.boundaries(), threads=t) for t in (1, 2)]
+    one, two = ({dev: sorted(f.groups, key=repr) for dev, f in run.items()} for run in runs)
+    assert one == two and sum(len(g) for g in one.values()) == 7
+    assert runs[0][ALICE].previous == runs[1][ALICE].previous
+
+
+def test_spooled_completions_are_reported(tmp_path: Path) -> None:
+    """A row parked in the spool while the database was locked shows up in the next report."""
+    path = build_db(tmp_path / "g.db")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    with Store(path, busy_timeout_s=0.05, retries=0) as store:
+        store.record(rec("late", "2026-11-19T12:00:00Z", prefill_j=1.0, decode_j=1.0))
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    report = alice(path)
+    assert report["completions"] == 7 and report["energy_j"]["total"] == 9.875
+    assert report["by_day"][3] == {"date": "2026-11-19", "completions": 1, "accepted": 0, "energy_j": 2.0,
+                                   "prefill_j": 1.0, "decode_j": 1.0}
