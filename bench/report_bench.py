@@ -110,7 +110,7 @@ def main() -> None:
     with open_source([path]) as source:
         for threads in (1, 2):
             timed(f"  query: week sums + week before, {threads} thread(s)",
-                  lambda t=threads: source.facts(sel.this_week(), sel.previous_week(), sel.boundaries(),  # type: ignore[misc]
+                  lambda t=threads: source.facts(sel.this_week(), sel.previous_week(), sel.boundaries(),
                                                  with_bins=False, threads=t), results)
         timed("  query: the week before (totals)", lambda: [source.run(s) for s in previous_sql(
             source.table, sel.previous_week())], results)
