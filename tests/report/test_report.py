@@ -255,9 +255,31 @@ def test_calibrated_energy_by_bins() -> None:
     cal = {"bins": [{"input_tokens": 512, "output_tokens": 16, "energy_j": 2.5}], "prefill_j_per_token": 1.0,
            "decode_j_per_token": 1.0}
     assert calibrated_energy_j(cal, 512, 16) == 2.5
+    assert calibrated_energy_j(cal, 1024, 16) == 1024 + 16  # no such bin: the linear fit
     assert calibrated_energy_j({"bins": []}, 512, 16) is None
     assert calibrated_energy_j({"prefill_j_per_token": 0.001, "decode_j_per_token": 0.5}, 1000, 4) == 3.0
     assert calibrated_energy_j({"decode_j_per_token": 0.5}, 1000, 4) is None
+
+
+def test_model_tip_from_real_calibration_documents(tmp_path: Path) -> None:
+    """``Calibration.to_dict`` documents (as ``greentrack calibrate`` stores them) drive the model comparison."""
+    from greentrack.energy.calibration import Calibration, CalibrationPoint
+
+    path = build_db(tmp_path / "g.db", calibrations=False)
+    with Store(path) as store:
+        for model, scale in (("m-big", 1.0), ("m-small", 0.25)):
+            cal = Calibration(
+                source_meter="nvml", device="cpu", model=model, host="h1", j_per_prompt_token=0.002 * scale,
+                j_per_decode_token=0.2 * scale, prefill_w=100.0, decode_w=80.0, idle_w=10.0, fit_error=0.05,
+                n_points=1, prefill_fixed_j=0.5 * scale, decode_fixed_j=0.0,
+                points=[CalibrationPoint(512, 7, 0.1, 0.2, 1.0 * scale, 1.5 * scale, output_tokens=8)],
+            )
+            store.save_calibration(cal.to_dict())
+    tips = alice(path)["tips"]
+    model_tips = [t for t in tips if "would have used" in t]
+    assert len(model_tips) == 1
+    assert model_tips[0].startswith("m-small would have used ≈75.0% less energy than m-big on cpu for this week's "
+                                    "4 completion(s), ≈5.62 J (71.4% of the week)")
 
 
 def test_fmt_j_units() -> None:

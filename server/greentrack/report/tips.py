@@ -115,19 +115,24 @@ def _first(doc: dict[str, Any], keys: Sequence[str]) -> float | None:
 
 
 def calibrated_energy_j(cal: dict[str, Any], in_tokens: int, out_tokens: int) -> float | None:
-    """One request's energy by a calibration: its measured bin if it has ``bins``, else its per-token fit."""
+    """One request's energy by a calibration (``Calibration.to_dict``): its measured bin where it has one,
+    else its linear fit (J per prompt and per decoded token, plus the fixed per-phase terms); None if neither."""
     bins = cal.get("bins")
     if isinstance(bins, list):
         for entry in bins:
             if (isinstance(entry, dict) and entry.get("input_tokens") == in_tokens
                     and entry.get("output_tokens") == out_tokens):
                 value = entry.get("energy_j")
-                return float(value) if isinstance(value, int | float) else None
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    return float(value)
     prefill = _first(cal, PREFILL_KEYS)
     decode = _first(cal, DECODE_KEYS)
     if prefill is None or decode is None:
         return None
-    return prefill * in_tokens + decode * out_tokens + (_first(cal, REQUEST_KEYS) or 0.0)
+    fixed = _first(cal, REQUEST_KEYS)
+    if fixed is None:
+        fixed = (_first(cal, ("prefill_fixed_j",)) or 0.0) + (_first(cal, ("decode_fixed_j",)) or 0.0)
+    return prefill * in_tokens + decode * out_tokens + fixed
 
 
 def _workload_j(cal: dict[str, Any], bins: Sequence[Bin]) -> float | None:
