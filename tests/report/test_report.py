@@ -312,3 +312,42 @@ def test_spooled_completions_are_reported(tmp_path: Path) -> None:
     assert report["completions"] == 7 and report["energy_j"]["total"] == 9.875
     assert report["by_day"][3] == {"date": "2026-11-19", "completions": 1, "accepted": 0, "energy_j": 2.0,
                                    "prefill_j": 1.0, "decode_j": 1.0}
+
+
+def _report_as_nobody(path: str, queue: Any) -> None:
+    try:
+        os.setgid(65534)
+        os.setuid(65534)
+        [report] = build_reports([Path(path)], developer=ALICE, **W47)
+        queue.put(("ok", report["completions"], report["energy_j"]["total"]))
+    except BaseException as e:
+        queue.put(("error", repr(e), 0))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user (file modes bind root otherwise)")
+def test_read_only_copy_in_a_read_only_folder(tmp_path: Path) -> None:
+    """A teammate's database on a read-only share: no -shm can be created, the report still reads it."""
+    import multiprocessing as mp
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="greentrack-ro-"))
+    try:
+        base.chmod(0o755)
+        path = build_db(base / "copy.db")
+        raw = sqlite3.connect(path)
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        raw.close()
+        assert not (base / "copy.db-shm").exists()
+        path.chmod(0o444)
+        base.chmod(0o555)
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_report_as_nobody, args=(str(path), queue))
+        proc.start()
+        result = queue.get(timeout=60)
+        proc.join(60)
+        assert result == ("ok", 6, 7.875), result
+    finally:
+        base.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)

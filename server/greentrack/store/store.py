@@ -38,8 +38,23 @@ class StoreUnwritable(StoreError):
 
 
 def ro_uri(path: Path) -> str:
-    """A ``file:`` URI that opens ``path`` read-only."""
-    return "file:" + quote(str(path.resolve())) + "?mode=ro"
+    """A ``file:`` URI that opens ``path`` read-only.
+
+    A WAL database needs its ``-shm`` file even to be read; where that cannot be created (a read-only folder,
+    a teammate's copy on a read-only share) the URI says ``immutable=1``: read as a plain file, no locks.
+    """
+    uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
+    try:
+        probe = sqlite3.connect(uri, uri=True)
+        try:
+            probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            probe.close()
+    except sqlite3.OperationalError:
+        return uri + "&immutable=1"
+    except sqlite3.DatabaseError:
+        pass  # not a database at all: the caller reports that
+    return uri
 
 
 def inspect_file(path: Path) -> int:
