@@ -380,10 +380,11 @@ class Source:
     ) -> dict[str, Facts]:
         """``Facts`` per developer. ``boundaries``: the 8 UTC starts of the week's local days.
 
-        A single file is read by ``threads`` connections at once (default: up to 2, the CPUs), each summing a
-        part of the week's days; merged files are read through the one connection that holds the merged table.
+        A single file is read by ``threads`` connections at once (default: 2 where two CPUs are idle, else 1),
+        each summing a part of the week's days; merged files are read through the one connection that holds the
+        merged table.
         """
-        workers = max(1, min(threads or (os.cpu_count() or 1), 2, len(boundaries) - 1))
+        workers = max(1, min(threads or _idle_cpus(), 2, len(boundaries) - 1))
         if self.table != "s0.completions":
             workers = 1
         raw: list[tuple[Any, ...]] = []
@@ -430,6 +431,16 @@ class Source:
                 b = Bin(str(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]))
                 by_dev.setdefault(str(r[0]), Facts()).bins.append(b)
         return by_dev
+
+
+def _idle_cpus() -> int:
+    """CPUs not already busy (1-minute load average): a second reader only helps where a core is free."""
+    cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return cpus
+    return max(1, int(cpus - load + 0.5))
 
 
 @contextmanager
