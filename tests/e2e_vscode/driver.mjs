@@ -3,7 +3,8 @@
 // Installs the .vsix into a fresh code-server, opens a Python file, waits until the status bar says the
 // server is ready, types, waits for ghost text from the real server and model, checks the status bar shows
 // the joules the database holds for that completion (formatted by the extension's own formatEnergy),
-// presses Tab, checks the suggestion is in the editor and the row is accepted. Screenshots go to ARTIFACTS.
+// presses Tab, checks the suggestion is in the editor and the row is accepted, then clicks the status bar
+// and checks the weekly report opens in a webview. Screenshots go to ARTIFACTS.
 //
 // Run with Node >= 24 (node:sqlite). Inputs (environment):
 //   CODE_SERVER  code-server executable          VSIX      the .vsix to install
@@ -376,7 +377,28 @@ async function main() {
     mark('accepted_in_db_s');
     result.screenshots.push(await shot(page, 'accepted.png'));
     result.status_after = await statusText(page);
-    result.ok = result.status_matches_db && result.editor_contains_suggestion && result.accepted;
+
+    // Clicking the status bar opens this week's report (greentrack report --format html) in a webview.
+    await page.locator(STATUS).click();
+    const reportDeadline = Date.now() + 60_000;
+    result.report_heading = '';
+    while (Date.now() < reportDeadline && !result.report_heading) {
+      for (const frame of page.frames()) {
+        try {
+          const h1 = await frame.evaluate(() => document.querySelector('h1')?.textContent || '');
+          if (h1.includes('greentrack report')) result.report_heading = h1.trim();
+        } catch {
+          // frame navigating or detached
+        }
+      }
+      if (!result.report_heading) await sleep(300);
+    }
+    mark('report_s');
+    if (result.report_heading) {
+      await sleep(500);
+      result.screenshots.push(await shot(page, 'report.png'));
+    }
+    result.ok = result.status_matches_db && result.editor_contains_suggestion && result.accepted && Boolean(result.report_heading);
   } catch (e) {
     result.error = e instanceof Error ? e.message : String(e);
     log(`FAILED: ${result.error}`);

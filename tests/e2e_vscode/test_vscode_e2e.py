@@ -123,6 +123,9 @@ def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
             "SELECT accepted FROM completions WHERE completion_id = ?", (row["completion_id"],)
         ).fetchone()
     assert accepted == 1
+
+    # Clicking the status bar opened this week's report in a webview.
+    assert "greentrack report" in result["report_heading"], f"no report webview {where}"
     assert result["ok"]
 
     shots = [Path(p) for p in result["screenshots"]]
