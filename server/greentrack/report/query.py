@@ -108,9 +108,6 @@ AGG_VALUES: tuple[tuple[str, str], ...] = (
     ("total_j", "COALESCE(total_j, 0)"),
     ("prefill_j", "COALESCE(prefill_j, 0)"),
     ("decode_j", "COALESCE(decode_j, 0)"),
-    ("prompt_tokens", "COALESCE(prompt_tokens, 0)"),
-    ("reused_prompt_tokens", "COALESCE(reused_prompt_tokens, 0)"),
-    ("completion_tokens", "COALESCE(completion_tokens, 0)"),
     ("computed_tokens", _COMPUTED),
     *((f"beyond_{cap}", f"MAX(0, {_COMPUTED} - {cap})") for cap in CONTEXT_CAPS),
     *((f"gap{d}_n", f"(COALESCE(next_gap_ms < {d}, 0))") for d in DEBOUNCE_CANDIDATES_MS),
@@ -203,7 +200,7 @@ def rows_sql(src: str, rng: Range) -> tuple[str, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Group:
-    """One aggregate row of ``aggregate_sql``. Units: J, tokens."""
+    """One aggregate row of ``aggregate_sql``. Units: J, tokens (prompt tokens computed: prompt − reused)."""
 
     developer: str
     day: int
@@ -216,9 +213,6 @@ class Group:
     total_j: float
     prefill_j: float
     decode_j: float
-    prompt_tokens: float
-    reused_prompt_tokens: float
-    completion_tokens: float
     computed_prompt_tokens: float = 0.0
     beyond_cap: dict[int, float] = field(default_factory=dict)
     #: debounce ms → (rows whose next request came sooner, their energy J)
@@ -412,7 +406,6 @@ class Source:
             g = Group(
                 str(r[1]), int(r[0]), str(r[2]), str(r[3]), str(r[4]), int(r[5] or 0), str(r[6]),
                 int(v["n"]), float(v["total_j"]), float(v["prefill_j"]), float(v["decode_j"]),
-                float(v["prompt_tokens"]), float(v["reused_prompt_tokens"]), float(v["completion_tokens"]),
                 float(v["computed_tokens"]),
                 {cap: float(v[f"beyond_{cap}"]) for cap in CONTEXT_CAPS},
                 {d: (int(v[f"gap{d}_n"]), float(v[f"gap{d}_j"])) for d in DEBOUNCE_CANDIDATES_MS},
