@@ -410,3 +410,11 @@ def test_readonly_store_never_writes(tmp_path: Path) -> None:
     assert _snapshot(path)[0] == before[0]
     with pytest.raises(StoreError, match="no database"):
         Store(tmp_path / "missing.db", readonly=True)
+
+
+def test_column_types_follow_the_record(tmp_path: Path) -> None:
+    with Store(tmp_path / "g.db") as store:
+        types = store.db.table("completions").columns_dict
+    assert types["prompt_tokens"] is int and types["accepted"] is int
+    assert types["total_j"] is float and types["uncertainty_j"] is float and types["next_gap_ms"] is float
+    assert types["ts"] is str and types["method"] is str and types["text"] is str

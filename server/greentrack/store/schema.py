@@ -35,7 +35,10 @@ _PY_TYPES: dict[str, type] = {
     "Method": str, "Outcome": str,
 }
 for _f in fields(CompletionRecord):
-    COMPLETION_COLUMNS[_f.name] = _PY_TYPES.get(str(_f.type), str)
+    _t = _f.type
+    COMPLETION_COLUMNS[_f.name] = (
+        _t if _t in (int, float, str) else _PY_TYPES.get(_t if isinstance(_t, str) else str(_t), str)
+    )
 
 #: Columns the report, the CSV export and ``Store.completions`` expose (everything but the opt-in ``text``),
 #: and the one derived column the store maintains (schema version 3).
