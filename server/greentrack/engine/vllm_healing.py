@@ -84,7 +84,7 @@ def processor_class() -> type:
     import torch
     from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-    class HealingLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
+    class HealingLogitsProcessor(LogitsProcessor):  # type: ignore[misc, unused-ignore]
         """Restricts healed requests' rows to the tokens that continue their heal text."""
 
         def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
