@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from greentrack.errors import GreentrackError, StoreError, UsageError
+from greentrack.errors import StoreError, UsageError
 from greentrack.store import Store
 from greentrack.store.schema import EXPORT_COLUMNS
 from greentrack.store.store import ro_uri
@@ -444,10 +444,7 @@ def open_source(paths: Sequence[Path]) -> Iterator[Source]:
         raise UsageError("no database given")
     for path in files:
         prepare_file(path)
-    try:
-        source = Source(files)
-    except GreentrackError:
-        raise
+    source = Source(files)
     try:
         yield source
     finally:
