@@ -94,25 +94,40 @@ export function registerCommands(
     }
   };
 
-  const calibrate = async (): Promise<void> => {
+  const calibrate = async (allowEstimate = false): Promise<void> => {
     const py = await python();
     if (!py) {
       return;
     }
     const settings = getSettings();
+    const args = ['calibrate', ...cliOptions(settings), ...(allowEstimate ? ['--allow-estimate'] : [])];
     const result = await vscode.window.withProgress(
       { location: vscode.ProgressLocation.Notification, title: 'greentrack: calibrating', cancellable: true },
       (progress, token) =>
-        runGreentrack(py, ['calibrate', ...cliOptions(settings)], childEnv(settings), channel, token, (line) =>
+        runGreentrack(py, args, childEnv(settings), channel, token, (line) =>
           progress.report({ message: line.slice(0, 120) }),
         ),
     );
     if (result.code === 0) {
-      void vscode.window.showInformationMessage('greentrack: calibration stored. Restart the server to use it.', 'Restart').then(
-        (c) => (c ? server.restart('calibrated') : undefined),
-      );
+      const restart = 'Restart Server';
+      const choice = await vscode.window.showInformationMessage('greentrack: calibration stored; a restarted server uses it.', restart);
+      if (choice === restart) {
+        await server.restart('calibrated');
+      }
     } else if (result.code !== null) {
-      await failed('calibrate', lastLine(result.stderr) || `exit code ${result.code}`);
+      const detail = lastLine(result.stderr) || `exit code ${result.code}`;
+      if (!allowEstimate && result.stderr.includes('--allow-estimate')) {
+        // No energy counter here: calibrating the estimate is possible, and itself an estimate.
+        const anyway = 'Calibrate the Estimate Anyway';
+        const choice = await vscode.window.showWarningMessage(`greentrack: ${detail}`, anyway, 'Show Logs');
+        if (choice === anyway) {
+          await calibrate(true);
+        } else if (choice === 'Show Logs') {
+          channel.show(true);
+        }
+        return;
+      }
+      await failed('calibrate', detail);
     }
   };
 
@@ -122,7 +137,7 @@ export function registerCommands(
     vscode.commands.registerCommand(Commands.disable, () => setEnabled(false)),
     vscode.commands.registerCommand(Commands.showLogs, () => channel.show()),
     vscode.commands.registerCommand(Commands.doctor, doctor),
-    vscode.commands.registerCommand(Commands.calibrate, calibrate),
+    vscode.commands.registerCommand(Commands.calibrate, () => calibrate(false)),
     vscode.commands.registerCommand(Commands.restartServer, () => server.restart('asked by the user')),
   );
 }

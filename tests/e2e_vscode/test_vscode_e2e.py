@@ -49,11 +49,11 @@ def _deps() -> dict[str, str]:
     return found
 
 
-def _format_energy(energy_j: float) -> str:
+def _format_energy(node: str, energy_j: float) -> str:
     """The extension's formatEnergy (extension/out/src/format.js), run by Node: one rule, not a copy."""
     out = subprocess.run(
         [
-            "node",
+            node,
             "-e",
             "const {formatEnergy}=require(process.argv[1]);process.stdout.write(formatEnergy(Number(process.argv[2])))",
             str(ROOT / "extension" / "out" / "src" / "format.js"),
@@ -112,7 +112,7 @@ def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
             "SELECT total_j, outcome FROM completions WHERE completion_id = ?", (row["completion_id"],)
         ).fetchone()
     assert total_j > 0 and outcome == "shown"
-    assert result["status_text"].endswith(_format_energy(total_j)), (result["status_text"], total_j)
+    assert result["status_text"].endswith(_format_energy(deps["NODE24_BIN"], total_j)), (result["status_text"], total_j)
     assert result["status_matches_db"]
     assert "prefill" in result.get("tooltip_text", ""), f"no energy tooltip on the status bar {where}"
 
