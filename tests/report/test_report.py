@@ -351,3 +351,15 @@ def test_read_only_copy_in_a_read_only_folder(tmp_path: Path) -> None:
     finally:
         base.chmod(0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_folder_of_more_files_than_sqlite_attaches_at_once(tmp_path: Path) -> None:
+    team = tmp_path / "team"
+    team.mkdir()
+    alice_rows = [r for r in ROWS if r[0].developer == ALICE]
+    for i, row in enumerate(alice_rows + alice_rows[:3]):  # 12 files, three rows twice
+        build_db(team / f"{i:02d}.db", [row], calibrations=(i == 0))
+    [report] = build_reports([team], developer=ALICE, **W47)
+    # one row per file: no file knows the next request in the same file, so no debounce estimate
+    wasted_only = EXPECTED_ALICE["tips"][0].split(" A 500 ms")[0]
+    assert report == {**EXPECTED_ALICE, "tips": [wasted_only, *EXPECTED_ALICE["tips"][1:]]}

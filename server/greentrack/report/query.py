@@ -273,26 +273,56 @@ def needs_bins(calibrations: Sequence[dict[str, Any]]) -> bool:
 
 
 class Source:
-    """One or several database files, attached read-only; ``table`` names the (merged) completions."""
+    """One or several database files, read-only; ``table`` names the completions the queries read.
+
+    One file stays attached as ``s0`` (worker threads attach it again). Several are attached one at a time by
+    ``merge`` (SQLite attaches at most 10 at once) and copied into one temporary table.
+    """
 
     def __init__(self, paths: Sequence[Path]) -> None:
         self.paths = list(paths)
         self.conn = sqlite3.connect(":memory:", uri=True, isolation_level=None)
         self.conn.execute("PRAGMA temp_store = MEMORY")
         self.table = "s0.completions"
-        self.has_calibrations: list[bool] = []
         self.columns: list[set[str]] = []
+        self._calibrations: list[tuple[str, dict[str, Any]]] = []
         try:
-            for i, path in enumerate(self.paths):
-                self.conn.execute(f"ATTACH DATABASE ? AS s{i}", (ro_uri(path),))
-                self.conn.execute(f"PRAGMA s{i}.mmap_size = {MMAP_BYTES}")
-                tables = {r[0] for r in self.conn.execute(f"SELECT name FROM s{i}.sqlite_master WHERE type='table'")}
-                if "completions" not in tables:
-                    raise StoreError(f"{path} holds no completions table (an empty greentrack database?)")
-                self.has_calibrations.append("calibrations" in tables)
-                self.columns.append({r[1] for r in self.conn.execute(f"PRAGMA s{i}.table_info(completions)")})
-        except sqlite3.Error as e:
+            for path in self.paths:
+                self._attach(path, "s0")
+                try:
+                    self._inspect(path, "s0")
+                finally:
+                    if len(self.paths) > 1:
+                        self.conn.execute("DETACH DATABASE s0")
+        except BaseException:
             self.conn.close()
+            raise
+
+    def _attach(self, path: Path, alias: str) -> None:
+        try:
+            self.conn.execute(f"ATTACH DATABASE ? AS {alias}", (ro_uri(path),))
+            self.conn.execute(f"PRAGMA {alias}.mmap_size = {MMAP_BYTES}")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read {path}: {e}") from e
+
+    def _inspect(self, path: Path, alias: str) -> None:
+        """Check the attached file holds completions; note its columns; collect its calibrations."""
+        import json
+
+        try:
+            tables = {r[0] for r in self.conn.execute(f"SELECT name FROM {alias}.sqlite_master WHERE type='table'")}
+            if "completions" not in tables:
+                raise StoreError(f"{path} holds no completions table (an empty greentrack database?)")
+            self.columns.append({r[1] for r in self.conn.execute(f"PRAGMA {alias}.table_info(completions)")})
+            if "calibrations" in tables:
+                for ts, data in self.conn.execute(f"SELECT ts, data FROM {alias}.calibrations"):
+                    try:
+                        doc = json.loads(data)
+                    except (TypeError, ValueError):
+                        continue
+                    if isinstance(doc, dict):
+                        self._calibrations.append((str(ts), doc))
+        except sqlite3.Error as e:
             raise StoreError(f"cannot read {path}: {e}") from e
 
     def close(self) -> None:
@@ -300,23 +330,34 @@ class Source:
 
     def merge(self, rng: Range) -> None:
         """With several files (or an old one read-only): copy the rows in ``rng`` into one temporary table,
-        deduplicated on ``completion_id``; a column an older file lacks reads as NULL."""
-        if len(self.paths) < 2 and set(EXPORT_COLUMNS) <= self.columns[0]:
+        deduplicated on ``completion_id`` (an acceptance in any copy counts); a column an older file lacks
+        reads as NULL."""
+        single = len(self.paths) == 1
+        if single and set(EXPORT_COLUMNS) <= self.columns[0]:
             return
         cols = ", ".join(f"[{c}]" for c in EXPORT_COLUMNS)
         decl = ", ".join(f"[{c}]" + (" TEXT PRIMARY KEY" if c == "completion_id" else "") for c in EXPORT_COLUMNS)
+        self.conn.execute("DROP TABLE IF EXISTS temp.merged")
         self.conn.execute(f"CREATE TEMP TABLE merged ({decl})")
         self.conn.execute("CREATE INDEX temp.merged_ts ON merged (developer, ts)")
-        for i in range(len(self.paths)):
-            params: dict[str, Any] = {}
-            where = rng.where(params)
-            exprs = ", ".join(f"[{c}]" if c in self.columns[i] else "NULL" for c in EXPORT_COLUMNS)
-            self.conn.execute(
-                f"INSERT INTO merged ({cols}) SELECT {exprs} FROM s{i}.completions WHERE {where} "
-                "ON CONFLICT(completion_id) DO UPDATE SET accepted = MAX(accepted, excluded.accepted), "
-                "accepted_ts = COALESCE(accepted_ts, excluded.accepted_ts)",
-                params,
-            )
+        for i, path in enumerate(self.paths):
+            if not single:
+                self._attach(path, "s0")
+            try:
+                params: dict[str, Any] = {}
+                where = rng.where(params)
+                exprs = ", ".join(f"[{c}]" if c in self.columns[i] else "NULL" for c in EXPORT_COLUMNS)
+                self.conn.execute(
+                    f"INSERT INTO merged ({cols}) SELECT {exprs} FROM s0.completions WHERE {where} "
+                    "ON CONFLICT(completion_id) DO UPDATE SET accepted = MAX(accepted, excluded.accepted), "
+                    "accepted_ts = COALESCE(accepted_ts, excluded.accepted_ts)",
+                    params,
+                )
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read {path}: {e}") from e
+            finally:
+                if not single:
+                    self.conn.execute("DETACH DATABASE s0")
         self.table = "temp.merged"
 
     def run(self, built: tuple[str, dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -335,21 +376,7 @@ class Source:
 
     def calibrations(self) -> list[dict[str, Any]]:
         """Every calibration in every file, newest first (JSON documents as saved)."""
-        import json
-
-        out: list[tuple[str, dict[str, Any]]] = []
-        for i, has in enumerate(self.has_calibrations):
-            if not has:
-                continue
-            for ts, data in self.conn.execute(f"SELECT ts, data FROM s{i}.calibrations"):
-                try:
-                    doc = json.loads(data)
-                except (TypeError, ValueError):
-                    continue
-                if isinstance(doc, dict):
-                    out.append((str(ts), doc))
-        out.sort(key=lambda item: item[0], reverse=True)
-        return [doc for _, doc in out]
+        return [doc for _, doc in sorted(self._calibrations, key=lambda item: item[0], reverse=True)]
 
     def _attach_copy(self) -> sqlite3.Connection:
         """Another connection to the same single file (for a worker thread)."""
