@@ -184,3 +184,16 @@ def test_healer_allows_only_tokens_that_respell_the_removed_text() -> None:
     assert allowed == {" return", " retu", " returned", " r", " ret"}
     assert Healer.advance(" retu", " ret") == "u"
     assert Healer.advance(" retu", " return") == ""
+
+
+def test_window_start_stays_put_while_typing() -> None:
+    doc = "".join(f"line{i:03d} = {i}\n" for i in range(100))  # 1400 chars
+    b = PromptBuilder(CharTokenizer(), vocab_for(None), healing=False)
+    first = b.build(doc, len(doc), 400)
+    assert first.window.prefix_tokens <= 400 * 0.8 + 14  # re-cut leaves headroom for typing
+    typed = doc + "line100 = "
+    again = b.build(typed, len(typed), 400, prefer_start=first.window.prefix_start)
+    assert again.window.prefix_start == first.window.prefix_start  # same first tokens: KV reuse keeps working
+    assert again.ids[: len(first.ids)] == first.ids
+    without_hint = b.build(typed, len(typed), 400)
+    assert without_hint.window.prefix_start > first.window.prefix_start  # a plain cut slides with the cursor

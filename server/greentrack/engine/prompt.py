@@ -26,6 +26,8 @@ MAX_CHARS_PER_TOKEN = 12
 DEFAULT_CONTEXT_TOKENS = 1024
 #: Share of the token budget given to the text after the cursor when the model has FIM tokens.
 DEFAULT_SUFFIX_SHARE = 0.25
+#: Share of the prefix budget left free after a re-cut, so the next keystrokes keep the same window start.
+REUSE_HEADROOM = 0.2
 #: Tokens backed off at most by token healing.
 MAX_HEAL_TOKENS = 3
 
@@ -127,6 +129,11 @@ def _cut_suffix(text: str, offset: int, max_chars: int) -> tuple[int, str]:
     return end, text[offset:end]
 
 
+def prefix_start_cut(prefix: str) -> bool:
+    """True when the prefix has a line boundary to cut at (a single huge line is kept as cut by characters)."""
+    return "\n" in prefix[:-1]
+
+
 def _trim_to_budget(piece: str, budget: int, count: Callable[[str], int], from_start: bool) -> tuple[str, int]:
     """Drop whole lines from the far end of ``piece`` (its start for a prefix) until it fits ``budget`` tokens."""
     if budget <= 0 or not piece:
@@ -148,16 +155,37 @@ def _trim_to_budget(piece: str, budget: int, count: Callable[[str], int], from_s
 
 
 def fit_window(
-    text: str, offset: int, count_tokens: Callable[[str], int], budget_tokens: int, suffix_share: float
+    text: str,
+    offset: int,
+    count_tokens: Callable[[str], int],
+    budget_tokens: int,
+    suffix_share: float,
+    prefer_start: int | None = None,
 ) -> Window:
-    """Cut the window: the suffix takes up to ``suffix_share`` of the budget, the prefix the rest (lines kept whole)."""
+    """Cut the window: the suffix takes up to ``suffix_share`` of the budget, the prefix the rest (lines kept whole).
+
+    ``prefer_start`` (the previous request's ``prefix_start`` in this document) keeps the window's start where it
+    was while the prefix still fits, so successive keystrokes share their prompt's first tokens (KV reuse); when
+    it no longer fits, the new cut leaves ``REUSE_HEADROOM`` of the prefix budget free for the next keystrokes.
+    """
     budget_tokens = max(8, int(budget_tokens))
     suffix_budget = int(budget_tokens * max(0.0, min(0.9, suffix_share)))
     _end, suffix = _cut_suffix(text, offset, suffix_budget * MAX_CHARS_PER_TOKEN)
     suffix, suffix_tokens = _trim_to_budget(suffix, suffix_budget, count_tokens, from_start=False)
     prefix_budget = budget_tokens - suffix_tokens
+    at_line_start = prefer_start is not None and (prefer_start == 0 or text[prefer_start - 1 : prefer_start] == "\n")
+    if prefer_start is not None and 0 <= prefer_start <= offset and at_line_start:
+        candidate = text[prefer_start:offset]
+        if len(candidate) <= prefix_budget * MAX_CHARS_PER_TOKEN:
+            n = count_tokens(candidate) if candidate else 0
+            if n <= prefix_budget:
+                return Window(candidate, suffix, prefer_start, offset + len(suffix), n, suffix_tokens)
     _start, prefix = _cut_prefix(text, offset, prefix_budget * MAX_CHARS_PER_TOKEN)
     prefix, prefix_tokens = _trim_to_budget(prefix, prefix_budget, count_tokens, from_start=True)
+    if prefer_start is not None and prefix_tokens > prefix_budget * (1 - REUSE_HEADROOM) and prefix_start_cut(prefix):
+        prefix, prefix_tokens = _trim_to_budget(
+            prefix, int(prefix_budget * (1 - REUSE_HEADROOM)), count_tokens, from_start=True
+        )
     return Window(prefix, suffix, offset - len(prefix), offset + len(suffix), prefix_tokens, suffix_tokens)
 
 
@@ -256,10 +284,14 @@ class PromptBuilder:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text)) if text else 0
 
-    def build(self, text: str, offset: int, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> Prompt:
+    def build(
+        self, text: str, offset: int, context_tokens: int = DEFAULT_CONTEXT_TOKENS, prefer_start: int | None = None
+    ) -> Prompt:
+        """The prompt for a cursor at ``offset``; ``prefer_start``: see ``fit_window`` (pass the last
+        ``prompt.window.prefix_start`` of the same document to keep KV reuse working while typing)."""
         validate(text, offset)
         share = self.suffix_share if self.fim else 0.0
-        window = fit_window(text, offset, self.count_tokens, context_tokens, share)
+        window = fit_window(text, offset, self.count_tokens, context_tokens, share, prefer_start)
         if not window.prefix.strip() and not (self.fim and window.suffix.strip()):
             raise BadInput("nothing to complete from: the text before the cursor is empty")
         prefix_ids = self.tokenizer.encode(window.prefix) if window.prefix else []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -99,6 +100,7 @@ class TransformersBackend:
         self.stop_ids = stop_token_ids(vocab, eos_ids)
         self.reuse = reuse
         self._healer: Healer | None = None
+        self._window_starts: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         if compile_step is None:  # opt-in: ~40 s of torch.compile at start-up for ~25% less energy per token
             compile_step = os.environ.get("GREENTRACK_COMPILE_DECODE", "") in ("1", "true", "yes")
@@ -156,7 +158,14 @@ class TransformersBackend:
     # ------------------------------------------------------------------------------------------ completion
 
     def build_prompt(self, request: CompletionRequest) -> Prompt:
-        return self.prompts.build(request.text, request.offset, request.context_tokens)
+        prefer = self._window_starts.get(request.document_key) if self.reuse else None
+        prompt = self.prompts.build(request.text, request.offset, request.context_tokens, prefer)
+        if self.reuse:
+            self._window_starts[request.document_key] = prompt.window.prefix_start
+            self._window_starts.move_to_end(request.document_key)
+            while len(self._window_starts) > 64:
+                self._window_starts.popitem(last=False)
+        return prompt
 
     def complete(
         self, request: CompletionRequest, cancel: CancelToken | None = None, on_token: OnToken | None = None

@@ -339,36 +339,30 @@ class VllmBackend:
         if cancel.cancelled:
             return self._empty_cancelled(job)
         self._enqueue(job)
-        job.done.wait()
-        if job.error is not None:
-            if isinstance(job.error, GreentrackError):
-                raise job.error
-            raise GreentrackError(f"vLLM failed on request {request.request_id}: {job.error}") from job.error
-        assert job.result is not None
-        return job.result
+        return self._wait(job)
 
     def complete_many(
         self, requests: Sequence[CompletionRequest], cancels: Sequence[CancelToken] | None = None
     ) -> list[EngineResult]:
-        """Several requests at once (one batch in the engine); results in the same order."""
+        """Several requests submitted together (admitted to the same engine step); results in the same order."""
         tokens = list(cancels) if cancels is not None else [CancelToken() for _ in requests]
-        results: list[EngineResult | None] = [None] * len(requests)
-        errors: list[BaseException] = []
+        jobs = [self._prepare(r, c) for r, c in zip(requests, tokens, strict=True)]
+        with self._wake:
+            if self._closed:
+                raise GreentrackError("the vllm backend is closed")
+            for job in jobs:
+                self._submit.put(job)
+            self._wake.notify_all()
+        return [self._wait(job) for job in jobs]
 
-        def run(i: int) -> None:
-            try:
-                results[i] = self.complete(requests[i], tokens[i])
-            except BaseException as e:
-                errors.append(e)
-
-        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(requests))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return [r for r in results if r is not None]
+    def _wait(self, job: _Job) -> EngineResult:
+        job.done.wait()
+        if job.error is not None:
+            if isinstance(job.error, GreentrackError):
+                raise job.error
+            raise GreentrackError(f"vLLM failed on request {job.request.request_id}: {job.error}") from job.error
+        assert job.result is not None
+        return job.result
 
     def close(self) -> None:
         """Abort what runs, stop the engine thread, release the engine."""
@@ -527,6 +521,9 @@ class VllmBackend:
             try:
                 self._engine.add_request(job.engine_id, self._engine_input(job.prompt_ids), params)
             except Exception as e:
+                from greentrack.engine.vllm_healing import unregister
+
+                unregister(job.engine_id)
                 job.error = BadInput(f"vLLM refused the prompt ({len(job.prompt_ids)} tokens): {e}")
                 job.done.set()
                 continue
