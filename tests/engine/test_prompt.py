@@ -88,7 +88,7 @@ def test_budget_split_and_line_cuts() -> None:
     lines = [f"line{i:03d} = {i}\n" for i in range(200)]  # 14 chars per line
     doc = "".join(lines)
     cursor = doc.index("line100")
-    b = PromptBuilder(CharTokenizer(), vocab_for("qwen2.5-coder"), healing=False)
+    b = PromptBuilder(CharTokenizer(), vocab_for("qwen2.5-coder"), healing=False, headroom=0)
     p = b.build(doc, cursor, 200)
     w = p.window
     assert w.prefix_tokens + w.suffix_tokens <= 200
@@ -100,7 +100,7 @@ def test_budget_split_and_line_cuts() -> None:
 
 def test_suffix_leftover_goes_to_prefix() -> None:
     doc = "x = 1\n" * 100
-    b = PromptBuilder(CharTokenizer(), vocab_for("starcoder"), healing=False)
+    b = PromptBuilder(CharTokenizer(), vocab_for("starcoder"), healing=False, headroom=0)
     p = b.build(doc, len(doc), 120)
     assert p.window.suffix_tokens == 0 and p.window.prefix_tokens > 100
 

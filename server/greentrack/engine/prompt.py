@@ -161,12 +161,13 @@ def fit_window(
     budget_tokens: int,
     suffix_share: float,
     prefer_start: int | None = None,
+    headroom: float = 0.0,
 ) -> Window:
     """Cut the window: the suffix takes up to ``suffix_share`` of the budget, the prefix the rest (lines kept whole).
 
     ``prefer_start`` (the previous request's ``prefix_start`` in this document) keeps the window's start where it
     was while the prefix still fits, so successive keystrokes share their prompt's first tokens (KV reuse); when
-    it no longer fits, the new cut leaves ``REUSE_HEADROOM`` of the prefix budget free for the next keystrokes.
+    it no longer fits, a new cut leaves ``headroom`` (a share) of the prefix budget free for the next keystrokes.
     """
     budget_tokens = max(8, int(budget_tokens))
     suffix_budget = int(budget_tokens * max(0.0, min(0.9, suffix_share)))
@@ -182,10 +183,8 @@ def fit_window(
                 return Window(candidate, suffix, prefer_start, offset + len(suffix), n, suffix_tokens)
     _start, prefix = _cut_prefix(text, offset, prefix_budget * MAX_CHARS_PER_TOKEN)
     prefix, prefix_tokens = _trim_to_budget(prefix, prefix_budget, count_tokens, from_start=True)
-    if prefer_start is not None and prefix_tokens > prefix_budget * (1 - REUSE_HEADROOM) and prefix_start_cut(prefix):
-        prefix, prefix_tokens = _trim_to_budget(
-            prefix, int(prefix_budget * (1 - REUSE_HEADROOM)), count_tokens, from_start=True
-        )
+    if headroom > 0 and prefix_tokens > prefix_budget * (1 - headroom) and prefix_start_cut(prefix):
+        prefix, prefix_tokens = _trim_to_budget(prefix, int(prefix_budget * (1 - headroom)), count_tokens, True)
     return Window(prefix, suffix, offset - len(prefix), offset + len(suffix), prefix_tokens, suffix_tokens)
 
 
@@ -268,8 +267,10 @@ class PromptBuilder:
         fim: FimFormat | bool | None = True,
         suffix_share: float | None = None,
         healing: bool = True,
+        headroom: float = REUSE_HEADROOM,
     ) -> None:
         self.tokenizer = tokenizer
+        self.headroom = headroom
         self.vocab = vocab
         self.bos_ids = list(bos_ids)
         if fim is True:
@@ -291,7 +292,7 @@ class PromptBuilder:
         ``prompt.window.prefix_start`` of the same document to keep KV reuse working while typing)."""
         validate(text, offset)
         share = self.suffix_share if self.fim else 0.0
-        window = fit_window(text, offset, self.count_tokens, context_tokens, share, prefer_start)
+        window = fit_window(text, offset, self.count_tokens, context_tokens, share, prefer_start, self.headroom)
         if not window.prefix.strip() and not (self.fim and window.suffix.strip()):
             raise BadInput("nothing to complete from: the text before the cursor is empty")
         prefix_ids = self.tokenizer.encode(window.prefix) if window.prefix else []
