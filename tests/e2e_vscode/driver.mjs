@@ -217,6 +217,26 @@ async function ghostText(page) {
   });
 }
 
+/** Run a command by its title from the command palette (F1). */
+async function runCommand(page, title) {
+  await page.keyboard.press('F1');
+  const input = page.locator('.quick-input-widget input');
+  await input.waitFor({ state: 'visible', timeout: 10_000 });
+  await input.fill(`>${title}`);
+  await page.locator('.quick-input-widget .monaco-list-row', { hasText: title }).first().waitFor({ timeout: 10_000 });
+  await page.keyboard.press('Enter');
+}
+
+async function waitForStatus(page, predicate, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  let text = await statusText(page);
+  while (Date.now() < deadline && !predicate(text)) {
+    await sleep(200);
+    text = await statusText(page);
+  }
+  return text;
+}
+
 async function shot(page, name) {
   const file = path.join(ARTIFACTS, name);
   await page.screenshot({ path: file });
@@ -398,7 +418,15 @@ async function main() {
       await sleep(500);
       result.screenshots.push(await shot(page, 'report.png'));
     }
-    result.ok = result.status_matches_db && result.editor_contains_suggestion && result.accepted && Boolean(result.report_heading);
+    // The palette commands greentrack.disable / greentrack.enable flip the setting; the status bar follows.
+    await runCommand(page, 'greentrack: Disable Completions');
+    result.status_disabled = await waitForStatus(page, (t) => /off/.test(t), 10_000);
+    await runCommand(page, 'greentrack: Enable Completions');
+    result.status_reenabled = await waitForStatus(page, (t) => !/off/.test(t), 10_000);
+    mark('toggled_s');
+    const toggled = /off/.test(result.status_disabled) && !/off/.test(result.status_reenabled);
+    result.ok =
+      result.status_matches_db && result.editor_contains_suggestion && result.accepted && Boolean(result.report_heading) && toggled;
   } catch (e) {
     result.error = e instanceof Error ? e.message : String(e);
     log(`FAILED: ${result.error}`);

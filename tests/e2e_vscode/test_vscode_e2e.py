@@ -126,6 +126,10 @@ def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
 
     # Clicking the status bar opened this week's report in a webview.
     assert "greentrack report" in result["report_heading"], f"no report webview {where}"
+
+    # greentrack.disable / greentrack.enable from the palette: the status bar follows the setting.
+    assert "off" in result["status_disabled"], result["status_disabled"]
+    assert "off" not in result["status_reenabled"], result["status_reenabled"]
     assert result["ok"]
 
     shots = [Path(p) for p in result["screenshots"]]
