@@ -330,3 +330,24 @@ def test_synthetic_phases_for_calibration(backend: VllmBackend) -> None:
         assert [(s.kind, s.work) for s in spans] == [("prefill", 200.0), ("decode", 5.0)]
         assert spans[0].start_s < spans[0].end_s == spans[1].start_s < spans[1].end_s
     assert [s.kind for s in backend.run_synthetic(16, 0)] == ["prefill"]
+
+
+def test_a_prompt_longer_than_the_engine_allows_is_bad_input(backend: VllmBackend) -> None:
+    from greentrack.errors import BadInput
+
+    text = unique_source() * 12  # ~6000 tokens, all in the window: over max_model_len (4096)
+    req = CompletionRequest("too-long", "file:///big.py", text, len(text), max_tokens=4, context_tokens=8000)
+    with pytest.raises(BadInput, match="refused the prompt"):
+        backend.complete(req, CancelToken())
+    assert backend.complete(request(unique_source() + "        return"), CancelToken()).completion_tokens >= 1
+
+
+def test_complete_many_batches_and_keeps_order(backend: VllmBackend) -> None:
+    reqs = [request(unique_source() + "        return", f"many-{i}", max_tokens=6) for i in range(3)]
+    results = backend.complete_many(reqs)
+    assert [r.request_id for r in results] == ["many-0", "many-1", "many-2"]
+    for r in results:
+        check_spans(r)
+    prefills = [r.span("prefill") for r in results]
+    # submitted together: their prefills ran in the same engine step(s)
+    assert max(p.start_s for p in prefills if p) < min(p.end_s for p in prefills if p)
