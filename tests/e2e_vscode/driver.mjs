@@ -40,8 +40,7 @@ const ARTIFACTS = need('ARTIFACTS');
 const CHROMIUM = env.CHROMIUM || '/usr/bin/chromium';
 const READY_TIMEOUT_MS = Number(env.READY_TIMEOUT_S || 240) * 1000;
 const GHOST_TIMEOUT_MS = Number(env.GHOST_TIMEOUT_S || 90) * 1000;
-// What the test types at the end of the file. It ends in a space: VS Code showed no ghost text for a suggestion
-// right after a word being typed ("return|"), and shows it after "return |".
+// What the test types at the end of the file (after `def multiply(...)` and its docstring).
 const TYPED = env.TYPED ?? 'return ';
 
 const t0 = Date.now();
