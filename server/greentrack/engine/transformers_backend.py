@@ -78,6 +78,7 @@ class TransformersBackend:
         compile_step: bool | None = None,
         max_documents: int = 4,
         reuse: bool = True,
+        stable_window: bool = True,
         healing: bool = True,
         suffix_share: float | None = None,
         context_tokens: int = 1024,
@@ -99,6 +100,7 @@ class TransformersBackend:
         eos_ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
         self.stop_ids = stop_token_ids(vocab, eos_ids)
         self.reuse = reuse
+        self.stable_window = stable_window
         self._healer: Healer | None = None
         self._window_starts: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
@@ -158,9 +160,9 @@ class TransformersBackend:
     # ------------------------------------------------------------------------------------------ completion
 
     def build_prompt(self, request: CompletionRequest) -> Prompt:
-        prefer = self._window_starts.get(request.document_key) if self.reuse else None
+        prefer = self._window_starts.get(request.document_key) if self.stable_window else None
         prompt = self.prompts.build(request.text, request.offset, request.context_tokens, prefer)
-        if self.reuse:
+        if self.stable_window:
             self._window_starts[request.document_key] = prompt.window.prefix_start
             self._window_starts.move_to_end(request.document_key)
             while len(self._window_starts) > 64:
