@@ -455,7 +455,10 @@ class Source:
 
 def _idle_cpus() -> int:
     """CPUs not already busy (1-minute load average): a second reader only helps where a core is free."""
-    cpus = os.cpu_count() or 1
+    try:
+        cpus = len(os.sched_getaffinity(0))  # the CPUs this process may run on (taskset, cgroups cpusets)
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
     try:
         load = os.getloadavg()[0]
     except OSError:
