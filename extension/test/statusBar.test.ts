@@ -1,0 +1,84 @@
+/** The status bar's states, driven as the server drives it (node:test, `vscode` stubbed). */
+import { state } from './vscodeStub';
+import assert from 'node:assert/strict';
+import { beforeEach, describe, it } from 'node:test';
+import type { EnergyParams } from '../src/protocol';
+import { EnergyStatusBar, STATUS_ITEM_ID } from '../src/statusBar';
+
+const energy = (total_j: number, extra: Partial<EnergyParams> = {}): EnergyParams => ({
+  completion_id: `c-${total_j}`,
+  total_j,
+  prefill_j: total_j / 4,
+  decode_j: (3 * total_j) / 4,
+  method: 'estimated',
+  meter: 'estimate',
+  outcome: 'shown',
+  ...extra,
+});
+
+const markdown = (tooltip: unknown): string => (tooltip as { value: string }).value;
+
+describe('EnergyStatusBar', () => {
+  beforeEach(() => {
+    state.items.length = 0;
+  });
+
+  it('says starting until the server is ready, then the energy of each suggestion', () => {
+    const bar = new EnergyStatusBar();
+    const item = state.items[0];
+    assert.equal(item.id, STATUS_ITEM_ID);
+    assert.ok(item.shown);
+    assert.equal(item.command, 'greentrack.showReport');
+    assert.equal(item.text, '$(sync~spin) greentrack starting…');
+    bar.onStatus({ state: 'starting', message: 'loading embedded' });
+    assert.match(item.text, /starting/);
+    assert.equal(item.tooltip, 'loading embedded');
+    bar.onStatus({ state: 'ready', message: 'embedded on cpu' });
+    assert.equal(item.text, '$(zap) greentrack');
+    bar.onEnergy(energy(3.214));
+    assert.equal(item.text, '$(zap) 3.21 J');
+    bar.onEnergy(energy(0.0456));
+    assert.equal(item.text, '$(zap) 45.6 mJ');
+    const tooltip = markdown(item.tooltip);
+    assert.match(tooltip, /Today: 3\.26 J over 2 suggestions/);
+    assert.match(tooltip, /estimated — no energy counter on this machine/);
+  });
+
+  it('shows the server error, and recovers when the server is ready again', () => {
+    const bar = new EnergyStatusBar();
+    const item = state.items[0];
+    bar.onStatus({ state: 'error', message: 'cannot load model foo' });
+    assert.equal(item.text, '$(error) greentrack');
+    assert.match(markdown(item.tooltip), /cannot load model foo/);
+    assert.equal((item.backgroundColor as { id: string }).id, 'statusBarItem.errorBackground');
+    bar.onEnergy(energy(1)); // energy alone does not hide an error
+    assert.equal(item.text, '$(error) greentrack');
+    bar.onStatus({ state: 'ready' });
+    assert.equal(item.text, '$(zap) 1.00 J');
+    assert.equal(item.backgroundColor, undefined);
+  });
+
+  it('says off while disabled, and shows the last energy again when enabled', () => {
+    const bar = new EnergyStatusBar();
+    const item = state.items[0];
+    bar.onStatus({ state: 'ready' });
+    bar.onEnergy(energy(2500));
+    assert.equal(item.text, '$(zap) 2.50 kJ');
+    bar.setEnabled(false);
+    assert.equal(item.text, '$(circle-slash) greentrack off');
+    bar.setEnabled(true);
+    assert.equal(item.text, '$(zap) 2.50 kJ');
+  });
+
+  it('ignores unknown states and guards a bad energy', () => {
+    const bar = new EnergyStatusBar();
+    const item = state.items[0];
+    bar.onStatus({ state: 'ready' });
+    bar.onStatus({ state: 'something-new' });
+    assert.equal(item.text, '$(zap) greentrack');
+    bar.onEnergy(energy(NaN));
+    assert.equal(item.text, '$(zap) ? J');
+    bar.dispose();
+    assert.ok(item.disposed);
+  });
+});
