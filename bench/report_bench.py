@@ -119,7 +119,8 @@ def main() -> None:
     wall = sum(w for _, w, _ in results[:4])
     cpu = sum(c for _, _, c in results[:4])
     print(f"\n{args.rows:,} completions in {WEEK} ({TZ}) + {args.previous:,} the week before; "
-          f"{len(reports)} reports; {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs usable, load average {os.getloadavg()[0]:.2f}")  # type: ignore[arg-type]
+          f"{len(reports)} reports; {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs usable, "  # type: ignore[arg-type]
+          f"load average {os.getloadavg()[0]:.2f}")
     width = max(len(label) for label, _, _ in results)
     print(f"  {'step':<{width}}  {'wall':>7}  {'CPU':>7}")
     for label, w, c in results:
