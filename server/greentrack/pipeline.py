@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from greentrack.config import Settings
@@ -58,6 +59,12 @@ def combine_phase_energy(
     known = [u for u in uncertainties if u is not None]
     uncertainty = sum(known) if len(known) == len(uncertainties) else None
     return prefill_j, decode_j, method, "+".join(meters), uncertainty
+
+
+def wall_clock_iso(monotonic_s: float) -> str:
+    """A ``time.monotonic()`` instant as UTC ISO 8601: the row's ``ts`` is when the request arrived."""
+    seconds_ago = max(0.0, time.monotonic() - monotonic_s)
+    return (datetime.now(UTC) - timedelta(seconds=seconds_ago)).isoformat(timespec="microseconds")
 
 
 def outcome_of(result: EngineResult) -> Outcome:
@@ -141,6 +148,7 @@ class Pipeline:
             co2e_g=co2e_grams(total_j, self.settings.carbon_intensity),
             outcome=outcome_of(result),
             developer=self.settings.developer,
+            ts=wall_clock_iso(context.received_s),
             text=result.text if self.settings.store_text else None,
         )
         if self.store is not None:

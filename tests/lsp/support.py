@@ -37,6 +37,7 @@ class Collected:
         self.energy: list[dict[str, Any]] = []
         self.status: list[dict[str, Any]] = []
         self.changed = asyncio.Event()
+        self.capabilities: types.ServerCapabilities | None = None
 
     async def wait_for(self, predicate: Callable[[], Any], timeout_s: float = 60.0) -> Any:
         deadline = asyncio.get_running_loop().time() + timeout_s
@@ -78,13 +79,14 @@ async def start_session(
     client: LanguageClient, options: dict[str, Any] | None = None, wait_ready: bool = True
 ) -> Collected:
     collected = attach_collector(client)
-    await client.initialize_session(
+    initialized = await client.initialize_session(
         types.InitializeParams(
             capabilities=client_capabilities("visual-studio-code"),
             initialization_options={"greentrack": {"debounceMs": 0, **(options or {})}},
             root_uri=Path(tempfile.gettempdir()).as_uri(),
         )
     )
+    collected.capabilities = initialized.capabilities
     if wait_ready:
         await collected.wait_for(
             lambda: any(s["state"] in ("ready", "error") for s in collected.status), timeout_s=180

@@ -21,7 +21,7 @@ from tests.lsp.support import Collected, inline_params, make_config, open_docume
 
 from greentrack.record import ENERGY_FIELDS
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 DB = Path(tempfile.mkdtemp(prefix="greentrack-lsp-")) / "lsp.db"
 
@@ -54,7 +54,8 @@ def collected(client: LanguageClient) -> Collected:
 
 
 async def test_capabilities_advertised(client: LanguageClient) -> None:
-    caps = client.protocol.server_capabilities
+    caps = collected(client).capabilities
+    assert caps is not None
     assert caps.inline_completion_provider
     assert caps.execute_command_provider is not None
     assert "greentrack.accept" in caps.execute_command_provider.commands
