@@ -203,8 +203,15 @@ def _convert_gguf(gguf: Path, out: Path, step: _Step) -> None:
     config.dtype = torch.float32
     model = auto_model.from_config(config, dtype=torch.float32)
     step("dequantizing tensors")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF reader has its own bar; ours is on stderr
-    checkpoint = gguf_utils.load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # transformers' GGUF reader has its own bar; ours is on stderr
+    try:
+        checkpoint = gguf_utils.load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
     tensors: dict[str, Any] = checkpoint["tensors"]
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     tied = bool(getattr(config, "tie_word_embeddings", False))

@@ -94,8 +94,8 @@ class DynamicRunner:
         return self._forward((token,))
 
     def end(self, doc_key: str | None, cached_ids: list[int]) -> None:
-        if doc_key is None:
-            self._cache = None
+        if doc_key is None or self._cache is None or int(self._cache.get_seq_length()) != len(cached_ids):
+            self._cache = None  # nothing to keep (or a failed step left the cache out of step with the ids)
             return
         self._docs[doc_key] = _DocState(cached_ids, self._cache)
         self._docs.move_to_end(doc_key)
@@ -210,7 +210,8 @@ class StaticRunner:
         return self._eager_step()
 
     def end(self, doc_key: str | None, cached_ids: list[int]) -> None:
-        self._ids = cached_ids if doc_key is not None else []
+        in_step = self._initialized() and int(self.cache.layers[0].cumulative_length) == len(cached_ids)
+        self._ids = cached_ids if doc_key is not None and in_step else []
 
     def forget(self) -> None:
         self._ids = []
