@@ -13,14 +13,14 @@ import {
 } from 'vscode-languageclient/node';
 import { ENERGY_NOTIFICATION, EnergyParams, STATUS_NOTIFICATION, StatusParams } from './protocol';
 import { PythonNotFoundError, Resolved, resolvePython } from './python';
+import { SerialRunner } from './serial';
 import { getSettings, LANGUAGES, SECTION, serverOptions } from './settings';
 import type { EnergyStatusBar } from './statusBar';
 
 export class ServerManager implements vscode.Disposable {
   private client: LanguageClient | undefined;
   private resolved: Resolved | undefined;
-  private queue: Promise<void> = Promise.resolve();
-  private queuedRestart: Promise<void> | undefined;
+  private readonly serial = new SerialRunner();
   private stopping = false;
   private disposed = false;
 
@@ -39,33 +39,24 @@ export class ServerManager implements vscode.Disposable {
   }
 
   start(): Promise<void> {
-    return this.enqueue(() => this.doStart());
+    return this.serial.run(() => this.doStart());
   }
 
   /** Restart once, however many times it is asked before the restart begins. */
   restart(reason: string): Promise<void> {
-    if (this.queuedRestart) {
-      this.channel.info(`restart (${reason}): one is already queued`);
-      return this.queuedRestart;
-    }
-    const p = this.enqueue(async () => {
-      this.queuedRestart = undefined;
+    const { promise, coalesced } = this.serial.restart(async () => {
       this.channel.info(`restarting the server: ${reason}`);
       await this.doStop();
       await this.doStart();
     });
-    this.queuedRestart = p;
-    return p;
+    if (coalesced) {
+      this.channel.info(`restart (${reason}): one is already queued`);
+    }
+    return promise;
   }
 
   stop(): Promise<void> {
-    return this.enqueue(() => this.doStop());
-  }
-
-  private enqueue(task: () => Promise<void>): Promise<void> {
-    const next = this.queue.then(task, task);
-    this.queue = next.catch(() => undefined);
-    return next;
+    return this.serial.run(() => this.doStop());
   }
 
   private async doStart(): Promise<void> {

@@ -4,7 +4,8 @@
 // server is ready, types, waits for ghost text from the real server and model, checks the status bar shows
 // the joules the database holds for that completion (formatted by the extension's own formatEnergy),
 // presses Tab, checks the suggestion is in the editor and the row is accepted, then clicks the status bar
-// and checks the weekly report opens in a webview. Screenshots go to ARTIFACTS.
+// and checks the weekly report opens in a webview, disable/enable from the palette, and that a new
+// greentrack.pythonPath restarts the server once. Screenshots go to ARTIFACTS.
 //
 // Run with Node >= 24 (node:sqlite). Inputs (environment):
 //   CODE_SERVER  code-server executable          VSIX      the .vsix to install
@@ -216,6 +217,22 @@ async function ghostText(page) {
   });
 }
 
+/** The extension's output channel as VS Code writes it to disk (empty when not written yet). */
+function extensionLog(dirs) {
+  try {
+    const logs = path.join(dirs.ud, 'logs');
+    return fs
+      .readdirSync(logs)
+      .sort()
+      .map((session) => path.join(logs, session, 'exthost1', 'greentrack.greentrack', 'greentrack.log'))
+      .filter((f) => fs.existsSync(f))
+      .map((f) => fs.readFileSync(f, 'utf8'))
+      .join('');
+  } catch {
+    return '';
+  }
+}
+
 /** Run a command by its title from the command palette (F1). */
 async function runCommand(page, title) {
   await page.keyboard.press('F1');
@@ -424,8 +441,29 @@ async function main() {
     result.status_reenabled = await waitForStatus(page, (t) => !/off/.test(t), 10_000);
     mark('toggled_s');
     const toggled = /off/.test(result.status_disabled) && !/off/.test(result.status_reenabled);
+
+    // Changing greentrack.pythonPath (here: the same interpreter by another path) restarts the server once.
+    const altPython = `${path.dirname(PYTHON)}/./${path.basename(PYTHON)}`;
+    // Through the Settings editor, as a user would (VS Code does not notice settings.json edited behind it here).
+    await runCommand(page, 'Preferences: Open User Settings');
+    await page.waitForSelector('.settings-editor', { timeout: 20_000 });
+    await sleep(500);
+    await page.keyboard.type('greentrack.pythonPath', { delay: 20 });
+    const input = page.locator('.settings-editor .setting-item-text input, .settings-editor .setting-item-text textarea').first();
+    await input.waitFor({ state: 'visible', timeout: 20_000 });
+    await input.fill(altPython);
+    await page.keyboard.press('Tab');
+    result.status_restarting = await waitForStatus(page, (t) => /starting/.test(t), 20_000);
+    result.status_restarted = await waitForStatus(page, (t) => !/starting/.test(t), READY_TIMEOUT_MS);
+    mark('restarted_s');
+    const extLog = extensionLog(dirs);
+    result.restart_lines = extLog.split('\n').filter((l) => l.includes('restarting the server')).map((l) => l.slice(24));
+    result.restarted_with_alt = extLog.includes(`starting: ${altPython} -m greentrack lsp`);
+    const restarted =
+      /starting/.test(result.status_restarting) && !/starting|error/.test(result.status_restarted) &&
+      result.restart_lines.length === 1 && result.restarted_with_alt;
     result.ok =
-      result.status_matches_db && result.editor_contains_suggestion && result.accepted && Boolean(result.report_heading) && toggled;
+      result.status_matches_db && result.editor_contains_suggestion && result.accepted && Boolean(result.report_heading) && toggled && restarted;
   } catch (e) {
     result.error = e instanceof Error ? e.message : String(e);
     log(`FAILED: ${result.error}`);
@@ -450,15 +488,7 @@ async function main() {
     }
     mark('total_s');
     // The extension's log channel (server stderr, client errors) next to the screenshots.
-    try {
-      const logs = path.join(dirs.ud, 'logs');
-      for (const session of fs.readdirSync(logs)) {
-        const f = path.join(logs, session, 'exthost1', 'greentrack.greentrack', 'greentrack.log');
-        if (fs.existsSync(f)) fs.copyFileSync(f, path.join(ARTIFACTS, 'greentrack-extension.log'));
-      }
-    } catch {
-      // no logs written
-    }
+    fs.writeFileSync(path.join(ARTIFACTS, 'greentrack-extension.log'), extensionLog(dirs));
   }
   process.stdout.write(`E2E_RESULT ${JSON.stringify(result)}\n`);
   process.exitCode = result.ok ? 0 : 1;

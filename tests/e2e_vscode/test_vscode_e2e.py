@@ -2,7 +2,9 @@
 
 The real extension starts the real ``greentrack lsp`` (this interpreter, where greentrack is installed) with
 the real embedded model and a real SQLite file. The node driver (driver.mjs) types in a Python file, waits
-for ghost text, reads the status bar, presses Tab; this test asserts on its JSON result and the database.
+for ghost text, reads the status bar and its tooltip, presses Tab, opens the weekly report from the status bar,
+disables and enables completions from the palette and changes greentrack.pythonPath in the Settings editor;
+this test asserts on its JSON result and on the database.
 What is missing (Chromium, Node 24, code-server, npm packages) is installed by scripts/vscode-deps.sh and
 cached under .cache/ (4-5 minutes the first time on a fresh machine). Screenshots go to
 artifacts/vscode-e2e/; with GREENTRACK_UPDATE_SCREENSHOT=1 (or when missing) one becomes docs/screenshot.png.
@@ -130,6 +132,12 @@ def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
     # greentrack.disable / greentrack.enable from the palette: the status bar follows the setting.
     assert "off" in result["status_disabled"], result["status_disabled"]
     assert "off" not in result["status_reenabled"], result["status_reenabled"]
+
+    # A new greentrack.pythonPath (set in the Settings editor) restarted the server once, with that interpreter.
+    assert "starting" in result["status_restarting"], result["status_restarting"]
+    assert "starting" not in result["status_restarted"], result["status_restarted"]
+    assert len(result["restart_lines"]) == 1, result["restart_lines"]
+    assert result["restarted_with_alt"]
     assert result["ok"]
 
     shots = [Path(p) for p in result["screenshots"]]
