@@ -101,3 +101,23 @@ def test_device_and_dtype_choice(tmp_path: Path) -> None:
     assert pick_dtype(torch.device("cpu"), "float32") == torch.float32
     expected = torch.bfloat16 if cpu_has_bf16() else torch.float32
     assert pick_dtype(torch.device("cpu")) == expected
+
+
+def test_concurrent_conversion_keeps_the_winner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes converting the same GGUF: the loser's rename fails, it uses the winner's folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    src = resolve_model(str(gguf))
+    dest = loading.converted_folder(src)
+
+    def convert(path: Path, out: Path, step: object) -> None:
+        (out / "model.safetensors").write_text("mine")
+        dest.mkdir(parents=True)  # meanwhile, the other process finished first
+        (dest / "model.safetensors").write_text("theirs")
+        (dest / "greentrack-source.json").write_text("{}")
+
+    monkeypatch.setattr(loading, "_convert_gguf", convert)
+    assert materialize_hf_folder(src) == dest
+    assert (dest / "model.safetensors").read_text() == "theirs"
+    assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]  # no temporary folder left
