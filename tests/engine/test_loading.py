@@ -121,3 +121,20 @@ def test_concurrent_conversion_keeps_the_winner(tmp_path: Path, monkeypatch: pyt
     assert materialize_hf_folder(src) == dest
     assert (dest / "model.safetensors").read_text() == "theirs"
     assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]  # no temporary folder left
+
+
+def test_hub_id_found_in_the_cache_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--acme--tiny-coder"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    src = resolve_model("acme/tiny-coder")
+    assert src.kind == "hub" and src.path == snap
+    assert materialize_hf_folder(src) == snap  # safetensors folders are used as they are
