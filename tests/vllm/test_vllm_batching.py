@@ -95,6 +95,23 @@ def test_phase_spans_from_request_metrics() -> None:
     assert phase_spans("r", st, 64, 64, 1)[0].work == 1.0
 
 
+def test_thread_defaults_leave_a_core_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.delenv("GREENTRACK_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    env = default_vllm_env()
+    assert (env["OMP_NUM_THREADS"], env["VLLM_CPU_OMP_THREADS_BIND"]) == ("1", "0")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3, 4, 5, 8})
+    env = default_vllm_env()
+    assert (env["OMP_NUM_THREADS"], env["VLLM_CPU_OMP_THREADS_BIND"]) == ("4", "2-5")
+    monkeypatch.setenv("GREENTRACK_THREADS", "3")
+    assert default_vllm_env()["VLLM_CPU_OMP_THREADS_BIND"] == "2-4"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # what OpenMP will use anyway: the bind list follows it
+    assert default_vllm_env()["VLLM_CPU_OMP_THREADS_BIND"] == "2-3"
+
+
 def test_clock_conversion_and_environment() -> None:
     import time
 
