@@ -170,15 +170,19 @@ export class ServerManager implements vscode.Disposable {
   }
 }
 
-/** The README's set-up section, rendered (it ships in the .vsix). */
+/** The README's set-up section, rendered (it ships in the .vsix, where vsce names it readme.md). */
 export async function openSetupInstructions(context: vscode.ExtensionContext): Promise<void> {
-  const readme = vscode.Uri.joinPath(context.extensionUri, 'README.md');
-  try {
-    await vscode.workspace.fs.stat(readme);
+  for (const name of ['README.md', 'readme.md']) {
+    const readme = vscode.Uri.joinPath(context.extensionUri, name);
+    try {
+      await vscode.workspace.fs.stat(readme);
+    } catch {
+      continue;
+    }
     await vscode.commands.executeCommand('markdown.showPreview', readme);
-  } catch {
-    void vscode.window.showInformationMessage(
-      'Set up greentrack: create a virtual environment, `pip install -e .` in the greentrack repository, then set greentrack.pythonPath to its python.',
-    );
+    return;
   }
+  void vscode.window.showInformationMessage(
+    'Set up greentrack: in its repository run `bash scripts/setup.sh`, then set greentrack.pythonPath to `.venv/bin/python` there.',
+  );
 }

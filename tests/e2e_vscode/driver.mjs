@@ -462,7 +462,31 @@ async function main() {
     const restarted =
       /starting/.test(result.status_restarting) && !/starting|error/.test(result.status_restarted) &&
       result.restart_lines.length === 1 && result.restarted_with_alt;
+
+    // An interpreter without greentrack: the status bar says so, and a button opens the set-up instructions.
+    await input.fill('/nonexistent/bin/python');
+    await page.keyboard.press('Tab');
+    const errorDeadline = Date.now() + 30_000;
+    while (Date.now() < errorDeadline && (await page.locator(`${STATUS} .codicon-error`).count()) === 0) await sleep(200);
+    result.status_error_shown = (await page.locator(`${STATUS} .codicon-error`).count()) > 0;
+    const setupButton = page.locator('.notifications-toasts .monaco-button', { hasText: 'Open Setup Instructions' }).first();
+    try {
+      await setupButton.waitFor({ state: 'visible', timeout: 15_000 });
+      result.setup_message = ((await page.locator('.notifications-toasts .notification-list-item-message').first().textContent()) || '').trim();
+      await setupButton.click();
+      await page.locator('.tab', { hasText: 'README' }).first().waitFor({ timeout: 20_000 });
+      result.setup_opened = true;
+      await sleep(800);
+      result.screenshots.push(await shot(page, 'setup-instructions.png'));
+    } catch (e) {
+      result.setup_opened = false;
+      log(`set-up instructions: ${e instanceof Error ? e.message : e}`);
+    }
+    mark('not_installed_s');
+    const notInstalled = result.status_error_shown && result.setup_opened;
+
     result.ok =
+      notInstalled &&
       result.status_matches_db && result.editor_contains_suggestion && result.accepted && Boolean(result.report_heading) && toggled && restarted;
   } catch (e) {
     result.error = e instanceof Error ? e.message : String(e);

@@ -3,7 +3,8 @@
 The real extension starts the real ``greentrack lsp`` (this interpreter, where greentrack is installed) with
 the real embedded model and a real SQLite file. The node driver (driver.mjs) types in a Python file, waits
 for ghost text, reads the status bar and its tooltip, presses Tab, opens the weekly report from the status bar,
-disables and enables completions from the palette and changes greentrack.pythonPath in the Settings editor;
+disables and enables completions from the palette, changes greentrack.pythonPath in the Settings editor
+(to another path of the same interpreter: one restart; then to one without greentrack: the error and its button);
 this test asserts on its JSON result and on the database.
 What is missing (Chromium, Node 24, code-server, npm packages) is installed by scripts/vscode-deps.sh and
 cached under .cache/ (4-5 minutes the first time on a fresh machine). Screenshots go to
@@ -138,6 +139,11 @@ def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
     assert "starting" not in result["status_restarted"], result["status_restarted"]
     assert len(result["restart_lines"]) == 1, result["restart_lines"]
     assert result["restarted_with_alt"]
+
+    # An interpreter without greentrack: an error in the status bar and a button to the set-up instructions.
+    assert result["status_error_shown"]
+    assert "not importable" in result["setup_message"], result["setup_message"]
+    assert result["setup_opened"], f"the set-up instructions did not open {where}"
     assert result["ok"]
 
     shots = [Path(p) for p in result["screenshots"]]
