@@ -180,9 +180,9 @@ class TransformersBackend:
         started = time.monotonic()
         if request.max_tokens < 1:
             raise BadInput(f"max_tokens must be at least 1 (got {request.max_tokens})")
-        prompt = self.build_prompt(request)
-        ctx = stop_context(prompt.window.prefix, prompt.window.suffix)
         with self._lock, torch.inference_mode():
+            prompt = self.build_prompt(request)
+            ctx = stop_context(prompt.window.prefix, prompt.window.suffix)
             return self._generate(request, prompt, ctx, cancel, on_token, started)
 
     def _generate(
