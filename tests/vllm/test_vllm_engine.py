@@ -351,3 +351,28 @@ def test_complete_many_batches_and_keeps_order(backend: VllmBackend) -> None:
     prefills = [r.span("prefill") for r in results]
     # submitted together: their prefills ran in the same engine step(s)
     assert max(p.start_s for p in prefills if p) < min(p.end_s for p in prefills if p)
+
+
+def test_command_line_with_the_vllm_backend(tmp_path: object) -> None:
+    """``greentrack complete --backend vllm --json``: the product path in a fresh process; vLLM's logs stay off
+    stdout, which carries exactly one JSON object with the contract's fields."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shapes = Path(__file__).resolve().parents[2] / "examples" / "shapes.py"
+    line = next(i for i, text in enumerate(shapes.read_text().split("\n")) if text == "        return ")
+    out = subprocess.run(
+        [sys.executable, "-m", "greentrack", "complete", str(shapes), "--line", str(line), "--col", "15",
+         "--backend", "vllm", "--json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(out.stdout)  # the whole of stdout: one object
+    assert record["backend"] == "vllm" and record["device"] == "cpu" and record["outcome"] in ("shown", "empty")
+    assert record["prompt_tokens"] > 0 and record["completion_tokens"] >= 1
+    assert record["prefill_ms"] > 0
+    assert record["total_j"] == pytest.approx(record["prefill_j"] + record["decode_j"])
+    assert record["method"] in ("measured", "attributed", "estimated")
+    assert isinstance(record["text"], str)
