@@ -442,6 +442,22 @@ async function main() {
     mark('toggled_s');
     const toggled = /off/.test(result.status_disabled) && !/off/.test(result.status_reenabled);
 
+    // greentrack.doctor runs `greentrack doctor` and shows its output in the greentrack output channel.
+    await runCommand(page, 'greentrack: Doctor: Check Energy Meters, Model and Database');
+    const doctorDeadline = Date.now() + 90_000;
+    let doctorLog = '';
+    while (Date.now() < doctorDeadline) {
+      const full = extensionLog(dirs);
+      doctorLog = full.slice(full.lastIndexOf('-m greentrack doctor'));
+      if (full.includes('-m greentrack doctor') && /exit code \d+/.test(doctorLog)) break;
+      await sleep(300);
+    }
+    result.doctor_exit = (doctorLog.match(/exit code (\d+)/) || [])[1] ?? null;
+    result.doctor_mentions_database = /database/.test(doctorLog);
+    result.output_panel_visible = (await page.locator('.panel .output-view, .panel [id="workbench.panel.output"]').count()) > 0;
+    mark('doctor_s');
+    const doctorOk = result.doctor_exit === '0' && result.doctor_mentions_database;
+
     // Changing greentrack.pythonPath (here: the same interpreter by another path) restarts the server once.
     const altPython = `${path.dirname(PYTHON)}/./${path.basename(PYTHON)}`;
     // Through the Settings editor, as a user would (VS Code does not notice settings.json edited behind it here).
@@ -487,6 +503,7 @@ async function main() {
 
     result.ok =
       notInstalled &&
+      doctorOk &&
       result.status_matches_db && result.editor_contains_suggestion && result.accepted && Boolean(result.report_heading) && toggled && restarted;
   } catch (e) {
     result.error = e instanceof Error ? e.message : String(e);

@@ -1,11 +1,11 @@
 """End-to-end in a real VS Code: the built .vsix in code-server, driven through Chromium by playwright-core.
 
 The real extension starts the real ``greentrack lsp`` (this interpreter, where greentrack is installed) with
-the real embedded model and a real SQLite file. The node driver (driver.mjs) types in a Python file, waits
-for ghost text, reads the status bar and its tooltip, presses Tab, opens the weekly report from the status bar,
-disables and enables completions from the palette, changes greentrack.pythonPath in the Settings editor
-(to another path of the same interpreter: one restart; then to one without greentrack: the error and its button);
-this test asserts on its JSON result and on the database.
+the real embedded model and a real SQLite file. The node driver (driver.mjs) types in a Python file, waits for
+ghost text, reads the status bar and its tooltip, presses Tab, opens the weekly report from the status bar,
+disables and enables completions and runs the doctor from the palette, and changes greentrack.pythonPath in
+the Settings editor (to another path of the same interpreter: one restart; then to one without greentrack: the
+error and its button). This test asserts on the driver's JSON result and on the database.
 What is missing (Chromium, Node 24, code-server, npm packages) is installed by scripts/vscode-deps.sh and
 cached under .cache/ (4-5 minutes the first time on a fresh machine). Screenshots go to
 artifacts/vscode-e2e/; with GREENTRACK_UPDATE_SCREENSHOT=1 (or when missing) one becomes docs/screenshot.png.
@@ -133,6 +133,11 @@ def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
     # greentrack.disable / greentrack.enable from the palette: the status bar follows the setting.
     assert "off" in result["status_disabled"], result["status_disabled"]
     assert "off" not in result["status_reenabled"], result["status_reenabled"]
+
+    # greentrack.doctor from the palette ran `greentrack doctor` into the output channel.
+    assert result["doctor_exit"] == "0", f"greentrack doctor exit {result['doctor_exit']} {where}"
+    assert result["doctor_mentions_database"]
+    assert result["output_panel_visible"]
 
     # A new greentrack.pythonPath (set in the Settings editor) restarted the server once, with that interpreter.
     assert "starting" in result["status_restarting"], result["status_restarting"]
