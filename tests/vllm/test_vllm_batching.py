@@ -13,7 +13,7 @@ from greentrack.energy.attribution import MeterInfo
 from greentrack.energy.types import CounterSample, PhaseSpan
 from greentrack.engine.types import EngineResult
 from greentrack.engine.vllm_backend import _cpu_list, _Stats, default_vllm_env, phase_spans, wall_to_monotonic
-from greentrack.engine.vllm_batching import attribute_batch, attribution_spans
+from greentrack.engine.vllm_batching import BATCH_NOTE, attribute_batch, attribution_spans
 
 POWER_W = 20.0
 METER = MeterInfo(name="test:constant", method="attributed", max_power_w=100.0)
@@ -37,6 +37,7 @@ def result(rid: str, prefill: tuple[float, float, float], steps: list[tuple[floa
 def test_one_request_gets_its_time_share_and_energy_is_conserved() -> None:
     a = result("a", (1.0, 1.2, 100), [(1.2, 1.3), (1.3, 1.4)])
     out = attribute_batch([a], trace(0.9, 1.6), METER, update_period_s=0.0)
+    assert BATCH_NOTE not in out.notes
     assert out.phase("a", "prefill").energy_j == pytest.approx(POWER_W * 0.2, rel=1e-6)  # type: ignore[union-attr]
     assert out.phase("a", "decode").energy_j == pytest.approx(POWER_W * 0.2, rel=1e-6)  # type: ignore[union-attr]
     assert out.conservation_error_j < 1e-9
@@ -57,6 +58,7 @@ def test_batched_step_is_shared_by_tokens() -> None:
     assert out.phase("a", "decode").energy_j == pytest.approx(a_decode, rel=1e-6)  # type: ignore[union-attr]
     assert out.total_j + out.unattributed_j == pytest.approx(out.window_j + out.extrapolated_j, abs=1e-9)
     assert out.request_j("a") + out.request_j("b") == pytest.approx(POWER_W * 0.5, rel=1e-6)
+    assert BATCH_NOTE in out.notes  # batched figures say how they were split
     for phases in out.energy.values():
         for p in phases:
             assert p.method == "attributed" and p.meter == "test:constant"

@@ -294,6 +294,7 @@ def test_two_overlapping_requests_are_attributed_with_conservation(backend: Vllm
         assert set(batch.energy) == {"req-a", "req-b"}
         assert batch.window_j > 0
         assert batch.conservation_error_j <= 1e-9 * max(1.0, batch.window_j)
+        assert any("tokens processed" in n for n in batch.notes)  # the split is declared a convention
         for rid in ("req-a", "req-b"):
             kinds = [p.kind for p in batch.energy[rid]]
             assert kinds[0] == "prefill"

@@ -122,8 +122,21 @@ def attribute_batch(
                 u = None
             phases.append(PhaseEnergy(r.request_id, kind, est, meter.method, meter.name, u, meter.resolution_j))
         energy[r.request_id] = phases
-    return BatchAttribution(energy, result.unattributed_j, result.window_j, result.extrapolated_j, result,
-                            list(result.notes))
+    notes = list(result.notes)
+    if _requests_overlap(results):
+        notes.append(BATCH_NOTE)
+    return BatchAttribution(energy, result.unattributed_j, result.window_j, result.extrapolated_j, result, notes)
+
+
+#: Said with every batched figure: the per-step total is measured, its division among requests is a convention.
+BATCH_NOTE = ("requests ran in the same engine steps: each step's energy is split among them by tokens "
+              "processed (a convention; a decode token costs more than a prefill token)")
+
+
+def _requests_overlap(results: Sequence[EngineResult]) -> bool:
+    """Whether any two requests' phases overlap in time (they were batched)."""
+    windows = sorted((min(s.start_s for s in r.spans), max(s.end_s for s in r.spans)) for r in results if r.spans)
+    return any(b0 < a1 for (_, a1), (b0, _) in itertools.pairwise(windows))
 
 
 def batch_phase_energy(
