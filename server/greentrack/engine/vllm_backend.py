@@ -626,7 +626,7 @@ class VllmBackend:
                 self._finish(job, decision.text, decision.reason, ended_s=now)
                 del active[job.engine_id]
             elif out.finished:
-                reason = "max_tokens" if getattr(completion, "finish_reason", "") == "length" else "stop_token"
+                reason = "max_tokens" if getattr(completion, "finish_reason", "") == "length" else "eos"
                 self._finish(job, job.text, reason, ended_s=now)
                 del active[job.engine_id]
         self._last_step_end_s = step_end
