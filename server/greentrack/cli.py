@@ -87,7 +87,13 @@ def _main(
 
 @app.command()
 def lsp(
-    db: DbOption = None, model: ModelOption = None, backend: BackendOption = None, device: DeviceOption = None
+    db: DbOption = None,
+    model: ModelOption = None,
+    backend: BackendOption = None,
+    device: DeviceOption = None,
+    stdio: Annotated[
+        bool, typer.Option("--stdio", help="Accepted for LSP clients that pass it; stdio is the only transport.")
+    ] = False,
 ) -> None:
     """Run the language server over stdio (what the VS Code extension starts)."""
     from greentrack.lsp.server import serve_stdio

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -65,6 +66,12 @@ def wall_clock_iso(monotonic_s: float) -> str:
     """A ``time.monotonic()`` instant as UTC ISO 8601: the row's ``ts`` is when the request arrived."""
     seconds_ago = max(0.0, time.monotonic() - monotonic_s)
     return (datetime.now(UTC) - timedelta(seconds=seconds_ago)).isoformat(timespec="microseconds")
+
+
+def local_midnight_utc_iso() -> str:
+    """The start of today in the local time zone, as UTC ISO 8601 (the rows' ``ts`` format)."""
+    midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def outcome_of(result: EngineResult) -> Outcome:
@@ -153,6 +160,12 @@ class Pipeline:
         )
         if self.store is not None:
             self.store.record(record)
+            try:
+                record.today_completions, record.today_j = self.store.totals_since(
+                    developer=record.developer, since_ts=local_midnight_utc_iso()
+                )
+            except (GreentrackError, sqlite3.Error) as e:
+                log.warning("cannot read today's total: %s", e)
         return record
 
     def finalize_later(

@@ -63,14 +63,22 @@ class CompletionRecord:
     developer: str = ""
     accepted: int = 0
     accepted_ts: str | None = None
+    #: Not stored: this developer's completions and energy (J) today, local time, sent with the notification.
+    today_completions: int | None = None
+    today_j: float | None = None
     #: Only filled when the user opted in to storing source text (``GREENTRACK_STORE_TEXT=1``).
     text: str | None = None
 
     def energy_fields(self) -> dict[str, Any]:
         """The ``greentrack/energy`` notification's params."""
         row = asdict(self)
-        return {name: row[name] for name in ENERGY_FIELDS}
+        fields = {name: row[name] for name in ENERGY_FIELDS}
+        if self.today_j is not None:
+            fields.update(today_j=self.today_j, today_completions=self.today_completions)
+        return fields
 
     def row(self) -> dict[str, Any]:
         """Everything the store keeps."""
-        return asdict(self)
+        row = asdict(self)
+        del row["today_completions"], row["today_j"]
+        return row

@@ -15,7 +15,7 @@ from typing import Any
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
-SERVER_COMMAND = [sys.executable, "-m", "greentrack", "lsp"]
+SERVER_COMMAND = [sys.executable, "-m", "greentrack", "lsp", "--stdio"]
 
 
 def server_env(db: Path, **extra: str) -> dict[str, str]:

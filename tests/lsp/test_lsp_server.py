@@ -86,6 +86,7 @@ async def test_completion_energy_row_and_accept(client: LanguageClient) -> None:
     assert energy["outcome"] == "shown" and energy["uri"] == uri and energy["language_id"] == "python"
     assert energy["prompt_tokens"] > 0 and energy["completion_tokens"] > 0
     assert energy["co2e_g"] > 0 and energy["latency_ms"] >= energy["prefill_ms"]
+    assert energy["today_j"] >= energy["total_j"] and energy["today_completions"] >= 1
     row = rows()[completion_id]
     assert row["total_j"] == energy["total_j"] and row["accepted"] == 0
     assert row["developer"] == "lsp-test@example.com"

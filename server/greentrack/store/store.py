@@ -395,5 +395,14 @@ class Store:
         for row in cur:
             yield dict(zip(names, row, strict=True))
 
+    def totals_since(self, *, developer: str, since_ts: str) -> tuple[int, float]:
+        """(completions, total energy in J) of ``developer`` since ``since_ts`` (UTC ISO 8601): today's total
+        for the status bar. Rows still in the spool are not counted."""
+        row = self._conn.execute(
+            "SELECT count(*), coalesce(sum(total_j), 0.0) FROM completions WHERE developer = ? AND ts >= ?",
+            (developer, since_ts),
+        ).fetchone()
+        return int(row[0]), float(row[1])
+
     def count(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM completions").fetchone()[0])
