@@ -3,9 +3,10 @@
 Replays the start of a module of Python's standard library character by character into ``greentrack lsp``
 (real embedded model, real SQLite), the way VS Code drives an inline-completion provider: every keystroke
 sends ``didChange`` and a new ``textDocument/inlineCompletion`` request and cancels the previous request
-(``$/cancelRequest``). Pauses at line ends let suggestions finish. Prints p50/p95 latency of the answered
-requests, the share answered with a suggestion, and the server's CPU seconds per suggestion, side by side
-for the policies given (debounce values).
+(``$/cancelRequest``). Regular pauses (the user waits for a suggestion) let suggestions finish. Prints p50/p95
+latency of the answered requests, the share answered with a suggestion, and the server's CPU seconds per
+suggestion, side by side for the policies given (debounce values), with the energy of shown and of wasted
+(cancelled, empty) completions (estimated on a machine without an energy counter).
 
     .venv/bin/python bench/lsp_latency.py --chars 300 --debounce 0 --debounce 150
 """
@@ -36,13 +37,14 @@ class Run:
     requests: int = 0
     cancelled: int = 0
     server_cpu_s: float = 0.0
+    energy_by_outcome: dict[str, float] = field(default_factory=dict)
 
 
 def source_text() -> str:
     return inspect.getsource(textwrap)
 
 
-async def replay(debounce_ms: int, chars: int, keystroke_s: float, pause_s: float) -> Run:
+async def replay(debounce_ms: int, chars: int, keystroke_s: float, pause_s: float, pause_every: int) -> Run:
     run = Run(debounce_ms)
     db = Path(tempfile.mkdtemp(prefix="greentrack-bench-")) / "bench.db"
     env = dict(os.environ, GREENTRACK_DB=str(db), GREENTRACK_DEVELOPER="bench@example.com")
@@ -50,13 +52,31 @@ async def replay(debounce_ms: int, chars: int, keystroke_s: float, pause_s: floa
     ready = asyncio.Event()
 
     @client.feature("greentrack/status")
-    def on_status(params: object) -> None:
-        if getattr(params, "state", None) in ("ready", "error"):
+    def on_status(params):  # type: ignore[no-untyped-def]  # pygls reads annotations: leave it bare
+        state = params.get("state") if isinstance(params, dict) else getattr(params, "state", None)
+        if state in ("ready", "error"):
             ready.set()
+
+    @client.feature("greentrack/energy")
+    def on_energy(params):  # type: ignore[no-untyped-def]
+        fields = params if isinstance(params, dict) else params._asdict()
+        outcome = fields["outcome"]
+        run.energy_by_outcome[outcome] = run.energy_by_outcome.get(outcome, 0.0) + fields["total_j"]
 
     await client.start_io(sys.executable, "-m", "greentrack", "lsp", env=env)
     assert client._server is not None
     server = psutil.Process(client._server.pid)
+    stderr_log = db.with_suffix(".stderr.log")
+
+    async def drain_stderr() -> None:  # an unread stderr pipe would block the server once full
+        stream = client._server.stderr if client._server else None
+        if stream is None:
+            return
+        with stderr_log.open("wb") as sink:
+            while chunk := await stream.read(65536):
+                sink.write(chunk)
+
+    drainer = asyncio.ensure_future(drain_stderr())
     await client.initialize_async(
         types.InitializeParams(
             capabilities=types.ClientCapabilities(),
@@ -64,7 +84,10 @@ async def replay(debounce_ms: int, chars: int, keystroke_s: float, pause_s: floa
         )
     )
     client.initialized(types.InitializedParams())
-    await asyncio.wait_for(ready.wait(), 300)
+    try:
+        await asyncio.wait_for(ready.wait(), 300)
+    except TimeoutError:
+        raise SystemExit(f"the server did not get ready; its log: {stderr_log}") from None
     text = source_text()
     start = text.index("def wrap(")  # type a real function, character by character
     typed = text[start : start + chars]
@@ -119,13 +142,15 @@ async def replay(debounce_ms: int, chars: int, keystroke_s: float, pause_s: floa
         run.requests += 1
         settles.append(asyncio.ensure_future(settle(task, sent_s)))
         pending = (task, sent_s, msg_id)
-        await asyncio.sleep(pause_s if char == "\n" else keystroke_s)
+        await asyncio.sleep(pause_s if version % pause_every == 0 else keystroke_s)
     await asyncio.gather(*settles)
+    await asyncio.sleep(1.0)  # the last energy notifications
     cpu_after = server.cpu_times()
     run.server_cpu_s = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
+    drainer.cancel()
     return run
 
 
@@ -140,20 +165,24 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chars", type=int, default=300, help="characters to type")
     parser.add_argument("--keystroke-ms", type=float, default=120.0, help="time between keystrokes")
-    parser.add_argument("--pause-ms", type=float, default=1200.0, help="pause at the end of each line")
+    parser.add_argument("--pause-ms", type=float, default=1500.0, help="length of a pause (the user waits)")
+    parser.add_argument("--pause-every", type=int, default=12, help="pause after every N keystrokes")
     parser.add_argument("--debounce", type=int, action="append", help="debounce (ms); repeat to compare")
     args = parser.parse_args()
     runs = [
-        await replay(d, args.chars, args.keystroke_ms / 1000, args.pause_ms / 1000) for d in (args.debounce or [150])
+        await replay(d, args.chars, args.keystroke_ms / 1000, args.pause_ms / 1000, args.pause_every)
+        for d in (args.debounce or [150])
     ]
     print(f"typed {args.chars} chars of textwrap.wrap, {args.keystroke_ms:.0f} ms/keystroke, "
-          f"{args.pause_ms:.0f} ms pause at line ends; {os.cpu_count()} CPUs")
+          f"{args.pause_ms:.0f} ms pause every {args.pause_every} keystrokes; {os.cpu_count()} CPUs")
     print(f"{'debounce':>9} {'requests':>8} {'answered':>8} {'cancelled':>9} {'shown':>6} "
-          f"{'p50 ms':>8} {'p95 ms':>8} {'CPU s/suggestion':>17}")
+          f"{'p50 ms':>8} {'p95 ms':>8} {'CPU s/suggestion':>17} {'J shown':>8} {'J wasted':>9}")
     for r in runs:
         per = r.server_cpu_s / r.suggestions if r.suggestions else float("nan")
         print(f"{r.debounce_ms:>7}ms {r.requests:>8} {len(r.latencies_ms):>8} {r.cancelled:>9} {r.suggestions:>6} "
-              f"{percentile(r.latencies_ms, 0.5):>8.0f} {percentile(r.latencies_ms, 0.95):>8.0f} {per:>17.2f}")
+              f"{percentile(r.latencies_ms, 0.5):>8.0f} {percentile(r.latencies_ms, 0.95):>8.0f} {per:>17.2f} "
+              f"{r.energy_by_outcome.get('shown', 0.0):>8.1f} "
+              f"{sum(v for k, v in r.energy_by_outcome.items() if k != 'shown'):>9.1f}")
     if len(runs) > 1:
         base = runs[0]
         for r in runs[1:]:
