@@ -25,7 +25,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192)
     args = parser.parse_args()
     root = Path(__file__).resolve().parent.parent
-    corpus = [p.read_text(encoding="utf-8") for p in sorted(root.glob("server/**/*.py")) + sorted(root.glob("tests/**/*.py"))]
+    sources = sorted(root.glob("server/**/*.py")) + sorted(root.glob("tests/**/*.py"))
+    corpus = [p.read_text(encoding="utf-8") for p in sources]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
