@@ -8,7 +8,7 @@ latency of the answered requests, the share answered with a suggestion, and the 
 suggestion, side by side for the policies given (debounce values), with the energy of shown and of wasted
 (cancelled, empty) completions (estimated on a machine without an energy counter).
 
-    .venv/bin/python bench/lsp_latency.py --chars 300 --debounce 0 --debounce 150
+    .venv/bin/python bench/lsp_latency.py --chars 240 --policy 0 --policy 150 --policy 150:2
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pygls.lsp.client import LanguageClient
 @dataclass
 class Run:
     debounce_ms: int
+    threads: int | None
     latencies_ms: list[float] = field(default_factory=list)
     suggestions: int = 0
     requests: int = 0
@@ -44,10 +45,14 @@ def source_text() -> str:
     return inspect.getsource(textwrap)
 
 
-async def replay(debounce_ms: int, chars: int, keystroke_s: float, pause_s: float, pause_every: int) -> Run:
-    run = Run(debounce_ms)
+async def replay(
+    debounce_ms: int, threads: int | None, chars: int, keystroke_s: float, pause_s: float, pause_every: int
+) -> Run:
+    run = Run(debounce_ms, threads)
     db = Path(tempfile.mkdtemp(prefix="greentrack-bench-")) / "bench.db"
     env = dict(os.environ, GREENTRACK_DB=str(db), GREENTRACK_DEVELOPER="bench@example.com")
+    if threads is not None:
+        env["GREENTRACK_THREADS"] = str(threads)
     client = LanguageClient("greentrack-bench", "0")
     ready = asyncio.Event()
 
@@ -161,25 +166,34 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def parse_policy(text: str) -> tuple[int, int | None]:
+    debounce, _, threads = text.partition(":")
+    return int(debounce), int(threads) if threads else None
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chars", type=int, default=300, help="characters to type")
     parser.add_argument("--keystroke-ms", type=float, default=120.0, help="time between keystrokes")
     parser.add_argument("--pause-ms", type=float, default=1500.0, help="length of a pause (the user waits)")
     parser.add_argument("--pause-every", type=int, default=12, help="pause after every N keystrokes")
-    parser.add_argument("--debounce", type=int, action="append", help="debounce (ms); repeat to compare")
+    parser.add_argument(
+        "--policy", action="append",
+        help="DEBOUNCE_MS[:THREADS] (model threads; default: the server's choice); repeat to compare side by side",
+    )
     args = parser.parse_args()
     runs = [
-        await replay(d, args.chars, args.keystroke_ms / 1000, args.pause_ms / 1000, args.pause_every)
-        for d in (args.debounce or [150])
+        await replay(d, t, args.chars, args.keystroke_ms / 1000, args.pause_ms / 1000, args.pause_every)
+        for d, t in (parse_policy(p) for p in (args.policy or ["150"]))
     ]
     print(f"typed {args.chars} chars of textwrap.wrap, {args.keystroke_ms:.0f} ms/keystroke, "
           f"{args.pause_ms:.0f} ms pause every {args.pause_every} keystrokes; {os.cpu_count()} CPUs")
-    print(f"{'debounce':>9} {'requests':>8} {'answered':>8} {'cancelled':>9} {'shown':>6} "
+    print(f"{'debounce':>9} {'threads':>7} {'requests':>8} {'answered':>8} {'cancelled':>9} {'shown':>6} "
           f"{'p50 ms':>8} {'p95 ms':>8} {'CPU s/suggestion':>17} {'J shown':>8} {'J wasted':>9}")
     for r in runs:
         per = r.server_cpu_s / r.suggestions if r.suggestions else float("nan")
-        print(f"{r.debounce_ms:>7}ms {r.requests:>8} {len(r.latencies_ms):>8} {r.cancelled:>9} {r.suggestions:>6} "
+        print(f"{r.debounce_ms:>7}ms {r.threads or 'auto':>7} "
+              f"{r.requests:>8} {len(r.latencies_ms):>8} {r.cancelled:>9} {r.suggestions:>6} "
               f"{percentile(r.latencies_ms, 0.5):>8.0f} {percentile(r.latencies_ms, 0.95):>8.0f} {per:>17.2f} "
               f"{r.energy_by_outcome.get('shown', 0.0):>8.1f} "
               f"{sum(v for k, v in r.energy_by_outcome.items() if k != 'shown'):>9.1f}")
@@ -187,7 +201,8 @@ async def main() -> None:
         base = runs[0]
         for r in runs[1:]:
             ratio = (r.server_cpu_s / base.server_cpu_s) if base.server_cpu_s else float("nan")
-            print(f"server CPU, debounce {r.debounce_ms} ms vs {base.debounce_ms} ms: {ratio:.2f}×")
+            print(f"server CPU, {r.debounce_ms} ms/{r.threads or 'auto'} threads vs "
+                  f"{base.debounce_ms} ms/{base.threads or 'auto'}: {ratio:.2f}×")
 
 
 if __name__ == "__main__":
