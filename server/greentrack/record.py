@@ -6,7 +6,7 @@ Its fields are the ``greentrack/energy`` notification of ``shared/CONTRACT.md`` 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,6 +23,14 @@ ENERGY_FIELDS: tuple[str, ...] = (
     "method", "meter", "uncertainty_j",
     "co2e_g", "outcome",
 )
+
+
+#: Field metadata of values the record carries to the client but the store does not keep.
+NOT_STORED = {"stored": False}
+
+
+def is_stored(f: Field[Any]) -> bool:
+    return f.metadata.get("stored", True) is not False
 
 
 def utc_now_iso() -> str:
@@ -64,8 +72,8 @@ class CompletionRecord:
     accepted: int = 0
     accepted_ts: str | None = None
     #: Not stored: this developer's completions and energy (J) today, local time, sent with the notification.
-    today_completions: int | None = None
-    today_j: float | None = None
+    today_completions: int | None = field(default=None, metadata=NOT_STORED)
+    today_j: float | None = field(default=None, metadata=NOT_STORED)
     #: Only filled when the user opted in to storing source text (``GREENTRACK_STORE_TEXT=1``).
     text: str | None = None
 
@@ -79,6 +87,4 @@ class CompletionRecord:
 
     def row(self) -> dict[str, Any]:
         """Everything the store keeps."""
-        row = asdict(self)
-        del row["today_completions"], row["today_j"]
-        return row
+        return {f.name: getattr(self, f.name) for f in fields(self) if is_stored(f)}

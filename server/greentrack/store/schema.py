@@ -26,7 +26,7 @@ from typing import Any
 import sqlite_utils
 
 from greentrack.errors import StoreError
-from greentrack.record import CompletionRecord
+from greentrack.record import CompletionRecord, is_stored
 
 #: Column name → SQLite type, in ``CompletionRecord`` order. Units: ms, J, g (see ``CompletionRecord``).
 COMPLETION_COLUMNS: dict[str, type] = {}
@@ -35,6 +35,8 @@ _PY_TYPES: dict[str, type] = {
     "Method": str, "Outcome": str,
 }
 for _f in fields(CompletionRecord):
+    if not is_stored(_f):
+        continue
     _t = _f.type
     COMPLETION_COLUMNS[_f.name] = (
         _t if _t in (int, float, str) else _PY_TYPES.get(_t if isinstance(_t, str) else str(_t), str)
