@@ -16,7 +16,7 @@ import bisect
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from greentrack.errors import BadInput
 
@@ -309,3 +309,15 @@ class PromptBuilder:
         else:
             ids = [*self.bos_ids, *kept]
         return Prompt(ids, window, self.fim, heal_text, k)
+
+
+def build_healer(tokenizer: Any, stop_ids: Iterable[int]) -> tuple[Healer, list[str]]:
+    """The healer for a Hugging Face tokenizer, and every token's text: special and stop tokens excluded.
+
+    Both backends build theirs here (the vLLM backend needs no transformers model for it).
+    """
+    n = len(tokenizer)
+    pieces: list[str] = list(tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False))
+    excluded = set(getattr(tokenizer, "all_special_ids", [])) | set(stop_ids)
+    excluded |= set(getattr(tokenizer, "added_tokens_decoder", {}).keys())
+    return Healer(pieces, excluded), pieces

@@ -24,7 +24,7 @@ import torch
 from greentrack.config import EMBEDDED_MODEL, Settings
 from greentrack.energy.types import PhaseSpan
 from greentrack.engine.loading import LoadedModel, load_model, resolve_model
-from greentrack.engine.prompt import Healer, Prompt, PromptBuilder
+from greentrack.engine.prompt import Healer, Prompt, PromptBuilder, build_healer
 from greentrack.engine.runners import DynamicRunner, StaticRunner
 from greentrack.engine.stops import (
     StopContext,
@@ -142,12 +142,7 @@ class TransformersBackend:
 
     def healer(self) -> Healer:
         if self._healer is None:
-            tokenizer = self.loaded.tokenizer
-            n = len(tokenizer)
-            pieces = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
-            excluded = set(getattr(tokenizer, "all_special_ids", [])) | set(self.stop_ids)
-            excluded |= set(getattr(tokenizer, "added_tokens_decoder", {}).keys())
-            self._healer = Healer(pieces, excluded)
+            self._healer, _ = build_healer(self.loaded.tokenizer, self.stop_ids)
         return self._healer
 
     def _sync(self) -> None:

@@ -263,9 +263,9 @@ class VllmBackend:
         engine_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         from greentrack.engine.loading import materialize_hf_folder, resolve_model
-        from greentrack.engine.prompt import PromptBuilder
+        from greentrack.engine.prompt import PromptBuilder, build_healer
         from greentrack.engine.stops import stop_token_ids
-        from greentrack.engine.vllm_healing import build_healer, processor_class
+        from greentrack.engine.vllm_healing import processor_class
 
         self.model_id = model or EMBEDDED_MODEL
         vl = import_vllm()

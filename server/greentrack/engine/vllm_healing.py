@@ -58,21 +58,6 @@ def lookup(key: str) -> HealEntry | None:
         return _registry.get(key)
 
 
-def build_healer(tokenizer: Any, stop_ids: set[int] | list[int]) -> tuple[Healer, list[str]]:
-    """The healer for a Hugging Face tokenizer: every token's text, special and stop tokens excluded.
-
-    The same construction as ``TransformersBackend.healer`` (kept here so the vLLM backend needs no
-    transformers model).
-    """
-    n = len(tokenizer)
-    pieces: list[str] = list(
-        tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
-    )
-    excluded = set(getattr(tokenizer, "all_special_ids", [])) | set(stop_ids)
-    excluded |= set(getattr(tokenizer, "added_tokens_decoder", {}).keys())
-    return Healer(pieces, excluded), pieces
-
-
 _processor_class: type | None = None
 
 
