@@ -114,6 +114,7 @@ def _position_to_offset(text: str, line: int, col: int) -> int:
 
 
 def _read_source(path: Path) -> str:
+    """The file as text; a clear error when it cannot be read or is not UTF-8."""
     from greentrack.errors import BadInput
 
     try:
@@ -122,8 +123,6 @@ def _read_source(path: Path) -> str:
         raise UsageError(f"no such file: {path}") from e
     except OSError as e:
         raise GreentrackError(f"cannot read {path}: {e.strerror}") from e
-    if b"\x00" in data[:65536]:
-        raise BadInput(f"{path} looks binary (it contains NUL bytes); greentrack completes text files")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -147,13 +146,18 @@ def complete(
     device: DeviceOption = None,
 ) -> None:
     """Complete FILE at one position and print the suggestion with its energy; the completion is logged."""
+    from greentrack.engine.prompt import validate
     from greentrack.engine.types import CancelToken, CompletionRequest
+    from greentrack.errors import BadInput
     from greentrack.pipeline import RequestContext, open_pipeline
 
     settings = _settings(db, model, backend, device).updated(max_tokens=max_tokens)
     text = _read_source(file)
     offset = _position_to_offset(text, line, col)
-    received_s = time.monotonic()
+    try:
+        validate(text, offset)  # the engine's own check, before the model loads
+    except BadInput as e:
+        raise BadInput(f"{file}: {e}") from e
     pipeline = open_pipeline(settings, strict_device=device not in (None, "auto"))
     try:
         request = CompletionRequest(

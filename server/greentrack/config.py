@@ -64,17 +64,11 @@ def default_developer() -> str:
 def default_carbon_intensity() -> float:
     """``GREENTRACK_CARBON_INTENSITY`` as gCO2e/kWh (a number), else 475.
 
-    A country code (e.g. ``FRA``) is resolved by ``greentrack.report.carbon`` where available.
+    A country code (e.g. ``FRA``) is resolved with CodeCarbon's data (``greentrack.report.carbon``).
     """
-    env = os.environ.get("GREENTRACK_CARBON_INTENSITY")
-    if not env:
-        return DEFAULT_CARBON_INTENSITY_G_PER_KWH
-    try:
-        return float(env)
-    except ValueError:
-        from greentrack.report.carbon import intensity_for_country
+    from greentrack.report.carbon import resolve_intensity
 
-        return intensity_for_country(env)
+    return resolve_intensity(os.environ.get("GREENTRACK_CARBON_INTENSITY"), DEFAULT_CARBON_INTENSITY_G_PER_KWH)
 
 
 @dataclass(frozen=True)

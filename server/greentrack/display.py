@@ -14,21 +14,13 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from greentrack.report.tips import fmt_j
+
 _METHOD_WORDS = {
     "measured": "measured: a counter read spanning exactly each phase",
     "attributed": "attributed: counter energy split over the phases by their timestamps",
     "estimated": "estimated: no energy counter here, a model of the machine",
 }
-
-
-def format_energy(energy_j: float) -> str:
-    """3.21 J, 412 mJ, 1.20 kJ: three significant figures in the unit that fits. Units: J in."""
-    magnitude = abs(energy_j)
-    if magnitude >= 1000:
-        return f"{energy_j / 1000:.3g} kJ"
-    if magnitude >= 1 or magnitude == 0:
-        return f"{energy_j:.3g} J"
-    return f"{energy_j * 1000:.3g} mJ"
 
 
 def completion_table(fields: dict[str, Any], db_path: Path) -> Group:
@@ -38,21 +30,21 @@ def completion_table(fields: dict[str, Any], db_path: Path) -> Group:
         "(no suggestion)", style="dim"
     )
     uncertainty = fields.get("uncertainty_j")
-    plus_minus = f" ± {format_energy(uncertainty)}" if uncertainty is not None else " (uncertainty unknown)"
+    plus_minus = f" ± {fmt_j(uncertainty)}" if uncertainty is not None else " (uncertainty unknown)"
     table = Table(title="Energy of this completion", title_justify="left")
     table.add_column("phase")
     table.add_column("energy", justify="right")
     table.add_column("time", justify="right")
     table.add_column("tokens", justify="right")
     table.add_row(
-        "prefill", format_energy(fields["prefill_j"]), f"{fields['prefill_ms']:.0f} ms",
+        "prefill", fmt_j(fields["prefill_j"]), f"{fields['prefill_ms']:.0f} ms",
         f"{fields['prompt_tokens']} ({fields['reused_prompt_tokens']} reused)",
     )
     table.add_row(
-        "decode", format_energy(fields["decode_j"]), f"{fields['decode_ms']:.0f} ms", str(fields["completion_tokens"])
+        "decode", fmt_j(fields["decode_j"]), f"{fields['decode_ms']:.0f} ms", str(fields["completion_tokens"])
     )
     table.add_row(
-        "total", format_energy(fields["total_j"]) + plus_minus, f"{fields['latency_ms']:.0f} ms latency", "",
+        "total", fmt_j(fields["total_j"]) + plus_minus, f"{fields['latency_ms']:.0f} ms latency", "",
         style="bold",
     )
     notes = Text.assemble(

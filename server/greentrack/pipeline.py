@@ -221,8 +221,6 @@ def open_pipeline(settings: Settings, *, store: Store | None = None, strict_devi
     if store is None:
         try:
             store = open_store(settings)
-        except StoreError:
-            raise
         except OSError as e:
             raise StoreError(f"cannot open the database {settings.db_path}: {e}") from e
     backend = open_backend(settings)
