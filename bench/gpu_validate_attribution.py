@@ -2,11 +2,11 @@
 
 Run on the GPU machine (``run`` tool) as a script::
 
-    PYTHONPATH=server python tests/gpu/validate_attribution.py --out "$OUT"
+    PYTHONPATH=server python bench/gpu_validate_attribution.py --out "$OUT"
 
 or locally as a smoke test of the code path (tiny model on CPU, CPU-time estimate meter)::
 
-    PYTHONPATH=server .venv/bin/python tests/gpu/validate_attribution.py --tiny --out /tmp/gt
+    PYTHONPATH=server .venv/bin/python bench/gpu_validate_attribution.py --tiny --out /tmp/gt
 
 What it does:
 

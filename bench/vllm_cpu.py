@@ -1,6 +1,6 @@
 """Figures behind docs/measurement.md's vLLM section: start-up, prefix caching, batching. Not a test (not collected).
 
-    VENV/bin/python tests/vllm/bench_vllm.py [--eager 0|1] [--repeats N]
+    VENV/bin/python bench/vllm_cpu.py [--eager 0|1] [--repeats N]
 
 Prints one JSON object: engine start-up, then for a ~1024-token prompt + 5 new tokens the latency and prefill
 time cold (a prompt never seen) and warm (the same document with a few characters typed: prefix cache hit),

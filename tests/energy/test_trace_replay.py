@@ -1,4 +1,4 @@
-"""Replays of counter traces recorded on the H100 (tests/gpu/validate_attribution.py, 2026-11-22).
+"""Replays of counter traces recorded on the H100 (bench/gpu_validate_attribution.py, 2026-11-22).
 
 ``h100_trace.json``: NVML's energy counter polled back to back around known matmul loads — checks that the
 fake counters of the other tests behave like the real one (step period, read cost) and that attribution

@@ -1,4 +1,4 @@
-"""The GPU validation (``validate_attribution.py``) as a pytest, marked ``gpu``; skipped without CUDA.
+"""The GPU validation (``bench/gpu_validate_attribution.py``) as a pytest, marked ``gpu``; skipped without CUDA.
 
 On the GPU machine: ``PYTHONPATH=server python -m pytest tests/gpu -m gpu -q`` (about 2 minutes).
 """
@@ -18,7 +18,7 @@ pytestmark = [
 
 
 def test_attribution_against_long_window_truth(tmp_path: Path) -> None:
-    from tests.gpu.validate_attribution import main
+    from bench.gpu_validate_attribution import main
 
     results = main(["--out", str(tmp_path), "--requests", "40", "--window-s", "2.0"])
     counter = results["counter"]
