@@ -41,8 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from greentrack.calibrate import run_calibration
 from greentrack.energy.attribution import MeterInfo, PhaseWeights, attribute, find_knots
-from greentrack.energy.calibration import run_calibration
 from greentrack.energy.monitor import EnergyMonitor, open_monitor
 from greentrack.energy.types import CounterSample, PhaseSpan
 

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
+from greentrack.calibrate import run_calibration
 from greentrack.energy.calibration import (
     Calibration,
     CalibrationPoint,
     calibrated_phase_energy,
     fit_calibration,
-    run_calibration,
 )
 from greentrack.energy.counter import Counter
 from greentrack.energy.monitor import EnergyMonitor

@@ -9,6 +9,7 @@ Modules, in the order of the flow (method and proofs: ``docs/measurement.md``):
   ``read_cost_s``, …) and ``MeterStatus``; ``nvml``, ``rapl``, ``estimate`` — the three kinds.
 * ``sampler`` — the daemon thread that reads a counter into a bounded ring.
 * ``attribution`` — pure functions: knots from reads, split over spans, conservation, uncertainty bounds.
-* ``calibration`` — ``Calibration``, ``fit_calibration``, ``run_calibration``, the calibrated estimate.
+* ``calibration`` — ``Calibration``, ``fit_calibration``, the calibrated estimate (``greentrack.calibrate``
+  measures it).
 * ``monitor`` — ``EnergyMonitor``, ``open_monitor`` and ``probe_meters``: what the pipeline and doctor use.
 """

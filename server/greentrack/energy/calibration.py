@@ -1,10 +1,11 @@
 """A machine's per-phase energy model, measured once (``greentrack calibrate``) and used ever after.
 
-Flow: ``run_calibration`` runs the engine's synthetic phases (a prompt of N tokens, M tokens decoded) at binned
-sizes, powers of two as in Fernandez et al. (ACL 2025, arXiv 2504.17674), each many times back to back in a
-long window (≥ 2 s) read by the monitor's counter — never a single read around one phase; ``fit_calibration``
-fits joules per prompt token and per decoded token (weighted least squares on relative error) and each phase
-kind's whole-device power. The store keeps ``Calibration.to_dict()`` keyed by (host, device, model). Then:
+Flow: ``greentrack.calibrate.run_calibration`` runs the engine's synthetic phases (a prompt of N tokens, M tokens
+decoded) at binned sizes, powers of two as in Fernandez et al. (ACL 2025, arXiv 2504.17674), each many times back
+to back in a long window (≥ 2 s) read by the monitor's counter — never a single read around one phase;
+``fit_calibration`` here fits joules per prompt token and per decoded token (weighted least squares on relative
+error) and each phase kind's whole-device power. The store keeps ``Calibration.to_dict()`` keyed by (host,
+device, model). Then:
 
 * with a counter, ``monitor`` uses ``prefill_w``/``decode_w``/``idle_w`` as attribution weights;
 * without one, ``calibrated_phase_energy`` estimates each phase from its token count (method ``estimated``).
@@ -13,17 +14,13 @@ kind's whole-device power. The store keeps ``Calibration.to_dict()`` keyed by (h
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from greentrack.energy.attribution import PhaseWeights
 from greentrack.energy.types import PhaseEnergy, PhaseSpan
-
-if TYPE_CHECKING:
-    from greentrack.energy.monitor import EnergyMonitor
 
 #: A calibrated estimate is never claimed better than this (the machine's state drifts). Relative.
 MIN_RELATIVE_UNCERTAINTY = 0.10
@@ -206,88 +203,3 @@ def fit_calibration(
         fit_error=fit_error, n_points=len(points),
         prefill_fixed_j=b_pre, decode_fixed_j=b_dec, points=list(points),
     )
-
-
-def _window(
-    run_phases: Callable[[int, int], Sequence[PhaseSpan]], n: int, m: int, repeats: int, min_window_s: float
-) -> list[PhaseSpan]:
-    """Run (n, m) back to back at least ``repeats`` times and for at least ``min_window_s``."""
-    spans: list[PhaseSpan] = []
-    count = 0
-    t0 = time.monotonic()
-    while count < repeats or time.monotonic() - t0 < min_window_s:
-        spans.extend(run_phases(n, m))
-        count += 1
-    return spans
-
-
-def run_calibration(
-    run_phases: Callable[[int, int], Sequence[PhaseSpan]],
-    monitor: EnergyMonitor,
-    prompt_sizes: Sequence[int],
-    output_sizes: Sequence[int],
-    repeats: int = 20,
-    *,
-    host: str = "",
-    device: str = "",
-    model: str = "",
-    min_window_s: float = 2.0,
-    idle_s: float = 1.0,
-) -> Calibration:
-    """Measure this machine's per-phase model with ``monitor``'s counter, over long windows.
-
-    ``run_phases(n, m)`` runs a synthetic prompt of ``n`` tokens and decodes ``m`` tokens (the first comes
-    from prefill), returning its ``PhaseSpan``s (prefill, then decode when ``m`` ≥ 2).
-
-    Per prompt size N: a window of back-to-back ``run_phases(N, 1)``; its power (counter energy over the
-    window / its duration) × the mean prefill duration is the prefill energy. Per (N, M): a window of
-    ``run_phases(N, M)``; its energy less the prefills' (at the power just measured) over the rest of the
-    window is the decode power. A window lasts at least ``min_window_s`` (≥ 20 counter steps on NVML) and
-    ``repeats`` runs, so the counter's step (~100 ms) is ≤ 5 % of it.
-    """
-    t0 = time.monotonic()
-    time.sleep(idle_s)
-    idle = monitor.window_energy(t0, time.monotonic())
-    idle_w = idle.energy_j / max(idle_s, 1e-9)
-
-    run_phases(min(prompt_sizes), max(2, min(output_sizes)))  # warm-up (allocations, kernels)
-    prefill_power_w: dict[int, float] = {}
-    prefill_dur_s: dict[int, float] = {}
-    prefill_work: dict[int, float] = {}
-    for n in prompt_sizes:
-        spans = _window(run_phases, n, 1, repeats, min_window_s)
-        pre = [s for s in spans if s.kind == "prefill"]
-        start, end = spans[0].start_s, spans[-1].end_s
-        energy_j = monitor.window_energy(start, end).energy_j
-        prefill_power_w[n] = energy_j / (end - start)
-        prefill_dur_s[n] = math.fsum(s.duration_s for s in pre) / len(pre)
-        prefill_work[n] = math.fsum(s.work for s in pre) / len(pre)
-
-    points: list[CalibrationPoint] = []
-    for n in prompt_sizes:
-        for m in output_sizes:
-            prefill_j = prefill_power_w[n] * prefill_dur_s[n]
-            if m < 2:
-                points.append(CalibrationPoint(prefill_work[n], 0.0, prefill_dur_s[n], 0.0, prefill_j, 0.0, m))
-                continue
-            spans = _window(run_phases, n, m, repeats, min_window_s)
-            pre = [s for s in spans if s.kind == "prefill"]
-            dec = [s for s in spans if s.kind == "decode"]
-            start, end = spans[0].start_s, spans[-1].end_s
-            energy_j = monitor.window_energy(start, end).energy_j
-            pre_total_s = math.fsum(s.duration_s for s in pre)
-            rest_s = (end - start) - pre_total_s
-            decode_w = max(0.0, energy_j - prefill_power_w[n] * pre_total_s) / rest_s if rest_s > 0 else 0.0
-            dec_s = math.fsum(s.duration_s for s in dec) / len(dec) if dec else 0.0
-            dec_work = math.fsum(s.work for s in dec) / len(dec) if dec else 0.0
-            points.append(CalibrationPoint(
-                prompt_tokens=math.fsum(s.work for s in pre) / len(pre),
-                decode_tokens=dec_work,
-                prefill_s=math.fsum(s.duration_s for s in pre) / len(pre),
-                decode_s=dec_s,
-                prefill_j=prefill_power_w[n] * pre_total_s / len(pre),
-                decode_j=decode_w * dec_s,
-                output_tokens=m,
-            ))
-    return fit_calibration(points, idle_w=idle_w, source_meter=monitor.meter_name,
-                           host=host, device=device, model=model)

@@ -36,7 +36,7 @@ class EnergyMonitor:
     With a ``counter``: a sampler reads it in the background and ``phase_energy`` attributes (method
     ``attributed``, or ``estimated`` for the CPU-time estimate), weighted by ``calibration``'s per-kind powers
     where one is given. Without a counter: ``calibration``'s model estimates each phase from its tokens.
-    ``by_work``: under batching, share concurrent phases' energy by their work rate (tokens per second).
+    ``last_attribution`` keeps the whole result of the last attribution (unattributed energy, bounds, window).
     """
 
     def __init__(
@@ -46,13 +46,11 @@ class EnergyMonitor:
         calibration: Calibration | None = None,
         period_s: float | None = None,
         ring_s: float = 120.0,
-        by_work: bool = False,
     ) -> None:
         if counter is None and calibration is None:
             raise ValueError("an EnergyMonitor needs a counter or a calibration")
         self.counter = counter
         self.calibration = calibration
-        self.by_work = by_work
         self.last_attribution: Attribution | None = None
         self.sampler: Sampler | None = None
         if counter is not None:
@@ -87,13 +85,6 @@ class EnergyMonitor:
         span = PhaseSpan("window", "prefill", start_s, end_s, 1.0)
         return self._attribute([span], timeout_s=timeout_s, weights=None).phases[0]
 
-    def attribution(self, spans: Sequence[PhaseSpan], *, timeout_s: float = 0.5) -> Attribution:
-        """Like ``phase_energy`` but the whole result (unattributed energy, bounds, window)."""
-        if self.counter is None:
-            raise MeterUnavailable(f"no counter to attribute with (meter: {self.meter_name})")
-        weights = self.calibration.weights if self.calibration is not None else None
-        return self._attribute(spans, timeout_s=timeout_s, weights=weights)
-
     def _attribute(
         self, spans: Sequence[PhaseSpan], *, timeout_s: float, weights: PhaseWeights | None
     ) -> Attribution:
@@ -111,7 +102,7 @@ class EnergyMonitor:
         )
         result = attribute(
             samples, spans, meter, update_period_s=counter.update_period_s,
-            timing_slack_s=counter.timing_slack_s, lag_s=counter.lag_s, weights=weights, by_work=self.by_work,
+            timing_slack_s=counter.timing_slack_s, lag_s=counter.lag_s, weights=weights,
         )
         if not came:
             why = sampler.error or f"no counter step within {timeout_s:.2f} s after the phases"
