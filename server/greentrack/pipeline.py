@@ -36,11 +36,16 @@ _METHOD_RANK: dict[Method, int] = {"measured": 0, "attributed": 1, "estimated": 
 
 @dataclass(frozen=True)
 class RequestContext:
-    """What the record needs beyond the engine's result. ``received_s`` on ``time.monotonic()``."""
+    """What the record needs beyond the engine's result. ``received_s`` on ``time.monotonic()``.
+
+    ``developer``: whom the completion belongs to when not the settings' developer (``greentrack serve``: the
+    bearer token's owner).
+    """
 
     uri: str
     language_id: str
     received_s: float
+    developer: str = ""
 
 
 def combine_phase_energy(
@@ -154,7 +159,7 @@ class Pipeline:
             uncertainty_j=uncertainty_j,
             co2e_g=co2e_grams(total_j, self.settings.carbon_intensity),
             outcome=outcome_of(result),
-            developer=self.settings.developer,
+            developer=context.developer or self.settings.developer,
             ts=wall_clock_iso(context.received_s),
             text=result.text if self.settings.store_text else None,
         )
