@@ -58,7 +58,7 @@ def main() -> None:
     t = time.monotonic()
     loaded = load_model(resolve_model("embedded"), "cpu")
     load_s = time.monotonic() - t
-    backends = {name: TransformersBackend(loaded=loaded, **cfg)
+    backends = {name: TransformersBackend(loaded=loaded, reuse=cfg["reuse"], stop_rules=cfg["stop_rules"])
                 for name, cfg in CONFIGS.items()}
     monitor = open_monitor("cpu")
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
@@ -93,7 +93,7 @@ def main() -> None:
     monitor.close()
 
     def med(name: str, key: str) -> float:
-        return statistics.median(r[key] for r in rows[name])
+        return float(statistics.median(r[key] for r in rows[name]))
 
     summary = {name: {k: med(name, k) for k in ("latency_ms", "first_token_ms", "prefill_ms", "decode_ms",
                                                 "computed_prompt_tokens", "prompt_tokens", "completion_tokens",

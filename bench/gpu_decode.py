@@ -35,7 +35,8 @@ def build_model() -> Any:
 
     config = Qwen2Config(
         hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-        intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6,
+        intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
         max_position_embeddings=32768, rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151643,
     )
     torch.manual_seed(0)
@@ -77,7 +78,7 @@ class Nvml:
         return float(self.nv.nvmlDeviceGetTotalEnergyConsumption(self.handle)) / 1000.0
 
 
-def window(nvml: Nvml, fn: Any, tokens_per_call: int, min_s: float = WINDOW_S) -> dict[str, float]:
+def window(nvml: Nvml, fn: Any, tokens_per_call: int, min_s: float = WINDOW_S) -> dict[str, Any]:
     """Call ``fn`` repeatedly for at least ``min_s`` seconds between two counter reads."""
     torch.cuda.synchronize()
     e0, t0 = nvml.energy_j(), time.monotonic()

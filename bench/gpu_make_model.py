@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -41,13 +42,15 @@ def main() -> None:
     vocab = ((len(fast) + 127) // 128) * 128
     config = Qwen2Config(
         vocab_size=vocab, hidden_size=1536, intermediate_size=8960, num_hidden_layers=args.layers,
-        num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1_000_000.0,
+        num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         tie_word_embeddings=True, eos_token_id=fast.eos_token_id, bos_token_id=fast.eos_token_id,
-        torch_dtype="bfloat16",
+        dtype="bfloat16",
     )
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+        model: Any = Qwen2ForCausalLM(config)  # transformers types PreTrainedModel.to oddly
+        model.to(dtype=torch.bfloat16)
     model.save_pretrained(args.out)
     print(f"{args.out}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, vocab {vocab}")
 

@@ -27,6 +27,7 @@ What it does:
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -39,7 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from greentrack.calibrate import run_calibration
 from greentrack.energy.attribution import MeterInfo, PhaseWeights, attribute, find_knots
@@ -170,7 +171,8 @@ def build_model(torch: Any, device: Any, tiny: bool) -> Any:
     else:  # Qwen2.5-Coder-1.5B's published hyperparameters
         cfg = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                           num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
-                          rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6)
+                          rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                          tie_word_embeddings=True, rms_norm_eps=1e-6)
     dtype = torch.float32 if tiny else torch.bfloat16
     with torch.device(device):
         try:
@@ -207,7 +209,7 @@ def make_run_phases(torch: Any, model: Any, device: Any) -> Callable[[int, int],
             spans.append(PhaseSpan(rid, "decode", t1, time.monotonic(), float(m - 1)))
         return spans
 
-    return run_phases
+    return cast(Callable[[int, int], list[PhaseSpan]], run_phases)
 
 
 # -- 3. ground truth ------------------------------------------------------------------------------------------
@@ -264,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # Ground truth per phase kind and size.
     truth: dict[str, dict[str, float]] = {}
     for n in PROMPT_SIZES:
-        p, d, c = steady_power_w(monitor, lambda n=n: run_phases(n, 1), "prefill", window_s)
+        p, d, c = steady_power_w(monitor, functools.partial(run_phases, n, 1), "prefill", window_s)
         truth[f"prefill/{n}"] = {"power_w": p, "duration_ms": 1000 * d, "energy_j": p * d, "count": c}
         log(f"truth prefill {n}: {p:.1f} W × {1000 * d:.2f} ms = {p * d:.3f} J ({c} phases)")
     # Decode: one long decode run after a 128-token prefill; the decode spans only.
@@ -303,8 +305,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     monitor.window_energy(all_spans[-1].end_s - 0.001, all_spans[-1].end_s)  # wait for the step after the end
     assert monitor.sampler is not None and monitor.counter is not None
     samples = monitor.sampler.samples_between(all_spans[0].start_s - 1.0, math.inf)
-    c = monitor.counter
-    meter = MeterInfo(c.name, c.method, c.resolution_j, c.max_power_w, 0.0, c.relative_uncertainty)
+    ctr = monitor.counter
+    meter = MeterInfo(ctr.name, ctr.method, ctr.resolution_j, ctr.max_power_w, 0.0, ctr.relative_uncertainty)
 
     def evaluate(weights: PhaseWeights | None) -> dict[str, Any]:
         # Attribute per request (as the pipeline does), then compare with the truth.
@@ -314,8 +316,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for s in all_spans:
             by_request.setdefault(s.request_id, []).append(s)
         for spans in by_request.values():
-            res = attribute(samples, spans, meter, update_period_s=c.update_period_s,
-                            timing_slack_s=c.timing_slack_s, lag_s=c.lag_s, weights=weights)
+            res = attribute(samples, spans, meter, update_period_s=ctr.update_period_s,
+                            timing_slack_s=ctr.timing_slack_s, lag_s=ctr.lag_s, weights=weights)
             for sp, pe in zip(spans, res.phases, strict=True):
                 if sp.kind == "prefill":
                     key = f"prefill/{int(sp.work)}"
@@ -325,8 +327,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     true_j = truth["decode/power"]["power_w"] * sp.duration_s
                 rows.setdefault(key, []).append((pe.energy_j, true_j, pe.uncertainty_j or math.inf))
         # Conservation over the whole run, all spans at once.
-        whole = attribute(samples, all_spans, meter, update_period_s=c.update_period_s,
-                          timing_slack_s=c.timing_slack_s, lag_s=c.lag_s, weights=weights)
+        whole = attribute(samples, all_spans, meter, update_period_s=ctr.update_period_s,
+                          timing_slack_s=ctr.timing_slack_s, lag_s=ctr.lag_s, weights=weights)
         total_attr = whole.total_j + whole.unattributed_j
         total_window = whole.window_j + whole.extrapolated_j
         out: dict[str, Any] = {"conservation_error_j": total_attr - total_window}
