@@ -235,6 +235,21 @@ def attribute(
     return attribute_knots(knots, spans, meter, weights=weights, by_work=by_work)
 
 
+@dataclass
+class _Ledger:
+    """Running sums while attributing: per span (same order as the spans) and the unattributed bucket. Units: J."""
+
+    est: list[float]
+    lower: list[float]
+    upper: list[float]
+    touched: list[int]
+    unattributed_j: float = 0.0
+
+    @classmethod
+    def empty(cls, n: int) -> _Ledger:
+        return cls([0.0] * n, [0.0] * n, [0.0] * n, [0] * n)
+
+
 def attribute_knots(
     knots: Sequence[Knot],
     spans: Sequence[PhaseSpan],
@@ -243,15 +258,36 @@ def attribute_knots(
     weights: PhaseWeights | None = None,
     by_work: bool = False,
 ) -> Attribution:
-    """``attribute`` on knots already found (see ``find_knots``)."""
+    """``attribute`` on knots already found (see ``find_knots``).
+
+    Steps: keep the knots of the spans' window; split each interval's energy over its segments and bound each
+    span's share; extrapolate span parts beyond the knots; turn the sums into figures with uncertainties.
+    """
     weights = weights or PhaseWeights()
-    n = len(spans)
-    if n == 0:
+    if not spans:
         return Attribution([], [], [], 0.0, 0.0, 0.0, 0.0, 0.0)
     first_s = min(s.start_s for s in spans)
     last_s = max(s.end_s for s in spans)
+    ks = _window_knots(knots, first_s, last_s)
+    notes: list[str] = []
+    ledger = _Ledger.empty(len(spans))
+    intervals = [(ks[i - 1], ks[i]) for i in range(1, len(ks))]
+    p_hi = _power_ceiling_w(meter, intervals, notes)
+    split = _IntervalSplitter(spans, weights, by_work, meter.min_power_w, p_hi)
+    for k0, k1 in intervals:
+        split.interval(k0, k1, ledger)
+    extrapolated_j, extrapolated_s = _extrapolate(ks, spans, first_s, last_s, meter.min_power_w, p_hi, ledger)
+    if extrapolated_s > 0.0:
+        notes.append(f"extrapolated {extrapolated_s * 1000:.0f} ms of phases past the counter's steps")
+    window_j = ks[-1].energy_j - ks[0].energy_j if len(ks) >= 2 else 0.0
+    return Attribution(
+        _phase_figures(spans, meter, ledger), ledger.lower, ledger.upper, ledger.unattributed_j, window_j,
+        extrapolated_j, ks[0].t_s if ks else first_s, ks[-1].t_s if ks else last_s, extrapolated_s, notes,
+    )
 
-    # The window: from the last knot surely before the first start to the first knot surely after the end.
+
+def _window_knots(knots: Sequence[Knot], first_s: float, last_s: float) -> list[Knot]:
+    """From the last knot surely before the first start to the first knot surely after the last end."""
     ks = list(knots)
     a = 0
     for i, k in enumerate(ks):
@@ -264,42 +300,72 @@ def attribute_knots(
         if ks[i].t_s - ks[i].delta_s >= last_s:
             b = i
             break
-    ks = ks[a : b + 1]
-    notes: list[str] = []
+    return ks[a : b + 1]
 
-    est = [0.0] * n
-    lower = [0.0] * n
-    upper = [0.0] * n
-    touched = [0] * n
-    unattributed_j = 0.0
-    ws = [_span_weight(s, weights, by_work) for s in spans]
-    pw = [weights.power_w(s) for s in spans]
 
-    # Interval powers (for the p_hi fallback and extrapolation).
-    intervals = [(ks[i - 1], ks[i]) for i in range(1, len(ks))]
+def _power_ceiling_w(meter: MeterInfo, intervals: Sequence[tuple[Knot, Knot]], notes: list[str]) -> float:
+    """``p_hi`` of the bounds: the device's power limit, else twice the highest interval power seen. Units: W."""
     if meter.max_power_w is not None:
-        p_hi = meter.max_power_w
-    else:
-        means = [(k1.energy_j - k0.energy_j) / (k1.t_s - k0.t_s) for k0, k1 in intervals if k1.t_s > k0.t_s]
-        p_hi = 2.0 * max(means) if means else math.inf
-        if means:
-            notes.append("no power ceiling known: bounds use twice the highest interval power seen")
-    p_lo = meter.min_power_w
+        return meter.max_power_w
+    means = [(k1.energy_j - k0.energy_j) / (k1.t_s - k0.t_s) for k0, k1 in intervals if k1.t_s > k0.t_s]
+    if not means:
+        return math.inf
+    notes.append("no power ceiling known: bounds use twice the highest interval power seen")
+    return 2.0 * max(means)
 
-    order = sorted(range(n), key=lambda i: spans[i].start_s)
-    starts = [spans[i].start_s for i in order]
 
-    for k0, k1 in intervals:
+class _IntervalSplitter:
+    """Step 2 and 3 of the method for one interval between knots: split ΔC over segments, bound each span."""
+
+    def __init__(
+        self, spans: Sequence[PhaseSpan], weights: PhaseWeights, by_work: bool, p_lo: float, p_hi: float
+    ) -> None:
+        self.spans = spans
+        self.idle_w = weights.idle_w
+        self.ws = [_span_weight(s, weights, by_work) for s in spans]
+        self.pw = [weights.power_w(s) for s in spans]
+        self.p_lo, self.p_hi = p_lo, p_hi
+        self.order = sorted(range(len(spans)), key=lambda i: spans[i].start_s)
+        self.starts = [spans[i].start_s for i in self.order]
+
+    def interval(self, k0: Knot, k1: Knot, ledger: _Ledger) -> None:
         x0, x1 = k0.t_s, k1.t_s
         delta_c = k1.energy_j - k0.energy_j
         if x1 <= x0:
-            unattributed_j += delta_c
-            continue
-        # Spans that touch this interval, its timing brackets included.
-        reach0, reach1 = x0 - k0.delta_s, x1 + k1.delta_s
-        hi_idx = bisect.bisect_left(starts, reach1)
-        near = [order[j] for j in range(hi_idx) if spans[order[j]].end_s > reach0]
+            ledger.unattributed_j += delta_c
+            return
+        near, inside = self._touching(x0 - k0.delta_s, x1 + k1.delta_s, x0, x1)
+        segs, total_w = self._segments(x0, x1, inside)
+        if total_w <= 0.0:
+            ledger.unattributed_j += delta_c
+            return
+        own, mine = self._split(delta_c, segs, total_w, near, ledger)
+        for i in near:
+            sp = self.spans[i]
+            lo, hi = interval_bounds(
+                delta_c, x0, k0.delta_s, x1, k1.delta_s, sp.start_s, sp.end_s, self.p_lo, self.p_hi
+            )
+            if hi <= 0.0 and mine[i] <= 0.0:
+                continue
+            # Under concurrency the span owns only its share of its time's energy.
+            share = mine[i] / own[i] if own[i] > 0 else 1.0
+            ledger.lower[i] += share * lo
+            ledger.upper[i] += share * hi
+            ledger.touched[i] += 1
+
+    def _touching(self, reach0: float, reach1: float, x0: float, x1: float) -> tuple[list[int], list[int]]:
+        """Spans within the interval's timing brackets (``near``), and those inside ``[x0, x1)`` itself."""
+        spans = self.spans
+        hi_idx = bisect.bisect_left(self.starts, reach1)
+        near = [self.order[j] for j in range(hi_idx) if spans[self.order[j]].end_s > reach0]
         inside = [i for i in near if spans[i].end_s > x0 and spans[i].start_s < x1]
+        return near, inside
+
+    def _segments(
+        self, x0: float, x1: float, inside: list[int]
+    ) -> tuple[list[tuple[float, float, list[int]]], float]:
+        """The interval cut at every span boundary: (start, end, active spans), and Σ power × duration."""
+        spans = self.spans
         cuts = sorted({x0, x1, *(min(max(spans[i].start_s, x0), x1) for i in inside),
                        *(min(max(spans[i].end_s, x0), x1) for i in inside)})
         segs: list[tuple[float, float, list[int]]] = []
@@ -309,91 +375,105 @@ def attribute_knots(
                 continue
             mid = 0.5 * (s0 + s1)
             active = [i for i in inside if spans[i].start_s <= mid < spans[i].end_s]
-            seg_w = _segment_power_w(active, pw, weights.idle_w)
             segs.append((s0, s1, active))
-            total_w += seg_w * (s1 - s0)
-        if total_w <= 0.0:
-            unattributed_j += delta_c
-            continue
-        own = dict.fromkeys(near, 0.0)  # energy of the segments where each span is active
-        mine = dict.fromkeys(near, 0.0)  # the span's share of it
+            total_w += _segment_power_w(active, self.pw, self.idle_w) * (s1 - s0)
+        return segs, total_w
+
+    def _split(
+        self,
+        delta_c: float,
+        segs: list[tuple[float, float, list[int]]],
+        total_w: float,
+        near: list[int],
+        ledger: _Ledger,
+    ) -> tuple[dict[int, float], dict[int, float]]:
+        """Give each segment's energy to its active spans; return per span the energy of the segments where it
+        is active (``own``) and its share of it (``mine``)."""
+        own = dict.fromkeys(near, 0.0)
+        mine = dict.fromkeys(near, 0.0)
         for s0, s1, active in segs:
-            seg_w = _segment_power_w(active, pw, weights.idle_w)
+            seg_w = _segment_power_w(active, self.pw, self.idle_w)
             seg_e = delta_c * seg_w * (s1 - s0) / total_w
-            share_w = math.fsum(ws[i] for i in active)
+            share_w = math.fsum(self.ws[i] for i in active)
             if not active or share_w <= 0.0:
-                unattributed_j += seg_e
+                ledger.unattributed_j += seg_e
                 continue
             for i in active:
-                part = seg_e * ws[i] / share_w
-                est[i] += part
+                part = seg_e * self.ws[i] / share_w
+                ledger.est[i] += part
                 mine[i] += part
                 own[i] += seg_e
-        for i in near:
-            sp = spans[i]
-            lo, hi = interval_bounds(delta_c, x0, k0.delta_s, x1, k1.delta_s, sp.start_s, sp.end_s, p_lo, p_hi)
-            if hi <= 0.0 and mine[i] <= 0.0:
-                continue
-            # Under concurrency the span owns only its share of its time's energy.
-            share = mine[i] / own[i] if own[i] > 0 else 1.0
-            lower[i] += share * lo
-            upper[i] += share * hi
-            touched[i] += 1
+        return own, mine
 
-    # Span parts outside the knots' reach: extrapolate from the nearest interval's mean power.
+
+def _extrapolate(
+    ks: list[Knot],
+    spans: Sequence[PhaseSpan],
+    first_s: float,
+    last_s: float,
+    p_lo: float,
+    p_hi: float,
+    ledger: _Ledger,
+) -> tuple[float, float]:
+    """Span parts outside the knots' reach get the nearest interval's mean power; returns (J, longest part s)."""
     extrapolated_j = 0.0
     extrapolated_s = 0.0
-    if len(ks) >= 2:
-        t_lo, t_hi = ks[0].t_s, ks[-1].t_s
-        head_w: float | None = _mean_power_w(ks[0], ks[1])
-        tail_w: float | None = _mean_power_w(ks[-2], ks[-1])
-    else:
-        t_lo, t_hi = math.inf, -math.inf
-        head_w = tail_w = None
-    edges = []  # knots whose bracket may still hold part of a span: the truth there is unbounded by ΔC
+    edges = _edge_knots(ks, first_s, last_s)
+    for i, sp in enumerate(spans):
+        for d, mean_w in _outside_parts(ks, sp):
+            if d <= 0.0:
+                continue
+            e = _extrapolated_energy_j(d, mean_w, p_lo, p_hi)
+            ledger.est[i] += e
+            extrapolated_j += e
+            extrapolated_s = max(extrapolated_s, d)
+            ledger.lower[i] += p_lo * d
+            ledger.upper[i] += max(p_hi * d, e)
+        for k in edges:
+            ledger.upper[i] += p_hi * _overlap(k.t_s - k.delta_s, k.t_s + k.delta_s, sp.start_s, sp.end_s)
+    return extrapolated_j, extrapolated_s
+
+
+def _edge_knots(ks: list[Knot], first_s: float, last_s: float) -> list[Knot]:
+    """Knots whose bracket may still hold part of a span: the truth there is unbounded by ΔC."""
+    edges = []
     if ks and ks[0].t_s + ks[0].delta_s > first_s:
         edges.append(ks[0])
     if ks and ks[-1].t_s - ks[-1].delta_s < last_s:
         edges.append(ks[-1])
-    for i, sp in enumerate(spans):
-        parts: list[tuple[float, float | None]] = []
-        if len(ks) < 2:
-            parts.append((sp.duration_s, None))
-        elif sp.start_s < t_lo:
-            parts.append((max(0.0, min(sp.end_s, t_lo) - sp.start_s), head_w))
-        if len(ks) >= 2 and sp.end_s > t_hi:
-            parts.append((max(0.0, sp.end_s - max(sp.start_s, t_hi)), tail_w))
-        for d, mean_w in parts:
-            if d <= 0.0:
-                continue
-            if mean_w is not None:
-                e = mean_w * d
-            elif math.isfinite(p_hi):
-                e = 0.5 * (p_lo + p_hi) * d
-            else:
-                e = 0.0
-            est[i] += e
-            extrapolated_j += e
-            extrapolated_s = max(extrapolated_s, d)
-            lower[i] += p_lo * d
-            upper[i] += max(p_hi * d, e)
-        for k in edges:
-            upper[i] += p_hi * _overlap(k.t_s - k.delta_s, k.t_s + k.delta_s, sp.start_s, sp.end_s)
-    if extrapolated_s > 0.0:
-        notes.append(f"extrapolated {extrapolated_s * 1000:.0f} ms of phases past the counter's steps")
+    return edges
 
-    window_j = ks[-1].energy_j - ks[0].energy_j if len(ks) >= 2 else 0.0
+
+def _outside_parts(ks: list[Knot], sp: PhaseSpan) -> list[tuple[float, float | None]]:
+    """(duration s, mean power W of the nearest interval or None) of the span's parts before/after the knots."""
+    if len(ks) < 2:
+        return [(sp.duration_s, None)]
+    parts: list[tuple[float, float | None]] = []
+    if sp.start_s < ks[0].t_s:
+        parts.append((max(0.0, min(sp.end_s, ks[0].t_s) - sp.start_s), _mean_power_w(ks[0], ks[1])))
+    if sp.end_s > ks[-1].t_s:
+        parts.append((max(0.0, sp.end_s - max(sp.start_s, ks[-1].t_s)), _mean_power_w(ks[-2], ks[-1])))
+    return parts
+
+
+def _extrapolated_energy_j(duration_s: float, mean_w: float | None, p_lo: float, p_hi: float) -> float:
+    if mean_w is not None:
+        return mean_w * duration_s
+    if math.isfinite(p_hi):
+        return 0.5 * (p_lo + p_hi) * duration_s
+    return 0.0
+
+
+def _phase_figures(spans: Sequence[PhaseSpan], meter: MeterInfo, ledger: _Ledger) -> list[PhaseEnergy]:
+    """One ``PhaseEnergy`` per span: the estimate and its uncertainty (bounds, resolution, meter error)."""
     phases: list[PhaseEnergy] = []
     for i, sp in enumerate(spans):
-        if math.isfinite(upper[i]):
-            u = max(est[i] - lower[i], upper[i] - est[i], 0.0)
-            u += meter.resolution_j * (2 + touched[i]) + meter.relative_uncertainty * est[i]
-            uncertainty: float | None = u
-        else:
-            uncertainty = None
-        phases.append(PhaseEnergy(sp.request_id, sp.kind, est[i], meter.method, meter.name,
+        est, lower, upper = ledger.est[i], ledger.lower[i], ledger.upper[i]
+        uncertainty: float | None = None
+        if math.isfinite(upper):
+            u = max(est - lower, upper - est, 0.0)
+            u += meter.resolution_j * (2 + ledger.touched[i]) + meter.relative_uncertainty * est
+            uncertainty = u
+        phases.append(PhaseEnergy(sp.request_id, sp.kind, est, meter.method, meter.name,
                                   uncertainty, meter.resolution_j))
-    return Attribution(
-        phases, lower, upper, unattributed_j, window_j, extrapolated_j,
-        ks[0].t_s if ks else first_s, ks[-1].t_s if ks else last_s, extrapolated_s, notes,
-    )
+    return phases
