@@ -103,51 +103,12 @@ class NvmlCounter(Counter):
         self._lock = threading.Lock()
         self._closed = False
         try:
-            count = int(pynvml.nvmlDeviceGetCount())
-            if count == 0:
-                raise MeterUnavailable("NVML: no NVIDIA GPU found")
-            ids: list[int | str] = list(range(count)) if gpu_ids is None else list(gpu_ids)
-            if not ids:
-                raise MeterUnavailable("NVML: no GPU index given")
-            self._handles: list[Any] = []
-            for gid in ids:
-                if isinstance(gid, int):
-                    if not 0 <= gid < count:
-                        raise MeterUnavailable(f"NVML: no GPU {gid} (this machine has {count})")
-                    self._handles.append(pynvml.nvmlDeviceGetHandleByIndex(gid))
-                else:
-                    self._handles.append(pynvml.nvmlDeviceGetHandleByUUID(gid))
+            ids, self._handles = _open_handles(pynvml, gpu_ids)
             self.gpu_ids = ids
-            self.caveats: list[str] = []
-            # Per GPU: does it have the energy counter, or do we integrate power?
-            self._has_counter: list[bool] = []
-            for gid, h in zip(ids, self._handles, strict=True):
-                try:
-                    pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
-                    self._has_counter.append(True)
-                except pynvml.NVMLError_NotSupported:
-                    self._has_counter.append(False)
-                    self.caveats.append(
-                        f"GPU {gid} has no energy counter (pre-Volta): integrating its power reading instead"
-                    )
-                try:
-                    current, _pending = pynvml.nvmlDeviceGetMigMode(h)
-                    if current == pynvml.NVML_DEVICE_MIG_ENABLE:
-                        self.caveats.append(
-                            f"GPU {gid} is in MIG mode: its counter is the whole GPU's energy, all instances"
-                        )
-                except pynvml.NVMLError:
-                    pass  # MIG unsupported: nothing to say
+            self._has_counter, self.caveats = _probe_devices(pynvml, ids, self._handles)
             for c in self.caveats:
                 log.warning("%s", c)
-            limits_w: list[float] = []
-            for h in self._handles:
-                try:
-                    limits_w.append(float(pynvml.nvmlDeviceGetEnforcedPowerLimit(h)) / 1000.0)
-                except pynvml.NVMLError:
-                    limits_w = []
-                    break
-            self.max_power_w = sum(limits_w) if limits_w else None
+            self.max_power_w = _power_limit_w(pynvml, self._handles)
             if not all(self._has_counter):
                 self.timing_slack_s = 0.1
                 self.lag_s = 0.0
@@ -223,3 +184,53 @@ def probe_nvml() -> MeterStatus:
         )
     finally:
         counter.close()
+
+
+def _open_handles(pynvml: Any, gpu_ids: Sequence[int | str] | None) -> tuple[list[int | str], list[Any]]:
+    """The GPUs asked for (all when None), by index or UUID, and their NVML handles."""
+    count = int(pynvml.nvmlDeviceGetCount())
+    if count == 0:
+        raise MeterUnavailable("NVML: no NVIDIA GPU found")
+    ids: list[int | str] = list(range(count)) if gpu_ids is None else list(gpu_ids)
+    if not ids:
+        raise MeterUnavailable("NVML: no GPU index given")
+    handles: list[Any] = []
+    for gid in ids:
+        if isinstance(gid, int):
+            if not 0 <= gid < count:
+                raise MeterUnavailable(f"NVML: no GPU {gid} (this machine has {count})")
+            handles.append(pynvml.nvmlDeviceGetHandleByIndex(gid))
+        else:
+            handles.append(pynvml.nvmlDeviceGetHandleByUUID(gid))
+    return ids, handles
+
+
+def _probe_devices(pynvml: Any, ids: Sequence[int | str], handles: Sequence[Any]) -> tuple[list[bool], list[str]]:
+    """Per GPU: does it have the energy counter (else its power is integrated)? And the caveats (MIG, no counter)."""
+    has_counter: list[bool] = []
+    caveats: list[str] = []
+    for gid, h in zip(ids, handles, strict=True):
+        try:
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+            has_counter.append(True)
+        except pynvml.NVMLError_NotSupported:
+            has_counter.append(False)
+            caveats.append(f"GPU {gid} has no energy counter (pre-Volta): integrating its power reading instead")
+        try:
+            current, _pending = pynvml.nvmlDeviceGetMigMode(h)
+            if current == pynvml.NVML_DEVICE_MIG_ENABLE:
+                caveats.append(f"GPU {gid} is in MIG mode: its counter is the whole GPU's energy, all instances")
+        except pynvml.NVMLError:
+            pass  # MIG unsupported: nothing to say
+    return has_counter, caveats
+
+
+def _power_limit_w(pynvml: Any, handles: Sequence[Any]) -> float | None:
+    """The GPUs' summed enforced power limit (the bounds' power ceiling), None when any is unreadable. Units: W."""
+    limits_w: list[float] = []
+    for h in handles:
+        try:
+            limits_w.append(float(pynvml.nvmlDeviceGetEnforcedPowerLimit(h)) / 1000.0)
+        except pynvml.NVMLError:
+            return None
+    return sum(limits_w) if limits_w else None
