@@ -20,7 +20,7 @@ def no_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_import_names_the_extra(no_vllm: None) -> None:
-    from greentrack.engine.vllm_backend import import_vllm
+    from greentrack.engine.vllm_setup import import_vllm
 
     with pytest.raises(BackendUnavailable) as info:
         import_vllm()
@@ -56,7 +56,7 @@ def test_a_broken_install_is_reported_too(monkeypatch: pytest.MonkeyPatch) -> No
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
-    from greentrack.engine.vllm_backend import import_vllm
+    from greentrack.engine.vllm_setup import import_vllm
 
     with pytest.raises(BackendUnavailable, match=r"cannot be imported .*torchvision::nms"):
         import_vllm()

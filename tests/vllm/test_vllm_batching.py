@@ -10,10 +10,11 @@ import math
 import pytest
 
 from greentrack.energy.attribution import MeterInfo
+from greentrack.energy.batching import BATCH_NOTE, attribute_batch, attribution_spans
 from greentrack.energy.types import CounterSample, PhaseSpan
 from greentrack.engine.types import EngineResult
-from greentrack.engine.vllm_backend import _cpu_list, _Stats, default_vllm_env, phase_spans, wall_to_monotonic
-from greentrack.engine.vllm_batching import BATCH_NOTE, attribute_batch, attribution_spans
+from greentrack.engine.vllm_metrics import RequestStats, phase_spans, wall_to_monotonic
+from greentrack.engine.vllm_setup import cpu_list, default_vllm_env
 
 POWER_W = 20.0
 METER = MeterInfo(name="test:constant", method="attributed", max_power_w=100.0)
@@ -67,7 +68,7 @@ def test_batched_step_is_shared_by_tokens() -> None:
 
 def test_without_step_spans_the_whole_decode_span_is_used() -> None:
     a = result("a", (1.0, 1.2, 100), [(1.2, 1.3), (1.3, 1.4)])
-    a.extras.clear()
+    del a.extras["step_spans"]
     spans = attribution_spans(a)
     assert [(s.kind, s.start_s, s.end_s) for s in spans] == [("prefill", 1.0, 1.2), ("decode", 1.2, 1.4)]
     out = attribute_batch([a], trace(0.9, 1.6), METER, update_period_s=0.0)
@@ -81,18 +82,18 @@ def test_duplicate_ids_are_refused() -> None:
 
 
 def test_phase_spans_from_request_metrics() -> None:
-    st = _Stats(arrival_wall_s=0.0, queued_s=9.9, scheduled_s=10.0, first_token_s=10.5, last_token_s=11.0)
+    st = RequestStats(arrival_wall_s=0.0, queued_s=9.9, scheduled_s=10.0, first_token_s=10.5, last_token_s=11.0)
     spans = phase_spans("r", st, prompt_tokens=1000, cached_tokens=896, completion_tokens=6)
     assert [(s.kind, s.start_s, s.end_s, s.work) for s in spans] == [
         ("prefill", 10.0, 10.5, 104.0), ("decode", 10.5, 11.0, 5.0)]
     # one token only: no decode span
-    one = _Stats(0.0, 9.9, 10.0, 10.5, 10.5)
+    one = RequestStats(0.0, 9.9, 10.0, 10.5, 10.5)
     assert [s.kind for s in phase_spans("r", one, 10, 0, 1)] == ["prefill"]
     # aborted in the middle of a (chunked) prefill: the prefill runs to the abort
-    mid = _Stats(0.0, 9.9, 10.0, 0.0, 0.0)
+    mid = RequestStats(0.0, 9.9, 10.0, 0.0, 0.0)
     assert [(s.kind, s.end_s) for s in phase_spans("r", mid, 10, 0, 0, aborted_s=10.2)] == [("prefill", 10.2)]
     # never scheduled: nothing ran
-    assert phase_spans("r", _Stats(), 10, 0, 0, aborted_s=10.2) == []
+    assert phase_spans("r", RequestStats(), 10, 0, 0, aborted_s=10.2) == []
     # a fully cached prompt still computes one token
     assert phase_spans("r", st, 64, 64, 1)[0].work == 1.0
 
@@ -118,8 +119,8 @@ def test_clock_conversion_and_environment() -> None:
     import time
 
     assert wall_to_monotonic(time.time()) == pytest.approx(time.monotonic(), abs=0.01)
-    assert _cpu_list([0, 1]) == "0-1"
-    assert _cpu_list([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert cpu_list([0, 1]) == "0-1"
+    assert cpu_list([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
     env = default_vllm_env()
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from greentrack.energy.batching import attribution_spans, batch_phase_energy
+from greentrack.energy.types import PhaseSpan
 from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 
 pytestmark = [
@@ -27,7 +29,6 @@ pytestmark = [
 
 if importlib.util.find_spec("vllm") is not None:
     from greentrack.engine.vllm_backend import VllmBackend
-    from greentrack.engine.vllm_batching import batch_phase_energy
 
 #: Real code: a small module the cursor completes in, the typing case of successive keystrokes.
 SOURCE = '''"""Geometry helpers."""
@@ -223,7 +224,7 @@ def test_prefix_reuse_on_an_extended_request(backend: VllmBackend) -> None:
     second = backend.complete(request(typed), CancelToken())
     check_spans(second)
     # the shared prefix is reused in whole KV blocks: all of the first prompt but its last, partial block
-    block = backend._engine.vllm_config.cache_config.block_size
+    block = backend.engine.vllm_config.cache_config.block_size
     assert second.reused_prompt_tokens >= first.prompt_tokens - block, (first.prompt_tokens, block, second)
     assert second.reused_prompt_tokens < second.prompt_tokens
     p1, p2 = first.span("prefill"), second.span("prefill")
@@ -240,7 +241,7 @@ def test_cancel_aborts_within_a_step(backend: VllmBackend) -> None:
     assert r.completion_tokens == 3  # the prefill's token and two decode steps, then nothing
     assert r.ended_s - token.cancelled_at_s < 0.5  # aborted at once (no further step produced a token)
     check_spans(r)
-    assert backend._engine.has_unfinished_requests() is False  # the engine let go of it
+    assert backend.engine.has_unfinished_requests() is False  # the engine let go of it
     # the engine serves the next request normally
     again = backend.complete(request(unique_source() + "        return"), CancelToken())
     assert not again.cancelled and again.completion_tokens >= 1
@@ -314,14 +315,12 @@ def test_two_overlapping_requests_are_attributed_with_conservation(backend: Vllm
         monitor.close()
 
 
-def _spans(r: EngineResult) -> list:  # type: ignore[type-arg]
-    from greentrack.engine.vllm_batching import attribution_spans
-
+def _spans(r: EngineResult) -> list[PhaseSpan]:
     return attribution_spans(r)
 
 
-def _overlap(x: object, y: object) -> float:
-    return max(0.0, min(x.end_s, y.end_s) - max(x.start_s, y.start_s))  # type: ignore[attr-defined]
+def _overlap(x: PhaseSpan, y: PhaseSpan) -> float:
+    return max(0.0, min(x.end_s, y.end_s) - max(x.start_s, y.start_s))
 
 
 def test_synthetic_phases_for_calibration(backend: VllmBackend) -> None:

@@ -1,14 +1,16 @@
-"""Per-request energy under batching: several ``EngineResult``s that ran together → each one's ``PhaseEnergy``.
+"""Per-request energy under batching: several requests that ran together (their spans) → each one's ``PhaseEnergy``.
 
 Flow: the vLLM backend batches concurrent requests, so their phases overlap in time and one counter interval
 holds energy spent for several requests at once. ``attribute_batch`` hands the counter's samples and the
-requests' spans to the energy package's attributor (``energy.attribution.attribute`` with ``by_work=True``) and
-sums the result back per request and phase. Fine-grained spans are used where the backend recorded them:
+requests' spans to the attributor (``attribution.attribute`` with ``by_work=True``) and sums the result back
+per request and phase. A request is anything with a ``request_id``, its phase ``spans`` and its per-step decode
+``step_spans`` (``BatchedRequest``; the engine's ``EngineResult`` is one): this module knows nothing of models.
+Fine-grained spans are used where the backend recorded them:
 
 - prefill: ``scheduled_ts → first_token_ts`` of the request, work = prompt tokens actually computed (not
   reused from the prefix cache);
-- decode: one span per engine step (``extras["step_spans"]``: previous step's end → this step's end, work =
-  tokens the request produced in it), else the whole decode span with its token count.
+- decode: one span per engine step (``step_spans``: previous step's end → this step's end, work = tokens the
+  request produced in it), else the whole decode span with its token count.
 
 Within each counter interval, energy goes to the time segments where spans are active; inside a segment the
 active spans share it in proportion to their work rate (tokens per second). In a step where request B's
@@ -26,25 +28,41 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from greentrack.energy.attribution import Attribution, MeterInfo, PhaseWeights, attribute, find_knots
+from greentrack.energy.calibration import calibrated_phase_energy
 from greentrack.energy.monitor import EnergyMonitor
 from greentrack.energy.types import CounterSample, PhaseEnergy, PhaseKind, PhaseSpan
-from greentrack.engine.types import EngineResult
 from greentrack.errors import MeterUnavailable
 
 PHASES: tuple[PhaseKind, ...] = ("prefill", "decode")
 
 
-def attribution_spans(result: EngineResult) -> list[PhaseSpan]:
-    """The spans to attribute for one result: its prefill span, and per-step decode spans where recorded."""
-    steps = result.extras.get("step_spans") if result.extras else None
-    step_spans = [s for s in steps if isinstance(s, PhaseSpan)] if isinstance(steps, list) else []
-    out = [s for s in result.spans if s.kind == "prefill"]
-    if step_spans:
-        out.extend(step_spans)
+class BatchedRequest(Protocol):
+    """One request of a batch as the energy layer sees it (``engine.types.EngineResult`` is one)."""
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def spans(self) -> Sequence[PhaseSpan]:
+        """Its phases: the prefill span, and the whole decode span when it decoded."""
+        ...
+
+    @property
+    def step_spans(self) -> Sequence[PhaseSpan]:
+        """Its decode split per engine step, where the backend recorded that (else empty)."""
+        ...
+
+
+def attribution_spans(request: BatchedRequest) -> list[PhaseSpan]:
+    """The spans to attribute for one request: its prefill span, and per-step decode spans where recorded."""
+    out = [s for s in request.spans if s.kind == "prefill"]
+    if request.step_spans:
+        out.extend(request.step_spans)
     else:
-        out.extend(s for s in result.spans if s.kind == "decode")
+        out.extend(s for s in request.spans if s.kind == "decode")
     return [s for s in out if s.end_s > s.start_s]
 
 
@@ -80,7 +98,7 @@ class BatchAttribution:
 
 
 def attribute_batch(
-    results: Sequence[EngineResult],
+    results: Sequence[BatchedRequest],
     samples: Sequence[CounterSample],
     meter: MeterInfo,
     *,
@@ -133,14 +151,14 @@ BATCH_NOTE = ("requests ran in the same engine steps: each step's energy is spli
               "processed (a convention; a decode token costs more than a prefill token)")
 
 
-def _requests_overlap(results: Sequence[EngineResult]) -> bool:
+def _requests_overlap(results: Sequence[BatchedRequest]) -> bool:
     """Whether any two requests' phases overlap in time (they were batched)."""
     windows = sorted((min(s.start_s for s in r.spans), max(s.end_s for s in r.spans)) for r in results if r.spans)
     return any(b0 < a1 for (_, a1), (b0, _) in itertools.pairwise(windows))
 
 
 def batch_phase_energy(
-    monitor: EnergyMonitor, results: Sequence[EngineResult], *, timeout_s: float = 1.0
+    monitor: EnergyMonitor, results: Sequence[BatchedRequest], *, timeout_s: float = 1.0
 ) -> BatchAttribution:
     """``attribute_batch`` over ``monitor``'s counter: waits (≤ ``timeout_s``) for a counter step after the batch.
 
@@ -151,8 +169,6 @@ def batch_phase_energy(
     if counter is None or sampler is None:
         if monitor.calibration is None:
             raise MeterUnavailable("the monitor has neither a counter nor a calibration")
-        from greentrack.energy.calibration import calibrated_phase_energy
-
         est = {r.request_id: calibrated_phase_energy(r.spans, monitor.calibration) for r in results}
         return BatchAttribution(est, 0.0, 0.0, 0.0, notes=["estimated from the calibration: no counter"])
     spans = [s for r in results for s in attribution_spans(r)]

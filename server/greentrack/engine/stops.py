@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 Mode = Literal["line", "block"]
+#: Why a stop rule ended a suggestion (``check_stop``).
+StopRuleReason = Literal["stop_token", "fence", "newline", "blank_lines", "dedent", "suffix", "repeat"]
+#: Which budget ended it (``budget_stop``).
+BudgetReason = Literal["max_tokens", "max_time"]
 
 #: End-of-text and chat-format strings of the families we support; any of them in the output ends it.
 STOP_STRINGS: tuple[str, ...] = (
@@ -99,7 +103,7 @@ class StopDecision:
     """Generation should end; ``text`` is what to keep of it."""
 
     text: str
-    reason: str
+    reason: StopRuleReason
 
 
 def _cut_at_stop_string(text: str) -> tuple[str, bool]:
@@ -148,7 +152,7 @@ def check_stop(text: str, ctx: StopContext) -> StopDecision | None:
     return None
 
 
-def budget_stop(tokens: int, elapsed_s: float, max_tokens: int, max_time_s: float) -> str | None:
+def budget_stop(tokens: int, elapsed_s: float, max_tokens: int, max_time_s: float) -> BudgetReason | None:
     """``max_tokens`` / ``max_time`` when a budget is spent, else None."""
     if tokens >= max_tokens:
         return "max_tokens"

@@ -16,50 +16,23 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from greentrack.config import EMBEDDED_MODEL, Settings
 from greentrack.energy.types import PhaseSpan
+from greentrack.engine.generation import GenerationState
 from greentrack.engine.loading import LoadedModel, load_model, resolve_model
 from greentrack.engine.prompt import Healer, Prompt, PromptBuilder, build_healer
 from greentrack.engine.runners import DynamicRunner, StaticRunner
-from greentrack.engine.stops import (
-    StopContext,
-    budget_stop,
-    check_stop,
-    clean_completion,
-    stop_context,
-    stop_token_ids,
-)
-from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
+from greentrack.engine.stops import StopContext, stop_context, stop_token_ids
+from greentrack.engine.tokenizer import HFTokenizer
+from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult, Extras, StopReason
 from greentrack.errors import BadInput
 
 OnToken = Callable[[int, str], None]
-
-
-class HFTokenizer:
-    """``prompt.TokenizerLike`` over a transformers tokenizer (no special tokens added, none skipped)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        return text
-
-    def bos_ids(self) -> list[int]:
-        """What the tokenizer puts before a text by default (often nothing for code models' byte-level BPE)."""
-        with_special = list(self.tokenizer.encode("x", add_special_tokens=True))
-        without = self.encode("x")
-        if len(with_special) > len(without) and with_special[len(with_special) - len(without) :] == without:
-            return with_special[: len(with_special) - len(without)]
-        return []
 
 
 class TransformersBackend:
@@ -190,23 +163,21 @@ class TransformersBackend:
         started: float,
     ) -> EngineResult:
         ids = prompt.ids
-        extras: dict[str, object] = {
+        state = GenerationState(request, len(ids), ctx, started, prompt.heal_text, self.stop_rules)
+        extras: Extras = {
             "mode": ctx.mode, "fim": self.fim_family, "heal_text": prompt.heal_text, "runner": self.runner.kind,
             "cuda_graph": self.runner.uses_graph, "dtype": str(self.loaded.dtype).removeprefix("torch."),
         }
         if cancel.cancelled:
-            return EngineResult(request.request_id, "", len(ids), 0, 0, [], started, time.monotonic(), True,
-                                "cancelled", extras)
+            return state.cancelled_before_start(time.monotonic(), extras)
         if isinstance(self.runner, StaticRunner):
             self.runner.ensure_capacity(len(ids) + request.max_tokens + 1)
         doc_key = request.document_key if self.reuse else None
-        reused = self.runner.begin(doc_key, ids)
+        reused = state.reused_prompt_tokens = self.runner.begin(doc_key, ids)
         heal_remaining = prompt.heal_text
         healer = self.healer() if heal_remaining else None
         gen: list[int] = []
-        spans: list[PhaseSpan] = []
-        reason = ""
-        text = ""
+        reason: StopReason | None = None
         cached_ids = list(ids)
 
         self._sync()
@@ -216,27 +187,25 @@ class TransformersBackend:
         token = self._pick(logits, allowed)
         self._sync()
         t_first = time.monotonic()
-        spans.append(PhaseSpan(request.request_id, "prefill", t_prefill, t_first, float(len(ids) - reused)))
+        state.record("prefill", t_prefill, t_first, float(len(ids) - reused))
         t_last = t_first
         try:
             while True:
                 gen.append(token)
                 if healer is not None and heal_remaining:
                     heal_remaining = Healer.advance(heal_remaining, self.tok.decode([token]))
-                raw = self.tok.decode(gen)
-                text = raw[len(prompt.heal_text) :] if raw.startswith(prompt.heal_text) else raw
+                text = state.update(self.tok.decode(gen), len(gen))
                 if on_token is not None:
                     on_token(len(gen), text)
                 if token in self.stop_ids:
                     reason = "eos"
                     break
-                decision = check_stop(text, ctx) if self.stop_rules and not heal_remaining else None
+                decision = state.stop_rule(healing=bool(heal_remaining))
                 if decision is not None:
-                    text, reason = decision.text, decision.reason
+                    reason = decision.reason
                     break
-                budget = budget_stop(len(gen), time.monotonic() - started, request.max_tokens, request.max_time_s)
-                if budget:
-                    reason = budget
+                reason = state.budget_reason(time.monotonic())
+                if reason is not None:
                     break
                 if cancel.cancelled:
                     reason = "cancelled"
@@ -251,26 +220,12 @@ class TransformersBackend:
             t_end = time.monotonic()
             self.runner.end(doc_key, cached_ids)
         if len(gen) > 1:
-            spans.append(PhaseSpan(request.request_id, "decode", t_first, max(t_last, t_first), float(len(gen) - 1)))
+            state.record("decode", t_first, max(t_last, t_first), float(len(gen) - 1))
         if reason == "eos" and gen:
-            text = self.tok.decode(gen[:-1])
-            text = text[len(prompt.heal_text) :] if text.startswith(prompt.heal_text) else text
-        final = clean_completion(text, ctx)
-        extras.update(cuda_graph=self.runner.uses_graph,
-                      prefill_ms=(t_first - t_prefill) * 1e3, decode_ms=(max(t_last, t_first) - t_first) * 1e3)
-        return EngineResult(
-            request_id=request.request_id,
-            text=final,
-            prompt_tokens=len(ids),
-            reused_prompt_tokens=reused,
-            completion_tokens=len(gen),
-            spans=spans,
-            started_s=started,
-            ended_s=t_end,
-            cancelled=reason == "cancelled",
-            stop_reason=reason,
-            extras=extras,
-        )
+            state.update(self.tok.decode(gen[:-1]), len(gen))  # the end token is not part of the suggestion
+        extras.update({"cuda_graph": self.runner.uses_graph, "prefill_ms": (t_first - t_prefill) * 1e3,
+                       "decode_ms": (max(t_last, t_first) - t_first) * 1e3})
+        return state.result(reason, ended_s=t_end, extras=extras)
 
     # ------------------------------------------------------------------------------------------ calibration
 

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, TypedDict
 
 from greentrack.energy.types import PhaseSpan
+from greentrack.engine.stops import BudgetReason, Mode, StopRuleReason
+
+#: Why a generation ended: the model's end token, a stop rule, a budget, the caller, or an engine failure
+#: (set by the pipeline).
+StopReason = Literal["eos", StopRuleReason, BudgetReason, "cancelled", "error"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,35 @@ class CancelToken:
         return self._event.is_set()
 
 
+class Extras(TypedDict, total=False):
+    """What a result carries beside its figures: diagnostics (``doctor``, tests), and the vLLM backend's
+    per-step decode spans (``step_spans``), which the batched attribution (``energy.batching``) uses."""
+
+    # both backends
+    fim: str | None  # the FIM family of the prompt (None: prefix-only)
+    heal_text: str  # text backed off the prompt that the first tokens re-spelled
+    raw_text: str  # the suggestion before ``stops.clean_completion``
+    # transformers
+    mode: Mode
+    runner: str  # "dynamic" | "static" (``runners``)
+    cuda_graph: bool
+    dtype: str
+    prefill_ms: float
+    decode_ms: float
+    # vLLM: the engine's own request id and timestamps (``time.monotonic()`` seconds, None where not reached)
+    backend: str
+    vllm: str
+    engine_request_id: str
+    arrival_s: float | None
+    queued_s: float | None
+    scheduled_s: float | None
+    first_token_s: float | None
+    last_token_s: float | None
+    step_spans: list[PhaseSpan]
+    # the pipeline, for a generation that failed in the engine
+    error: str
+
+
 @dataclass
 class EngineResult:
     """A finished (or cancelled) generation.
@@ -59,11 +93,16 @@ class EngineResult:
     started_s: float
     ended_s: float
     cancelled: bool = False
-    stop_reason: str = ""
-    extras: dict[str, object] = field(default_factory=dict)
+    stop_reason: StopReason | Literal[""] = ""  # "": not given (a result built by hand)
+    extras: Extras = field(default_factory=Extras)
 
     def span(self, kind: str) -> PhaseSpan | None:
         return next((s for s in self.spans if s.kind == kind), None)
+
+    @property
+    def step_spans(self) -> list[PhaseSpan]:
+        """The per-engine-step decode spans where the backend recorded them (vLLM), else none."""
+        return self.extras.get("step_spans", [])
 
 
 class CompletionBackend(Protocol):

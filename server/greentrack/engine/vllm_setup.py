@@ -1,0 +1,177 @@
+"""Setting up vLLM for the vLLM backend: its environment, its (optional) import, the engine's arguments.
+
+Flow: ``vllm_backend.VllmBackend`` calls ``import_vllm`` first (which sets ``default_vllm_env`` where unset and
+fails with one ``BackendUnavailable`` line naming the extra when vllm is missing or broken), then
+``engine_device`` (the device asked for against the build's) and ``engine_args`` (what ``EngineArgs`` gets).
+vllm itself is imported only inside ``import_vllm``: without the extra this module, and the backend, still import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from greentrack.engine.loading import cpu_has_bf16
+from greentrack.errors import BackendUnavailable
+
+INSTALL_HINT = "pip install 'greentrack[vllm]'"
+
+
+def cpu_list(cores: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``"0-2,5"`` (the syntax of ``VLLM_CPU_OMP_THREADS_BIND``)."""
+    parts: list[str] = []
+    ordered = sorted(cores)
+    start = prev = ordered[0]
+    for c in ordered[1:]:
+        if c == prev + 1:
+            prev = c
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else str(start))
+        start = prev = c
+    parts.append(f"{start}-{prev}" if prev > start else str(start))
+    return ",".join(parts)
+
+
+def default_vllm_env() -> dict[str, str]:
+    """The environment the CPU engine needs, as defaults (a variable already set is never overridden).
+
+    - ``VLLM_CPU_KVCACHE_SPACE=1``: 1 GiB of KV cache (vLLM-CPU's default takes a share of RAM).
+    - ``OMP_NUM_THREADS`` / ``VLLM_CPU_OMP_THREADS_BIND``: as the transformers backend, one core left for the
+      editor and the language server (``OMP_NUM_THREADS``, else ``GREENTRACK_THREADS``, overrides), bound to the
+      first usable cores. On
+      this project's 2-core machine with other jobs running, 2 threads made a cold 1k-token completion ~10x
+      slower than 1 thread (9.5 s vs 0.9 s: OpenMP threads wait on each other at every barrier when one is
+      descheduled), so 2 cores → 1 thread, bound to core 0.
+    - ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the engine core runs in this process: no spawned child (so no
+      ``if __name__ == "__main__"`` guard is needed by callers), one clock, abort takes effect at the next step.
+    - ``VLLM_LOGGING_STREAM=ext://sys.stderr``, ``VLLM_LOGGING_LEVEL=WARNING``: stdout is the language server's
+      channel; ``VLLM_NO_USAGE_STATS=1``: nothing leaves the machine.
+    """
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = list(range(os.cpu_count() or 1))
+    # OpenMP reads OMP_NUM_THREADS whatever we do: when it is set, the bind list follows it
+    wanted = os.environ.get("OMP_NUM_THREADS", "") or os.environ.get("GREENTRACK_THREADS", "")
+    threads = int(wanted) if wanted.isdigit() and int(wanted) > 0 else max(1, len(cores) - 1)
+    use = cores[: max(1, min(threads, len(cores)))]
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": cpu_list(use),
+        "OMP_NUM_THREADS": str(len(use)),
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_LOGGING_STREAM": "ext://sys.stderr",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_DO_NOT_TRACK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def apply_default_env() -> dict[str, str]:
+    """Set each of ``default_vllm_env()`` that is unset; returns what was set. Call before importing vllm."""
+    applied: dict[str, str] = {}
+    for key, value in default_vllm_env().items():
+        if key not in os.environ:
+            os.environ[key] = value
+            applied[key] = value
+    return applied
+
+
+@dataclass(frozen=True)
+class VllmModules:
+    """The parts of vLLM the backend uses (imported once, lazily)."""
+
+    version: str
+    EngineArgs: Any
+    LLMEngine: Any
+    SamplingParams: Any
+    RequestOutputKind: Any
+    device_type: str
+
+
+def import_vllm() -> VllmModules:
+    """Import vLLM, or ``BackendUnavailable`` naming the extra to install (and the import's own error)."""
+    applied = apply_default_env()
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.platforms import current_platform
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.v1.engine.llm_engine import LLMEngine
+    except ImportError as e:
+        raise BackendUnavailable(
+            f"the vllm backend is not installed ({e}): run `{INSTALL_HINT}` (on CPU-only machines: "
+            "scripts/install-vllm.sh, which keeps the CPU torch)"
+        ) from e
+    except Exception as e:  # a broken install: e.g. CUDA-only torchvision next to a CPU torch
+        raise BackendUnavailable(
+            f"vllm is installed but cannot be imported ({type(e).__name__}: {e}); reinstall it with "
+            f"`{INSTALL_HINT}` or scripts/install-vllm.sh"
+        ) from e
+    if "VLLM_LOGGING_LEVEL" in applied:
+        # one warning per tensor when the converted float32 weights are loaded as bfloat16: expected, not news
+        logging.getLogger("vllm.model_executor.models.utils").setLevel(logging.ERROR)
+    try:
+        version = metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        try:
+            version = metadata.version("vllm")
+        except metadata.PackageNotFoundError:  # pragma: no cover - a source checkout
+            version = "unknown"
+    return VllmModules(version, EngineArgs, LLMEngine, SamplingParams, RequestOutputKind,
+                       str(getattr(current_platform, "device_type", "cpu")))
+
+
+def engine_device(device: str, vl: VllmModules) -> str:
+    """The backend's device name for the ``device`` asked for ("auto", "cpu", "cuda:N"), or
+    ``BackendUnavailable`` when this vLLM build runs elsewhere."""
+    want = (device or "auto").lower()
+    if want.startswith("cuda") and vl.device_type != "cuda":
+        raise BackendUnavailable(
+            f"device {device} requested, but this vLLM build ({vl.version}) runs on {vl.device_type} only; "
+            "install the CUDA build of vllm, or use --backend transformers"
+        )
+    if want == "cpu" and vl.device_type != "cpu":
+        raise BackendUnavailable(f"device cpu requested, but this vLLM build runs on {vl.device_type}")
+    return "cuda:0" if vl.device_type == "cuda" else vl.device_type
+
+
+def engine_args(
+    folder: Path,
+    vl: VllmModules,
+    *,
+    max_model_len: int,
+    max_num_seqs: int,
+    enforce_eager: bool | None,
+    dtype: str | None,
+    logits_processors: Sequence[type],
+    engine_kwargs: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The keyword arguments of ``EngineArgs``: prefix caching on, greedy and seeded, per-request stats on.
+
+    Defaults: on CPU bfloat16 where the CPU has bf16 instructions (else float32) and eager mode; on GPUs the
+    model's dtype and compiled. ``engine_kwargs`` override, except the stats (no stats: no spans).
+    """
+    if dtype is None:
+        dtype = "auto" if vl.device_type == "cuda" else ("bfloat16" if cpu_has_bf16() else "float32")
+    kwargs: dict[str, Any] = {
+        "model": str(folder),
+        "tokenizer": str(folder),
+        "dtype": dtype,
+        "max_model_len": max_model_len,
+        "max_num_seqs": max_num_seqs,
+        "enable_prefix_caching": True,
+        "disable_log_stats": False,  # per-request metrics (RequestStateStats) need stats on
+        "enforce_eager": vl.device_type == "cpu" if enforce_eager is None else enforce_eager,
+        "seed": 0,
+    }
+    if logits_processors:
+        kwargs["logits_processors"] = list(logits_processors)
+    kwargs.update(engine_kwargs or {})
+    kwargs["disable_log_stats"] = False  # without stats, vLLM keeps no per-request timestamps: no spans
+    return kwargs
