@@ -1,7 +1,13 @@
 /**
- * Pure formatting for the status bar and its tooltip: joules, milliseconds, grams of CO2e, and the
+ * Pure formatting for the status bar and its tooltip: joules, watts, milliseconds, grams of CO2e, and the
  * tooltip's Markdown. No VS Code import, so `npm test` checks it under plain Node, and the end-to-end
  * test formats the database's `total_j` with exactly this rule.
+ *
+ * The numbers mirror `server/greentrack/units.py` string for string (the command line, the report and the
+ * servers write figures there): three significant digits, the SI prefix that puts the rounded figure in
+ * [1, 1000) (`647 µJ`, not `0.647 mJ`), rounding before the prefix is chosen, whole numbers beyond the
+ * largest prefix, `<0.01` below a hundredth of the smallest. `tests/fixtures/units.json` holds values and
+ * their text for both sides, and `tests/test_units.py` compares both on generated values.
  */
 import type { EnergyParams } from './protocol';
 
@@ -21,64 +27,73 @@ export function threeSignificant(value: number): string {
   return Math.abs(value) >= 999.5 || /e\+/.test(text) ? Math.round(value).toString() : text;
 }
 
-/**
- * An energy in joules with the unit that fits: mJ below 1 J, J below 1 kJ, kJ above.
- * Rounding happens before the unit is chosen, so 0.9996 J reads `1.00 J`, never `1000 mJ`.
- * `0` → `0 J`; below 0.01 mJ → `<0.01 mJ`; negative, NaN or infinite → `? J`.
- *
- * Units: `energyJ` in J.
- */
-export function formatEnergy(energyJ: number | null | undefined): string {
-  if (energyJ === null || energyJ === undefined || !Number.isFinite(energyJ) || energyJ < 0) {
-    return `${UNKNOWN} J`;
-  }
-  if (energyJ === 0) {
-    return '0 J';
-  }
-  const mJ = energyJ * 1e3;
-  if (mJ < 0.01) {
-    return '<0.01 mJ';
-  }
-  if (Number(threeSignificant(mJ)) < 1000) {
-    return `${threeSignificant(mJ)} mJ`;
-  }
-  if (Number(threeSignificant(energyJ)) < 1000) {
-    return `${threeSignificant(energyJ)} J`;
-  }
-  return `${threeSignificant(energyJ / 1e3)} kJ`;
+/** A unit ladder, smallest first: [power of ten, unit]. One entry has power 0 (the base unit). */
+export type Units = readonly (readonly [number, string])[];
+
+export const ENERGY_UNITS: Units = [[-6, 'µJ'], [-3, 'mJ'], [0, 'J'], [3, 'kJ'], [6, 'MJ']];
+export const POWER_UNITS: Units = [[-3, 'mW'], [0, 'W'], [3, 'kW'], [6, 'MW']];
+export const CO2E_UNITS: Units = [[-6, 'µg'], [-3, 'mg'], [0, 'g'], [3, 'kg'], [6, 't']];
+
+/** `value` in units of 10**power: multiply or divide by an exact power of ten, as units.py does. */
+function scaled(value: number, power: number): number {
+  return power < 0 ? value * 10 ** -power : value / 10 ** power;
 }
 
-/** A duration in milliseconds: `45 ms`, `1.23 s`; `? ms` when unknown. Units: `durationMs` in ms. */
+function known(value: number | null | undefined): value is number {
+  return value !== null && value !== undefined && Number.isFinite(value) && value >= 0;
+}
+
+/**
+ * `value` (in the base unit) with the unit of `units` that fits. `0` → `0 J`; below a hundredth of the
+ * smallest unit → `<0.01 µJ`; negative, NaN, infinite, null or undefined → `? J`.
+ */
+export function formatQuantity(value: number | null | undefined, units: Units): string {
+  const base = units.find(([power]) => power === 0)?.[1] ?? '';
+  if (!known(value)) {
+    return `${UNKNOWN} ${base}`;
+  }
+  if (value === 0) {
+    return `0 ${base}`;
+  }
+  const [smallestPower, smallestUnit] = units[0];
+  if (scaled(value, smallestPower) < 0.01) {
+    return `<0.01 ${smallestUnit}`;
+  }
+  for (const [power, unit] of units.slice(0, -1)) {
+    const text = threeSignificant(scaled(value, power));
+    if (Number(text) < 1000) {
+      return `${text} ${unit}`;
+    }
+  }
+  const [power, unit] = units[units.length - 1];
+  return `${threeSignificant(scaled(value, power))} ${unit}`;
+}
+
+/** An energy: `647 µJ`, `125 mJ`, `3.21 J`, `12.5 kJ`, `34.0 MJ`. Units: `energyJ` in J. */
+export function formatEnergy(energyJ: number | null | undefined): string {
+  return formatQuantity(energyJ, ENERGY_UNITS);
+}
+
+/** A power: `850 mW`, `247 W`, `1.20 kW`. Units: `powerW` in W. */
+export function formatPower(powerW: number | null | undefined): string {
+  return formatQuantity(powerW, POWER_UNITS);
+}
+
+/** A duration: whole milliseconds below a second (`45 ms`), else seconds (`1.23 s`); `? ms` when unknown. Units: ms. */
 export function formatDuration(durationMs: number | null | undefined): string {
-  if (durationMs === null || durationMs === undefined || !Number.isFinite(durationMs) || durationMs < 0) {
+  if (!known(durationMs)) {
     return `${UNKNOWN} ms`;
   }
-  if (durationMs < 1000) {
-    return `${Math.round(durationMs)} ms`;
+  const wholeMs = Math.round(durationMs);
+  if (wholeMs < 1000) {
+    return `${wholeMs} ms`;
   }
-  return `${threeSignificant(durationMs / 1e3)} s`;
+  return `${threeSignificant(durationMs / 1000)} s`;
 }
 
-/** A mass of CO2e: `µg`, `mg`, `g` or `kg` as fits. Units: `massG` in g. */
+/** A mass of CO2e: `µg`, `mg`, `g`, `kg` or `t` as fits. Units: `massG` in g. */
 export function formatCo2e(massG: number | null | undefined): string {
-  if (massG === null || massG === undefined || !Number.isFinite(massG) || massG < 0) {
-    return `${UNKNOWN} g`;
-  }
-  if (massG === 0) {
-    return '0 g';
-  }
-  const ug = massG * 1e6;
-  if (Number(threeSignificant(ug)) < 1000) {
-    return `${threeSignificant(ug)} µg`;
-  }
-  const mg = massG * 1e3;
-  if (Number(threeSignificant(mg)) < 1000) {
-    return `${threeSignificant(mg)} mg`;
-  }
-  if (Number(threeSignificant(massG)) < 1000) {
-    return `${threeSignificant(massG)} g`;
-  }
-  return `${threeSignificant(massG / 1e3)} kg`;
+  return formatQuantity(massG, CO2E_UNITS);
 }
 
 /** The status bar text for the last suggestion: `$(zap) 3.21 J`. */

@@ -1,5 +1,7 @@
 /** Unit tests for the status bar's formatting (node:test; run by `npm test`). */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import {
   describeMethod,
@@ -8,6 +10,7 @@ import {
   formatCo2e,
   formatDuration,
   formatEnergy,
+  formatPower,
   localDate,
   threeSignificant,
   TodayAccumulator,
@@ -28,17 +31,22 @@ describe('formatEnergy', () => {
     [1000, '1.00 kJ'],
     [1234.5, '1.23 kJ'],
     [45_600, '45.6 kJ'],
-    [1_234_567, '1235 kJ'],
+    [1_234_567, '1.23 MJ'],
+    [2.5e9, '2500 MJ'], // beyond the largest prefix: whole
     [1, '1.00 J'],
     [0.99949, '999 mJ'],
     [0.9996, '1.00 J'], // never "1000 mJ"
     [0.5, '500 mJ'],
     [0.0123, '12.3 mJ'],
     [0.001, '1.00 mJ'],
-    [0.0000123, '0.0123 mJ'],
-    [0.00001, '0.0100 mJ'],
-    [0.000009, '<0.01 mJ'],
-    [1e-12, '<0.01 mJ'],
+    [0.000647, '647 µJ'], // as the report and the command line write it, not "0.647 mJ"
+    [0.0000123, '12.3 µJ'],
+    [0.00001, '10.0 µJ'],
+    [0.000009, '9.00 µJ'],
+    [1e-8, '0.0100 µJ'],
+    [9.9e-9, '<0.01 µJ'],
+    [1e-12, '<0.01 µJ'],
+    [1.125, '1.13 J'], // an exact binary tie rounds half up, in units.py too
   ];
   for (const [j, text] of cases) {
     it(`${j} J → ${text}`, () => assert.equal(formatEnergy(j), text));
@@ -60,11 +68,12 @@ describe('threeSignificant', () => {
   });
 });
 
-describe('formatDuration and formatCo2e', () => {
+describe('formatDuration, formatPower and formatCo2e', () => {
   it('milliseconds then seconds', () => {
     assert.equal(formatDuration(0), '0 ms');
     assert.equal(formatDuration(45.4), '45 ms');
     assert.equal(formatDuration(999.4), '999 ms');
+    assert.equal(formatDuration(999.6), '1.00 s'); // never "1000 ms"
     assert.equal(formatDuration(1234), '1.23 s');
     assert.equal(formatDuration(NaN), '? ms');
     assert.equal(formatDuration(-5), '? ms');
@@ -76,8 +85,41 @@ describe('formatDuration and formatCo2e', () => {
     assert.equal(formatCo2e(0.0042), '4.20 mg');
     assert.equal(formatCo2e(0.9996), '1.00 g');
     assert.equal(formatCo2e(4200), '4.20 kg');
+    assert.equal(formatCo2e(1.2e6), '1.20 t');
     assert.equal(formatCo2e(undefined), '? g');
   });
+  it('mW, W, kW', () => {
+    assert.equal(formatPower(0.85), '850 mW');
+    assert.equal(formatPower(247.3), '247 W');
+    assert.equal(formatPower(1200), '1.20 kW');
+    assert.equal(formatPower(-1), '? W');
+  });
+});
+
+/** tests/fixtures/units.json: values and the text both sides write (units.py checks the same file). */
+interface UnitCase {
+  kind: 'energy' | 'power' | 'co2e' | 'duration_ms';
+  value: number | string | null;
+  text: string;
+}
+
+describe('the shared units fixture', () => {
+  const file = path.resolve(__dirname, '..', '..', '..', 'tests', 'fixtures', 'units.json');
+  const cases = JSON.parse(readFileSync(file, 'utf8')) as UnitCase[];
+  const formatters: Record<UnitCase['kind'], (v: number | null) => string> = {
+    energy: formatEnergy,
+    power: formatPower,
+    co2e: formatCo2e,
+    duration_ms: formatDuration,
+  };
+  it('has cases of every kind', () => {
+    assert.deepEqual(new Set(cases.map((c) => c.kind)), new Set(Object.keys(formatters)));
+  });
+  for (const c of cases) {
+    // JSON has no NaN or infinities: the fixture writes them as strings.
+    const value = typeof c.value === 'string' ? Number(c.value) : c.value;
+    it(`${c.kind} ${String(c.value)} → ${c.text}`, () => assert.equal(formatters[c.kind](value), c.text));
+  }
 });
 
 const sample: EnergyParams = {

@@ -14,7 +14,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from greentrack.report.tips import fmt_j
+from greentrack.units import fmt_co2e, fmt_duration_ms, fmt_energy
 
 _METHOD_WORDS = {
     "measured": "measured: a counter read spanning exactly each phase",
@@ -30,27 +30,27 @@ def completion_table(fields: dict[str, Any], db_path: Path) -> Group:
         "(no suggestion)", style="dim"
     )
     uncertainty = fields.get("uncertainty_j")
-    plus_minus = f" ± {fmt_j(uncertainty)}" if uncertainty is not None else " (uncertainty unknown)"
+    plus_minus = f" ± {fmt_energy(uncertainty)}" if uncertainty is not None else " (uncertainty unknown)"
     table = Table(title="Energy of this completion", title_justify="left")
     table.add_column("phase")
     table.add_column("energy", justify="right")
     table.add_column("time", justify="right")
     table.add_column("tokens", justify="right")
     table.add_row(
-        "prefill", fmt_j(fields["prefill_j"]), f"{fields['prefill_ms']:.0f} ms",
+        "prefill", fmt_energy(fields["prefill_j"]), fmt_duration_ms(fields["prefill_ms"]),
         f"{fields['prompt_tokens']} ({fields['reused_prompt_tokens']} reused)",
     )
     table.add_row(
-        "decode", fmt_j(fields["decode_j"]), f"{fields['decode_ms']:.0f} ms", str(fields["completion_tokens"])
+        "decode", fmt_energy(fields["decode_j"]), fmt_duration_ms(fields["decode_ms"]), str(fields["completion_tokens"])
     )
     table.add_row(
-        "total", fmt_j(fields["total_j"]) + plus_minus, f"{fields['latency_ms']:.0f} ms latency", "",
+        "total", fmt_energy(fields["total_j"]) + plus_minus, fmt_duration_ms(fields["latency_ms"]) + " latency", "",
         style="bold",
     )
     notes = Text.assemble(
         ("method  ", "bold"), _METHOD_WORDS.get(fields["method"], fields["method"]), "\n",
         ("meter   ", "bold"), str(fields["meter"]), "\n",
-        ("CO2e    ", "bold"), f"{fields['co2e_g']:.3g} g", "\n",
+        ("CO2e    ", "bold"), fmt_co2e(fields["co2e_g"]), "\n",
         ("model   ", "bold"), f"{fields['model']} via {fields['backend']} on {fields['device']}", "\n",
         ("outcome ", "bold"), f"{fields['outcome']} (logged to {db_path}, id {fields['completion_id']})",
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from greentrack.energy.calibration import Calibration
 from greentrack.record import CompletionRecord
 from greentrack.store import Store
 
@@ -54,12 +55,16 @@ ROWS: list[tuple[CompletionRecord, bool]] = [
          language_id="rust"), False),
 ]
 
-CALIBRATIONS = [
-    {"host": "h1", "device": "cpu", "model": "m-big", "prefill_j_per_token": 0.001, "decode_j_per_token": 0.1,
-     "ts": "2026-11-01T00:00:00Z"},
-    {"host": "h1", "device": "cpu", "model": "m-small", "prefill_j_per_token": 0.0005, "decode_j_per_token": 0.05,
-     "ts": "2026-11-01T00:00:00Z"},
-]
+def calibration(model: str, j_per_prompt_token: float, j_per_decode_token: float) -> dict[str, Any]:
+    """A stored calibration document, as ``greentrack calibrate`` writes it (``Calibration.to_dict``)."""
+    return Calibration(
+        source_meter="test", device="cpu", model=model, host="h1", j_per_prompt_token=j_per_prompt_token,
+        j_per_decode_token=j_per_decode_token, prefill_w=100.0, decode_w=80.0, idle_w=10.0, fit_error=0.0,
+        n_points=0, created_ts="2026-11-01T00:00:00+00:00",
+    ).to_dict()
+
+
+CALIBRATIONS = [calibration("m-big", 0.001, 0.1), calibration("m-small", 0.0005, 0.05)]
 
 
 def build_db(path: Path, rows: list[tuple[CompletionRecord, bool]] | None = None, *,
@@ -118,7 +123,7 @@ EXPECTED_ALICE: dict[str, Any] = {
     "previous_week": {"week": "2026-W46", "completions": 2, "accepted": 1, "energy_j_total": 4.5},
     "tips": [
         "36.5% of this week's energy (2.88 J) went to 4 suggestion(s) never accepted (1 cancelled, 1 shown but "
-        "not taken, 1 empty, 1 failed). A 500 ms debounce would have skipped at least 2 of them, saving ≈2.5 J "
+        "not taken, 1 empty, 1 failed). A 500 ms debounce would have skipped at least 2 of them, saving ≈2.50 J "
         "(31.7% of the week) — assuming a request followed within that delay by another in the same file (start "
         "to start, start = ts − latency) was superseded by your typing.",
         "Prefill was 23.8% of the energy (1.88 J): 647 µJ per prompt token over 2900 computed prompt tokens "
@@ -129,6 +134,6 @@ EXPECTED_ALICE: dict[str, Any] = {
         "(47.6% of the week) — pricing each power-of-two bin of prompt and output length with both models' stored "
         "calibrations (the binning of Fernandez et al., ACL 2025); assumes its suggestions would be accepted as "
         "often.",
-        "Energy per accepted suggestion: 3.94 J, down 12.5% from 2026-W46 (4.5 J); total 7.88 J vs 4.5 J.",
+        "Energy per accepted suggestion: 3.94 J, down 12.5% from 2026-W46 (4.50 J); total 7.88 J vs 4.50 J.",
     ],
 }

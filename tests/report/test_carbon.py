@@ -7,9 +7,9 @@ from importlib import resources
 
 import pytest
 
+from greentrack.carbon import country_table, describe_country, intensity_for_country, resolve_intensity
 from greentrack.config import default_carbon_intensity
 from greentrack.errors import GreentrackError
-from greentrack.carbon import country_table, describe_country, intensity_for_country, resolve_intensity
 
 
 def test_country_codes_use_codecarbons_figures() -> None:
@@ -36,7 +36,7 @@ def test_resolve_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("-3", -3, "nan", float("inf"), True, [1]):
         with pytest.raises(GreentrackError, match="GREENTRACK_CARBON_INTENSITY must be a non-negative number"):
             resolve_intensity(bad, 475.0)
-    with pytest.raises(GreentrackError, match="unknown country code 'XX' for greentrack.carbonIntensity"):
+    with pytest.raises(GreentrackError, match=r"unknown country code 'XX' for greentrack\.carbonIntensity"):
         resolve_intensity("XX", 475.0, source="greentrack.carbonIntensity")
     monkeypatch.setenv("GREENTRACK_CARBON_INTENSITY", "FRA")
     assert default_carbon_intensity() == 56.039

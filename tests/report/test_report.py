@@ -7,19 +7,21 @@ import io
 import json
 import os
 import sqlite3
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
-from tests.report.report_fixture import ALICE, BOB, EXPECTED_ALICE, ROWS, build_db, rec
+from tests.report.report_fixture import ALICE, BOB, EXPECTED_ALICE, ROWS, build_db, calibration, rec
 
 from greentrack.errors import GreentrackError, StoreError, UsageError
 from greentrack.report.command import build_reports, export_rows, run_report
 from greentrack.report.render import render
-from greentrack.report.tips import calibrated_energy_j, fmt_j
+from greentrack.report.tips import calibrated_energy_j, readable_calibrations
 from greentrack.store import SCHEMA_VERSION, Store
 from greentrack.store.schema import EXPORT_COLUMNS, normalize_ts
+from greentrack.units import fmt_energy
 
 W47: dict[str, Any] = {"week": "2026-W47", "tz": "Europe/Berlin", "carbon_intensity": 400.0}
 
@@ -57,7 +59,7 @@ def test_all_developers_and_one_with_nothing_accepted(db: Path) -> None:
     assert bob["j_per_accepted"] is None and bob["j_per_completion"] == 1.0
     assert bob["energy_j"] == {"total": 1.0, "prefill": 0.25, "decode": 0.75, "wasted": 1.0}
     assert bob["previous_week"] is None
-    assert bob["tips"][0].startswith("100.0% of this week's energy (1 J) went to 1 suggestion(s) never accepted")
+    assert bob["tips"][0].startswith("100.0% of this week's energy (1.00 J) went to 1 suggestion(s) never accepted")
     assert json.loads(render(reports, "json")) == reports
 
 
@@ -82,16 +84,16 @@ def test_markdown(db: Path) -> None:
     for line in (
         "# greentrack report — alice@example.com — 2026-W47",
         "| Completions | 6 (2 accepted, 33.3%) |",
-        "| Energy | 7.88 J (prefill 1.88 J, decode 6 J) |",
+        "| Energy | 7.88 J (prefill 1.88 J, decode 6.00 J) |",
         "| Wasted | 2.88 J on suggestions never accepted |",
         "| Per completion | 1.31 J |",
         "| Per accepted | 3.94 J |",
-        "| CO2e | 0.875 mg at 400 gCO2e/kWh |",
+        "| CO2e | 875 µg at 400 gCO2e/kWh |",
         "| Method | measured 38.1%, attributed 57.1%, estimated 4.8% |",
-        "| Previous week | 2026-W46: 2 completions, 1 accepted, 4.5 J |",
-        "| 2026-11-16 | 4 | 2 | 7.5 J |",
+        "| Previous week | 2026-W46: 2 completions, 1 accepted, 4.50 J |",
+        "| 2026-11-16 | 4 | 2 | 7.50 J |",
         "| 2026-11-18 | 1 | 0 | 125 mJ |",
-        "| m-big | 4 | 2 | 7.5 J |",
+        "| m-big | 4 | 2 | 7.50 J |",
         "| typescript | 1 | 0 | 125 mJ |",
         "- " + EXPECTED_ALICE["tips"][0],
     ):
@@ -101,12 +103,12 @@ def test_markdown(db: Path) -> None:
 def test_table(db: Path) -> None:
     text = render([alice(db)], "table", width=120)
     assert "greentrack — alice@example.com — 2026-W47 (2026-11-16 … 2026-11-22, Europe/Berlin)" in text
-    assert "6 (2 accepted, 33.3%)" in text and "7.88 J (prefill 1.88 J, decode 6 J)" in text
+    assert "6 (2 accepted, 33.3%)" in text and "7.88 J (prefill 1.88 J, decode 6.00 J)" in text
     day_lines = [line for line in text.splitlines() if line.strip().startswith("2026-11-")]
     assert len(day_lines) == 7
     monday = next(line for line in day_lines if "2026-11-16" in line)
     wednesday = next(line for line in day_lines if "2026-11-18" in line)
-    assert monday.count("█") == 30 and "7.5 J" in monday  # the peak day fills the bar
+    assert monday.count("█") == 30 and "7.50 J" in monday  # the peak day fills the bar
     assert "125 mJ" in wednesday and wednesday.count("█") == 0  # 0.125 / 7.5 of 30 cells: an eighth-block only
     assert "Tips" in text and "m-small would have used" in text
 
@@ -215,12 +217,14 @@ def test_older_schema_is_migrated_and_reported(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)
     conn.executescript(V1_SQL)
+    v1_columns = [r[1] for r in conn.execute("PRAGMA table_info(completions)")]
     for record, accepted in ROWS:
         row = record.row()
         row["ts"] = normalize_ts(row["ts"])
         row["accepted"] = int(accepted)
         row["accepted_ts"] = "2026-11-20T12:00:00.000000+00:00" if accepted else None
-        conn.execute(f"INSERT INTO completions VALUES ({', '.join('?' * len(row))})", list(row.values()))
+        conn.execute(f"INSERT INTO completions ({', '.join(v1_columns)}) VALUES ({', '.join('?' * len(v1_columns))})",
+                     [row[c] for c in v1_columns])
     conn.commit()
     conn.close()
     report = alice(path)
@@ -252,13 +256,23 @@ def test_team_merge_of_two_files_dedupes(tmp_path: Path) -> None:
 
 
 def test_calibrated_energy_by_bins() -> None:
-    cal = {"bins": [{"input_tokens": 512, "output_tokens": 16, "energy_j": 2.5}], "prefill_j_per_token": 1.0,
-           "decode_j_per_token": 1.0}
-    assert calibrated_energy_j(cal, 512, 16) == 2.5
+    from greentrack.energy.calibration import Calibration, CalibrationPoint
+
+    doc = calibration("m", 1.0, 1.0)
+    doc["points"] = [asdict(CalibrationPoint(512, 15, 0.1, 0.2, 1.0, 1.5, output_tokens=16))]
+    cal = Calibration.from_dict(doc)
+    assert calibrated_energy_j(cal, 512, 16) == 2.5  # the measured bin
     assert calibrated_energy_j(cal, 1024, 16) == 1024 + 16  # no such bin: the linear fit
-    assert calibrated_energy_j({"bins": []}, 512, 16) is None
-    assert calibrated_energy_j({"prefill_j_per_token": 0.001, "decode_j_per_token": 0.5}, 1000, 4) == 3.0
-    assert calibrated_energy_j({"decode_j_per_token": 0.5}, 1000, 4) is None
+    fit = Calibration.from_dict({**calibration("m", 0.001, 0.5), "prefill_fixed_j": 0.25})
+    assert calibrated_energy_j(fit, 1000, 4) == 3.25
+
+
+def test_tips_read_calibrations_through_from_dict_and_skip_malformed_ones() -> None:
+    good = calibration("m", 0.001, 0.1)
+    missing = {k: v for k, v in good.items() if k != "j_per_decode_token"}
+    old_alias_only = {**missing, "decode_j_per_token": 0.1}  # a key nothing writes: not read
+    not_finite = {**good, "idle_w": "nan"}
+    assert [c.model for c in readable_calibrations([missing, good, old_alias_only, not_finite, {}])] == ["m"]
 
 
 def test_model_tip_from_real_calibration_documents(tmp_path: Path) -> None:
@@ -279,12 +293,12 @@ def test_model_tip_from_real_calibration_documents(tmp_path: Path) -> None:
     model_tips = [t for t in tips if "would have used" in t]
     assert len(model_tips) == 1
     assert model_tips[0].startswith("m-small would have used ≈75.0% less energy than m-big on cpu for this week's "
-                                    "4 completion(s), ≈5.62 J (71.4% of the week)")
+                                    "4 completion(s), ≈5.63 J (71.4% of the week)")
 
 
-def test_fmt_j_units() -> None:
-    assert [fmt_j(x) for x in (0, 0.000647, 0.125, 3.2109, 12500, 3.4e7)] == [
-        "0 J", "647 µJ", "125 mJ", "3.21 J", "12.5 kJ", "34 MJ"]
+def test_energy_units() -> None:
+    assert [fmt_energy(x) for x in (0, 0.000647, 0.125, 3.2109, 12500, 3.4e7)] == [
+        "0 J", "647 µJ", "125 mJ", "3.21 J", "12.5 kJ", "34.0 MJ"]
 
 
 def test_two_connections_sum_like_one(db: Path) -> None:

@@ -64,26 +64,17 @@ class Calibration:
     points: list[CalibrationPoint] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON data for the store (also the keys its report reads: ``*_j_per_token``, ``bins``)."""
+        """Plain JSON data for the store; whoever reads it back (the report's tips) uses ``from_dict``."""
         out = asdict(self)
         out["points"] = [asdict(p) for p in self.points]
-        out["prefill_j_per_token"] = self.j_per_prompt_token
-        out["decode_j_per_token"] = self.j_per_decode_token
-        out["bins"] = [
-            {"input_tokens": p.prompt_tokens, "output_tokens": p.output_tokens,
-             "energy_j": p.prefill_j + p.decode_j}
-            for p in self.points
-        ]
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
         """Inverse of ``to_dict``. Raises ``KeyError``/``TypeError``/``ValueError`` on a malformed document."""
-        def num(key: str, alias: str | None = None, default: float | None = None) -> float:
+        def num(key: str, default: float | None = None) -> float:
             if key in data:
                 value = data[key]
-            elif alias is not None and alias in data:
-                value = data[alias]
             elif default is not None:
                 value = default
             else:
@@ -99,8 +90,8 @@ class Calibration:
             device=str(data["device"]),
             model=str(data["model"]),
             host=str(data["host"]),
-            j_per_prompt_token=num("j_per_prompt_token", "prefill_j_per_token"),
-            j_per_decode_token=num("j_per_decode_token", "decode_j_per_token"),
+            j_per_prompt_token=num("j_per_prompt_token"),
+            j_per_decode_token=num("j_per_decode_token"),
             prefill_w=num("prefill_w"),
             decode_w=num("decode_w"),
             idle_w=num("idle_w"),

@@ -123,7 +123,6 @@ class EnergyMonitor:
         if self.calibration is not None:
             cal = self.calibration.to_dict()
             cal.pop("points", None)
-            cal.pop("bins", None)
             out["calibration"] = cal
         return out
 

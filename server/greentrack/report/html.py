@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from greentrack.report.render import summary_lines
-from greentrack.report.tips import fmt_j, fmt_pct
+from greentrack.report.summary import summary_lines
+from greentrack.units import fmt_energy, fmt_pct
 
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem; color: #1b2a1f;
@@ -40,7 +40,7 @@ def _day_chart(r: dict[str, Any], idx: int) -> str:
              f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="Energy per day">',
              f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" stroke="#889"/>',
-             f'<text x="4" y="{top + 4}">{escape(fmt_j(peak))}</text>',
+             f'<text x="4" y="{top + 4}">{escape(fmt_energy(peak))}</text>',
              f'<text x="4" y="{top + plot_h}">0</text>']
     for i, d in enumerate(days):
         x = left + i * slot + slot * 0.15
@@ -53,12 +53,12 @@ def _day_chart(r: dict[str, Any], idx: int) -> str:
             if h > 0:
                 y -= h
                 parts.append(f'<rect class="{cls}" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}">'
-                             f'<title>{escape(d["date"])}: {escape(fmt_j(d["energy_j"]))}</title></rect>')
+                             f'<title>{escape(d["date"])}: {escape(fmt_energy(d["energy_j"]))}</title></rect>')
         parts.append(f'<text x="{x + w / 2:.1f}" y="{height - 10}" text-anchor="middle">{escape(d["date"][5:])}'
                      "</text>")
         if d["energy_j"] > 0:
             parts.append(f'<text x="{x + w / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle">'
-                         f'{escape(fmt_j(d["energy_j"]))}</text>')
+                         f'{escape(fmt_energy(d["energy_j"]))}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -76,7 +76,7 @@ def _model_chart(r: dict[str, Any], idx: int) -> str:
         w = (width - left - 90) * m["energy_j"] / peak
         parts.append(f'<text x="{left - 6}" y="{y + 15}" text-anchor="end">{escape(m["model"][:30] or "?")}</text>')
         parts.append(f'<rect class="bar-model" x="{left}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}"/>')
-        parts.append(f'<text x="{left + w + 6:.1f}" y="{y + 15}">{escape(fmt_j(m["energy_j"]))} · '
+        parts.append(f'<text x="{left + w + 6:.1f}" y="{y + 15}">{escape(fmt_energy(m["energy_j"]))} · '
                      f'{m["completions"]}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -131,7 +131,7 @@ def render_html(reports: Sequence[dict[str, Any]]) -> str:
                     '<span style="background:#2f8f46"></span>decode</p>')
         body.append(_day_chart(r, idx))
         body.append(_table(["date", "completions", "accepted", "energy"],
-                           [[d["date"], str(d["completions"]), str(d["accepted"]), fmt_j(d["energy_j"])]
+                           [[d["date"], str(d["completions"]), str(d["accepted"]), fmt_energy(d["energy_j"])]
                             for d in r["by_day"]]))
         body.append("<h2>Energy by model</h2>")
         body.append(_model_chart(r, idx))
@@ -139,8 +139,8 @@ def render_html(reports: Sequence[dict[str, Any]]) -> str:
         body.append(_method_chart(r, idx))
         body.append("<h2>By language</h2>")
         body.append(_table(["language", "completions", "accepted", "energy"],
-                           [[x["language_id"] or "?", str(x["completions"]), str(x["accepted"]), fmt_j(x["energy_j"])]
-                            for x in r["by_language"]]))
+                           [[x["language_id"] or "?", str(x["completions"]), str(x["accepted"]),
+                             fmt_energy(x["energy_j"])] for x in r["by_language"]]))
         body.append("<h2>Tips</h2>")
         if r["tips"]:
             body.append('<ul class="tips">' + "".join(f"<li>{escape(t)}</li>" for t in r["tips"]) + "</ul>")

@@ -18,30 +18,12 @@ from rich.table import Table
 from rich.text import Text
 
 from greentrack.errors import UsageError
-from greentrack.report.tips import fmt_j, fmt_pct
+from greentrack.report.html import render_html
+from greentrack.report.summary import summary_lines
 from greentrack.store.schema import EXPORT_COLUMNS
+from greentrack.units import fmt_energy
 
 FORMATS: tuple[str, ...] = ("table", "md", "json", "csv", "html")
-
-
-def fmt_g(grams: float) -> str:
-    """CO2e with a readable unit: ``12.3 mg``, ``4.56 g``, ``7.8 kg``."""
-    a = abs(grams)
-    if a == 0:
-        return "0 g"
-    if a < 1:
-        return f"{grams * 1e3:.3g} mg"
-    if a < 1e3:
-        return f"{grams:.3g} g"
-    return f"{grams / 1e3:.3g} kg"
-
-
-def fmt_opt_j(value: float | None) -> str:
-    return "—" if value is None else fmt_j(value)
-
-
-def fmt_opt_pct(value: float | None) -> str:
-    return "—" if value is None else fmt_pct(value)
 
 
 def render(reports: Sequence[dict[str, Any]], fmt: str, *, rows: Iterable[dict[str, Any]] | None = None,
@@ -57,8 +39,6 @@ def render(reports: Sequence[dict[str, Any]], fmt: str, *, rows: Iterable[dict[s
     if fmt == "csv":
         return render_csv(rows or [])
     if fmt == "html":
-        from greentrack.report.html import render_html
-
         return render_html(reports)
     if fmt == "table":
         console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False,
@@ -111,27 +91,6 @@ def table_renderables(reports: Sequence[dict[str, Any]]) -> list[RenderableType]
     return out
 
 
-def summary_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
-    e = r["energy_j"]
-    ms = r["method_share"]
-    prev = r["previous_week"]
-    lines = [
-        ("Completions", f"{r['completions']} ({r['accepted']} accepted, {fmt_opt_pct(r['acceptance_rate'])})"),
-        ("Energy", f"{fmt_j(e['total'])} (prefill {fmt_j(e['prefill'])}, decode {fmt_j(e['decode'])})"),
-        ("Wasted", f"{fmt_j(e['wasted'])} on suggestions never accepted"),
-        ("Per completion", fmt_opt_j(r["j_per_completion"])),
-        ("Per accepted", fmt_opt_j(r["j_per_accepted"])),
-        ("CO2e", f"{fmt_g(r['co2e_g'])} at {r['carbon_intensity_g_per_kwh']:g} gCO2e/kWh"),
-        ("Method", ", ".join(f"{m} {fmt_pct(ms[m])}" for m in ("measured", "attributed", "estimated"))),
-    ]
-    if prev:
-        lines.append(("Previous week", f"{prev['week']}: {prev['completions']} completions, "
-                                       f"{prev['accepted']} accepted, {fmt_j(prev['energy_j_total'])}"))
-    else:
-        lines.append(("Previous week", "no completions"))
-    return lines
-
-
 def _first_last(r: dict[str, Any]) -> str:
     days = r["by_day"]
     return f"{days[0]['date']} … {days[-1]['date']}" if days else f"{r['from']} … {r['to']}"
@@ -156,7 +115,7 @@ def _day_chart(r: dict[str, Any]) -> Table:
     table.add_column("energy", justify="right")
     table.add_column("", min_width=30)
     for d in r["by_day"]:
-        table.add_row(d["date"], str(d["completions"]), str(d["accepted"]), fmt_j(d["energy_j"]),
+        table.add_row(d["date"], str(d["completions"]), str(d["accepted"]), fmt_energy(d["energy_j"]),
                       Text(_bar(d["energy_j"], peak), style="green"))
     return table
 
@@ -170,7 +129,7 @@ def _breakdown_table(title: str, label: str, items: list[dict[str, Any]], key: s
     table.add_column("energy", justify="right")
     for item in items:
         table.add_row(item[key] or "?", str(item["completions"]), str(item.get("accepted", "")),
-                      fmt_j(item["energy_j"]))
+                      fmt_energy(item["energy_j"]))
     return table
 
 
@@ -194,14 +153,14 @@ def render_md(reports: Sequence[dict[str, Any]]) -> str:
         parts.append("")
         parts.append("## By day\n\n| date | completions | accepted | energy |\n| --- | ---: | ---: | ---: |")
         for d in r["by_day"]:
-            parts.append(f"| {d['date']} | {d['completions']} | {d['accepted']} | {fmt_j(d['energy_j'])} |")
+            parts.append(f"| {d['date']} | {d['completions']} | {d['accepted']} | {fmt_energy(d['energy_j'])} |")
         parts.append("")
         for title, label, key in (("By model", "model", "model"), ("By language", "language", "language_id")):
             items = r["by_model"] if key == "model" else r["by_language"]
             parts.append(f"## {title}\n\n| {label} | completions | accepted | energy |\n| --- | ---: | ---: | ---: |")
             for item in items:
                 parts.append(f"| {_md_escape(item[key] or '?')} | {item['completions']} | {item['accepted']} | "
-                             f"{fmt_j(item['energy_j'])} |")
+                             f"{fmt_energy(item['energy_j'])} |")
             parts.append("")
         parts.append("## Tips\n")
         if r["tips"]:

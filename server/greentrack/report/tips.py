@@ -12,38 +12,17 @@ per-bin energy); Solovyeva & Castor, arXiv 2602.05712 (prefill's share grows wit
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from greentrack.energy.calibration import Calibration
+from greentrack.units import fmt_energy, fmt_pct
 
 if TYPE_CHECKING:
     from greentrack.report.query import Bin, Facts
 
-PREFILL_KEYS = ("prefill_j_per_token", "j_per_prompt_token", "prefill_j_per_prompt_token")
-DECODE_KEYS = ("decode_j_per_token", "j_per_decoded_token", "j_per_output_token", "decode_j_per_decoded_token")
-REQUEST_KEYS = ("j_per_request", "request_j")
 
-
-def fmt_j(energy_j: float) -> str:
-    """Energy with a readable unit and 3 significant digits: ``3.21 J``, ``450 mJ``, ``647 µJ``, ``12.5 kJ``."""
-    a = abs(energy_j)
-    if a == 0:
-        return "0 J"
-    if a < 1e-3:
-        return f"{energy_j * 1e6:.3g} µJ"
-    if a < 1:
-        return f"{energy_j * 1e3:.3g} mJ"
-    if a < 1e3:
-        return f"{energy_j:.3g} J"
-    if a < 1e6:
-        return f"{energy_j / 1e3:.3g} kJ"
-    return f"{energy_j / 1e6:.3g} MJ"
-
-
-def fmt_pct(share: float) -> str:
-    return f"{share * 100:.1f}%"
-
-
-def derive_tips(report: dict[str, Any], facts: Facts, calibrations: Sequence[dict[str, Any]]) -> list[str]:
+def derive_tips(report: dict[str, Any], facts: Facts, calibrations: Sequence[Mapping[str, Any]]) -> list[str]:
     tips: list[str] = []
     total = float(report["energy_j"]["total"])
     if report["completions"] == 0 or total <= 0:
@@ -64,13 +43,13 @@ def _wasted_tip(report: dict[str, Any], facts: Facts) -> str | None:
     kinds = {row["outcome"]: row["completions"] - row["accepted"] for row in report["by_outcome"]}
     parts = [f"{kinds.get('cancelled', 0)} cancelled", f"{kinds.get('shown', 0)} shown but not taken",
              f"{kinds.get('empty', 0)} empty", f"{kinds.get('error', 0)} failed"]
-    tip = (f"{fmt_pct(wasted / total)} of this week's energy ({fmt_j(wasted)}) went to {never} suggestion(s) "
+    tip = (f"{fmt_pct(wasted / total)} of this week's energy ({fmt_energy(wasted)}) went to {never} suggestion(s) "
            f"never accepted ({', '.join(parts)}).")
     useful = [t for t in facts.timing if t.skipped_unaccepted > 0]
     if useful:
         best = max(useful, key=lambda t: t.skipped_unaccepted_j)
         tip += (f" A {best.debounce_ms} ms debounce would have skipped at least {best.skipped_unaccepted} of them, "
-                f"saving ≈{fmt_j(best.skipped_unaccepted_j)} ({fmt_pct(best.skipped_unaccepted_j / total)} of the "
+                f"saving ≈{fmt_energy(best.skipped_unaccepted_j)} ({fmt_pct(best.skipped_unaccepted_j / total)} of the "
                 "week)")
         if best.skipped_accepted:
             tip += f", but also {best.skipped_accepted} suggestion(s) you accepted"
@@ -88,8 +67,9 @@ def _context_tip(report: dict[str, Any], facts: Facts) -> str | None:
     if prefill_j <= 0 or tokens <= 0 or n == 0:
         return None
     per_token_j = prefill_j / tokens
-    tip = (f"Prefill was {fmt_pct(prefill_j / total)} of the energy ({fmt_j(prefill_j)}): {fmt_j(per_token_j)} per "
-           f"prompt token over {tokens:.0f} computed prompt tokens (mean {tokens / n:.0f} per request).")
+    tip = (f"Prefill was {fmt_pct(prefill_j / total)} of the energy ({fmt_energy(prefill_j)}): "
+           f"{fmt_energy(per_token_j)} per prompt token over {tokens:.0f} computed prompt tokens "
+           f"(mean {tokens / n:.0f} per request).")
     beyond: dict[int, float] = defaultdict(float)
     for g in this:
         for cap, t in g.beyond_cap.items():
@@ -100,56 +80,41 @@ def _context_tip(report: dict[str, Any], facts: Facts) -> str | None:
         cap = caps[-1]
         saved_j = beyond[cap] * per_token_j
         tip += (f" Capping the prompt at {cap} tokens would have skipped {beyond[cap]:.0f} of them "
-                f"({fmt_pct(beyond[cap] / tokens)}), ≈{fmt_j(saved_j)} ({fmt_pct(saved_j / total)} of the week) — "
+                f"({fmt_pct(beyond[cap] / tokens)}), ≈{fmt_energy(saved_j)} ({fmt_pct(saved_j / total)} of the week) — "
                 "assuming prefill energy proportional to computed prompt tokens (attention grows faster than that), "
                 "at the cost of the context the model no longer sees.")
     return tip
 
 
-def _first(doc: dict[str, Any], keys: Sequence[str]) -> float | None:
-    for key in keys:
-        value = doc.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
+def calibrated_energy_j(cal: Calibration, in_tokens: int, out_tokens: int) -> float:
+    """One request's energy by a calibration: its measured bin where it has one (same prompt and output length),
+    else its linear fit (J per prompt and per decoded token, plus the fixed per-phase terms)."""
+    for p in cal.points:
+        if p.prompt_tokens == in_tokens and p.output_tokens == out_tokens:
+            return p.prefill_j + p.decode_j
+    return (cal.prefill_fixed_j + cal.j_per_prompt_token * in_tokens
+            + cal.decode_fixed_j + cal.j_per_decode_token * out_tokens)
 
 
-def calibrated_energy_j(cal: dict[str, Any], in_tokens: int, out_tokens: int) -> float | None:
-    """One request's energy by a calibration (``Calibration.to_dict``): its measured bin where it has one,
-    else its linear fit (J per prompt and per decoded token, plus the fixed per-phase terms); None if neither."""
-    bins = cal.get("bins")
-    if isinstance(bins, list):
-        for entry in bins:
-            if (isinstance(entry, dict) and entry.get("input_tokens") == in_tokens
-                    and entry.get("output_tokens") == out_tokens):
-                value = entry.get("energy_j")
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    return float(value)
-    prefill = _first(cal, PREFILL_KEYS)
-    decode = _first(cal, DECODE_KEYS)
-    if prefill is None or decode is None:
-        return None
-    fixed = _first(cal, REQUEST_KEYS)
-    if fixed is None:
-        fixed = (_first(cal, ("prefill_fixed_j",)) or 0.0) + (_first(cal, ("decode_fixed_j",)) or 0.0)
-    return prefill * in_tokens + decode * out_tokens + fixed
+def readable_calibrations(documents: Sequence[Mapping[str, Any]]) -> list[Calibration]:
+    """The stored documents ``Calibration.from_dict`` can read, in their order; malformed ones are left out."""
+    out: list[Calibration] = []
+    for doc in documents:
+        try:
+            out.append(Calibration.from_dict(doc))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
 
 
-def _workload_j(cal: dict[str, Any], bins: Sequence[Bin]) -> float | None:
-    total = 0.0
-    for b in bins:
-        e = calibrated_energy_j(cal, b.in_bin, b.out_bin)
-        if e is None:
-            return None
-        total += b.completions * e
-    return total
+def _workload_j(cal: Calibration, bins: Sequence[Bin]) -> float:
+    return sum(b.completions * calibrated_energy_j(cal, b.in_bin, b.out_bin) for b in bins)
 
 
-def _model_tip(report: dict[str, Any], facts: Facts, calibrations: Sequence[dict[str, Any]]) -> str | None:
-    newest: dict[tuple[str, str], dict[str, Any]] = {}
-    for cal in calibrations:  # newest first
-        key = (str(cal.get("device", "")), str(cal.get("model", "")))
-        newest.setdefault(key, cal)
+def _model_tip(report: dict[str, Any], facts: Facts, calibrations: Sequence[Mapping[str, Any]]) -> str | None:
+    newest: dict[tuple[str, str], Calibration] = {}
+    for cal in readable_calibrations(calibrations):  # newest first
+        newest.setdefault((cal.device, cal.model), cal)
     total = float(report["energy_j"]["total"])
     best: tuple[float, str] | None = None
     used: dict[tuple[str, str], list[Bin]] = defaultdict(list)
@@ -168,14 +133,15 @@ def _model_tip(report: dict[str, Any], facts: Facts, calibrations: Sequence[dict
             if cal_device != device or other == model:
                 continue
             other_j = _workload_j(cal, bins)
-            if other_j is None or other_j >= own_j:
+            if other_j >= own_j:
                 continue
             share = 1 - other_j / own_j
             saved = share * actual_j
-            text = (f"{other} would have used ≈{fmt_pct(share)} less energy than {model} on {device} for this week's "
-                    f"{count} completion(s), ≈{fmt_j(saved)} ({fmt_pct(saved / total)} of the week) — pricing each "
-                    "power-of-two bin of prompt and output length with both models' stored calibrations (the binning "
-                    "of Fernandez et al., ACL 2025); assumes its suggestions would be accepted as often.")
+            text = (f"{other} would have used ≈{fmt_pct(share)} less energy than {model} on {device} for this "
+                    f"week's {count} completion(s), ≈{fmt_energy(saved)} ({fmt_pct(saved / total)} of the week) — "
+                    "pricing each power-of-two bin of prompt and output length with both models' stored "
+                    "calibrations (the binning of Fernandez et al., ACL 2025); assumes its suggestions would be "
+                    "accepted as often.")
             if best is None or saved > best[0]:
                 best = (saved, text)
     return best[1] if best else None
@@ -193,12 +159,13 @@ def _trend_tip(report: dict[str, Any]) -> str | None:
             return None
         change = now / before - 1
         direction = "down" if change < 0 else "up"
-        return (f"Energy per accepted suggestion: {fmt_j(now)}, {direction} {fmt_pct(abs(change))} from "
-                f"{prev['week']} ({fmt_j(before)}); total {fmt_j(now_total)} vs {fmt_j(prev['energy_j_total'])}.")
+        return (f"Energy per accepted suggestion: {fmt_energy(now)}, {direction} {fmt_pct(abs(change))} from "
+                f"{prev['week']} ({fmt_energy(before)}); total {fmt_energy(now_total)} vs "
+                f"{fmt_energy(prev['energy_j_total'])}.")
     before_total = float(prev["energy_j_total"])
     if before_total <= 0:
         return None
     change = now_total / before_total - 1
     direction = "down" if change < 0 else "up"
-    return (f"Total energy {fmt_j(now_total)}, {direction} {fmt_pct(abs(change))} from {prev['week']} "
-            f"({fmt_j(before_total)}).")
+    return (f"Total energy {fmt_energy(now_total)}, {direction} {fmt_pct(abs(change))} from {prev['week']} "
+            f"({fmt_energy(before_total)}).")

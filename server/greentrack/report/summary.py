@@ -1,0 +1,40 @@
+"""The report's headline figures as (label, text) lines, shared by the text formats (table, md) and HTML.
+
+Place in the flow: ``render`` and ``html`` both call ``summary_lines``; numbers are written by ``greentrack.units``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from greentrack.units import fmt_co2e, fmt_energy, fmt_pct
+
+
+def fmt_opt_energy(value: float | None) -> str:
+    return "—" if value is None else fmt_energy(value)
+
+
+def fmt_opt_pct(value: float | None) -> str:
+    return "—" if value is None else fmt_pct(value)
+
+
+def summary_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) for each headline figure of one report (``figures.summarize``'s object)."""
+    e = r["energy_j"]
+    ms = r["method_share"]
+    prev = r["previous_week"]
+    lines = [
+        ("Completions", f"{r['completions']} ({r['accepted']} accepted, {fmt_opt_pct(r['acceptance_rate'])})"),
+        ("Energy", f"{fmt_energy(e['total'])} (prefill {fmt_energy(e['prefill'])}, decode {fmt_energy(e['decode'])})"),
+        ("Wasted", f"{fmt_energy(e['wasted'])} on suggestions never accepted"),
+        ("Per completion", fmt_opt_energy(r["j_per_completion"])),
+        ("Per accepted", fmt_opt_energy(r["j_per_accepted"])),
+        ("CO2e", f"{fmt_co2e(r['co2e_g'])} at {r['carbon_intensity_g_per_kwh']:g} gCO2e/kWh"),
+        ("Method", ", ".join(f"{m} {fmt_pct(ms[m])}" for m in ("measured", "attributed", "estimated"))),
+    ]
+    if prev:
+        lines.append(("Previous week", f"{prev['week']}: {prev['completions']} completions, "
+                                       f"{prev['accepted']} accepted, {fmt_energy(prev['energy_j_total'])}"))
+    else:
+        lines.append(("Previous week", "no completions"))
+    return lines
