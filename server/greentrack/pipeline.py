@@ -25,6 +25,7 @@ from greentrack.errors import BadInput, GreentrackError, StoreError
 from greentrack.record import CompletionRecord, Outcome, co2e_grams
 
 if TYPE_CHECKING:
+    from greentrack.energy.calibration import Calibration
     from greentrack.energy.monitor import EnergyMonitor
     from greentrack.store import Store
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: When phases carry different methods, a record takes the least direct one.
 _METHOD_RANK: dict[Method, int] = {"measured": 0, "attributed": 1, "estimated": 2}
+#: While the database has not answered, the stored calibration is asked for again at most this often (s).
+CALIBRATION_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ class Pipeline:
         self.store = store
         self._generation_lock = threading.Lock()
         self._finalizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="greentrack-energy")
+        #: The stored calibration is still to be read: the database did not answer when the pipeline opened.
+        self.calibration_pending = False
+        self._next_calibration_read_s = 0.0
 
     # -- critical path ------------------------------------------------------------------------------
     def run(self, request: CompletionRequest, cancel: CancelToken) -> EngineResult:
@@ -171,7 +177,35 @@ class Pipeline:
                 )
             except (GreentrackError, sqlite3.Error) as e:
                 log.warning("cannot read today's total: %s", e)
+            self._read_calibration_late()
         return record
+
+    def _read_calibration_late(self) -> None:
+        """Once the database answers, take the stored calibration that could not be read at start: the monitor
+        is opened again with it (from the next completion on), as ``open_pipeline`` would have."""
+        if not self.calibration_pending or self.store is None:
+            return
+        now = time.monotonic()
+        if now < self._next_calibration_read_s:
+            return
+        self._next_calibration_read_s = now + CALIBRATION_RETRY_S
+        calibration, answered = read_stored_calibration(self.store, self.backend)
+        if not answered:
+            return
+        self.calibration_pending = False
+        if calibration is None:
+            return
+        from greentrack.energy.monitor import open_monitor
+
+        try:
+            monitor = open_monitor(self.backend.device, gpu_indices=_gpu_indices(self.backend.device),
+                                   calibration=calibration)
+        except GreentrackError as e:
+            log.warning("cannot use the stored calibration: %s", e)
+            return
+        old, self.monitor = self.monitor, monitor
+        old.close()
+        log.info("stored calibration read now that the database answers; energy: %s", monitor.meter_name)
 
     def finalize_later(
         self,
@@ -218,28 +252,48 @@ def open_store(settings: Settings) -> Store:
 
 
 def open_pipeline(settings: Settings, *, store: Store | None = None, strict_device: bool = False) -> Pipeline:
-    """Load the model, start the energy monitor (calibrated when a calibration exists), open the store."""
-    from greentrack.energy.calibration import Calibration
+    """Load the model, start the energy monitor (calibrated when a calibration exists), open the store.
+
+    Whatever the database's state (locked, read-only, on a full disk), the model loads and serves: rows spool
+    and the calibration is read when the database answers (``Pipeline._read_calibration_late``).
+    """
     from greentrack.energy.monitor import open_monitor
     from greentrack.engine.factory import open_backend
 
     if store is None:
         try:
-            store = open_store(settings)
+            store = open_store(settings)  # opens whatever the file's state, unless it is not ours
         except OSError as e:
             raise StoreError(f"cannot open the database {settings.db_path}: {e}") from e
     backend = open_backend(settings)
-    calibration = None
-    try:
-        stored = store.latest_calibration(host=host_name(), device=backend.device, model=backend.model_id)
-        calibration = Calibration.from_dict(stored) if stored else None
-    except (GreentrackError, KeyError, TypeError, ValueError) as e:
-        log.warning("ignoring the stored calibration: %s", e)
+    calibration, answered = read_stored_calibration(store, backend)
     gpu_indices = _gpu_indices(backend.device)
     monitor = open_monitor(
         backend.device, gpu_indices=gpu_indices, calibration=calibration, strict=strict_device
     )
-    return Pipeline(settings, backend, monitor, store)
+    pipeline = Pipeline(settings, backend, monitor, store)
+    pipeline.calibration_pending = not answered
+    return pipeline
+
+
+def read_stored_calibration(store: Store, backend: CompletionBackend) -> tuple[Calibration | None, bool]:
+    """(the newest stored calibration of this host, device and model or None, whether the database answered).
+
+    A database that does not answer (locked, unreadable) is no reason not to serve: the caller asks again later.
+    A malformed calibration is ignored.
+    """
+    from greentrack.energy.calibration import Calibration
+
+    try:
+        stored = store.latest_calibration(host=host_name(), device=backend.device, model=backend.model_id)
+    except (GreentrackError, sqlite3.Error) as e:
+        log.warning("the stored calibration cannot be read now (%s); it will be read when the database answers", e)
+        return None, False
+    try:
+        return (Calibration.from_dict(stored) if stored else None), True
+    except (GreentrackError, KeyError, TypeError, ValueError) as e:
+        log.warning("ignoring the stored calibration: %s", e)
+        return None, True
 
 
 def _gpu_indices(device: str) -> list[int] | None:

@@ -76,6 +76,9 @@ class CompletionRecord:
     today_j: float | None = field(default=None, metadata=NOT_STORED)
     #: Only filled when the user opted in to storing source text (``GREENTRACK_STORE_TEXT=1``).
     text: str | None = None
+    #: The server's URL for a completion an editor got from a remote ``greentrack serve`` and mirrored into its
+    #: local database; None for a completion made in this process.
+    served_by: str | None = None
 
     def energy_fields(self) -> dict[str, Any]:
         """The ``greentrack/energy`` notification's params."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.store.frozen import V1_SQL, make_v1_file
 from tests.store.store_records import make_record
 
 from greentrack.errors import StoreError
@@ -41,7 +42,7 @@ def test_new_file_is_private_whatever_the_umask(tmp_path: Path, umask: int) -> N
 def test_wal_version_and_roundtrip(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     with Store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         assert store.db.journal_mode == "wal"
         assert store.path == path
         rec = make_record(1, ts="2026-11-18T11:00:00+01:00", text="secret")
@@ -59,7 +60,7 @@ def test_wal_version_and_roundtrip(tmp_path: Path) -> None:
         assert raw.execute("SELECT text FROM completions").fetchone() == ("secret",)
 
 
-def test_accept_outcome_and_filters(tmp_path: Path) -> None:
+def test_accept_and_filters(tmp_path: Path) -> None:
     with Store(tmp_path / "g.db") as store:
         store.record(make_record(1, developer="a"))
         store.record(make_record(2, developer="b"))
@@ -67,12 +68,9 @@ def test_accept_outcome_and_filters(tmp_path: Path) -> None:
         assert store.mark_accepted("c000001", "2026-11-18T12:00:00Z") is True
         assert store.mark_accepted("c000001", "2026-11-18T13:00:00Z") is True  # first time is kept
         assert store.mark_accepted("nope") is False
-        assert store.update_outcome("c000002", "cancelled") is True
-        assert store.update_outcome("nope", "cancelled") is False
         rows = {r["completion_id"]: r for r in store.completions()}
         assert rows["c000001"]["accepted"] == 1
         assert rows["c000001"]["accepted_ts"] == "2026-11-18T12:00:00.000000+00:00"
-        assert rows["c000002"]["outcome"] == "cancelled"
         assert [r["completion_id"] for r in store.completions(developer="a")] == ["c000001", "c000003"]
         assert [r["completion_id"] for r in store.completions(since_ts="2026-11-18T10:00:02Z")] == [
             "c000002", "c000003"]
@@ -132,30 +130,6 @@ def test_eight_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
     assert not Spool(path).pending()  # everything went straight in, nothing was parked
 
 
-V1_SQL = """
-CREATE TABLE [completions] (
-   [completion_id] TEXT PRIMARY KEY NOT NULL, [uri] TEXT, [language_id] TEXT, [model] TEXT, [backend] TEXT,
-   [device] TEXT, [prompt_tokens] INTEGER, [reused_prompt_tokens] INTEGER, [completion_tokens] INTEGER,
-   [prefill_ms] FLOAT, [decode_ms] FLOAT, [latency_ms] FLOAT, [prefill_j] FLOAT, [decode_j] FLOAT,
-   [total_j] FLOAT, [method] TEXT, [meter] TEXT, [uncertainty_j] FLOAT, [co2e_g] FLOAT, [outcome] TEXT,
-   [ts] TEXT NOT NULL, [developer] TEXT NOT NULL DEFAULT '', [accepted] INTEGER NOT NULL DEFAULT 0,
-   [accepted_ts] TEXT, [text] TEXT
-);
-PRAGMA user_version = 1;
-"""
-
-
-def make_v1_file(path: Path, n: int) -> None:
-    """A version-1 database written by hand, as greentrack 0.1 left it (rollback journal, no indexes)."""
-    conn = sqlite3.connect(path)
-    conn.executescript(V1_SQL)
-    for i in range(n):
-        row = make_record(i).row()
-        conn.execute(f"INSERT INTO completions VALUES ({', '.join('?' * len(row))})", list(row.values()))
-    conn.commit()
-    conn.close()
-
-
 def test_migration_from_previous_version(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     make_v1_file(path, 5)
@@ -170,45 +144,6 @@ def test_migration_from_previous_version(tmp_path: Path) -> None:
         store.save_calibration({"host": "h", "device": "cpu", "model": "m"})
     with Store(path) as again:  # reopening a migrated file is a no-op
         assert again.schema_version == SCHEMA_VERSION and again.count() == 6
-
-
-V2_SQL = """
-CREATE TABLE [calibrations] ([id] INTEGER PRIMARY KEY, [ts] TEXT NOT NULL, [host] TEXT NOT NULL,
-   [device] TEXT NOT NULL, [model] TEXT NOT NULL, [data] TEXT);
-CREATE INDEX [idx_calibrations_host_device_model_ts] ON [calibrations] ([host], [device], [model], [ts]);
-CREATE INDEX [idx_completions_ts] ON [completions] ([ts]);
-CREATE INDEX [idx_completions_developer_ts] ON [completions] ([developer], [ts]);
-PRAGMA user_version = 2;
-"""
-
-
-def test_migration_from_version_n_minus_1_backfills_gaps(tmp_path: Path) -> None:
-    """Version 2 → 3: the column ``next_gap_ms`` appears, filled for the rows already there."""
-    path = tmp_path / "v2.db"
-    make_v1_file(path, 0)
-    conn = sqlite3.connect(path)
-    conn.executescript(V2_SQL)
-    rows = [
-        make_record(1, ts="2026-11-18T10:00:00.000+00:00", latency_ms=100.0),
-        make_record(2, ts="2026-11-18T10:00:00.400+00:00", latency_ms=50.0),  # starts 450 ms after 1
-        make_record(3, ts="2026-11-18T10:00:05.000+00:00", latency_ms=50.0, uri="file:///w/other.py"),
-        make_record(4, ts="2026-11-18T10:00:09.000+00:00", latency_ms=0.0),  # 8.6 s after 2
-    ]
-    for rec in rows:
-        row = rec.row()
-        row["ts"] = row["ts"].replace("+00:00", "000+00:00")
-        conn.execute(f"INSERT INTO completions VALUES ({', '.join('?' * len(row))})", list(row.values()))
-    conn.execute("INSERT INTO calibrations (ts, host, device, model, data) "
-                 "VALUES ('2026-11-01', 'h', 'cpu', 'm', '{}')")
-    conn.commit()
-    conn.close()
-    with Store(path) as store:
-        assert store.schema_version == 3
-        gaps = {r["completion_id"]: r["next_gap_ms"] for r in store.completions()}
-        assert store.latest_calibration(host="h", device="cpu", model="m") == {}
-    assert gaps["c000001"] == pytest.approx(450.0, abs=0.1)
-    assert gaps["c000002"] == pytest.approx(8650.0, abs=0.1)
-    assert gaps["c000003"] is None and gaps["c000004"] is None
 
 
 def test_gaps_are_kept_when_rows_arrive_out_of_order(tmp_path: Path) -> None:
@@ -228,16 +163,13 @@ def test_failed_migration_leaves_the_old_version(tmp_path: Path, monkeypatch: py
 
     path = tmp_path / "old.db"
     make_v1_file(path, 2)
-
-    def broken(db: object) -> None:
-        raise sqlite3.OperationalError("simulated failure")
-
-    monkeypatch.setitem(schema.MIGRATIONS, 2, broken)
+    monkeypatch.setitem(schema.MIGRATIONS, 3, ("SELECT no_such_column FROM completions",))
     with pytest.raises(StoreError, match="cannot migrate"):
         Store(path)
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA user_version").fetchone() == (1,)
         assert raw.execute("SELECT count(*) FROM completions").fetchone() == (2,)
+        assert "calibrations" not in {r[0] for r in raw.execute("SELECT name FROM sqlite_master")}  # v2 undone
 
 
 def _snapshot(path: Path) -> tuple[bytes, int, set[str]]:
@@ -316,12 +248,11 @@ def test_spool_is_replayed_on_next_open(tmp_path: Path) -> None:
     with Store(path, busy_timeout_s=0.05, retries=0) as store:
         store.record(make_record(1))
         assert store.mark_accepted("c000001") is True  # not in the DB, but in the spool
-        assert store.update_outcome("c000001", "cancelled") is True
     blocker.execute("ROLLBACK")
     blocker.close()
     with Store(path) as store:
         rows = list(store.completions())
-    assert len(rows) == 1 and rows[0]["accepted"] == 1 and rows[0]["outcome"] == "cancelled"
+    assert len(rows) == 1 and rows[0]["accepted"] == 1
     assert not Spool(path).pending()
 
 

@@ -1,8 +1,11 @@
 """The spool: where writes go while the database cannot take them, so a logged completion is never lost.
 
-Place in the flow: ``Store.record`` (and ``mark_accepted``/``update_outcome``) append one JSON line here when the
-database stays locked past its retries, is read-only, or the disk is full; the next ``Store`` that opens the
-database writably, or the next successful ``record``, replays the lines in order and empties the file.
+Place in the flow: ``Store.record`` (and ``mark_accepted``/``record_idle``) append one JSON line here whenever the
+row does not reach the database, whatever the reason (locked past its retries, read-only, disk full, not
+answering when the server started, a value SQLite refuses); the next ``Store`` that opens the database writably,
+or the next successful write, replays the lines in order and empties the file. An entry the database refuses
+for good (not for lack of room or a lock) is moved to ``<spool>.rejected.jsonl`` beside it, for a person to read,
+so it never blocks the entries after it.
 
 The spool lives next to the database (``<db>.spool.jsonl``) where that folder is writable, else in
 ``$XDG_STATE_HOME/greentrack/`` (``~/.local/state``) under a name derived from the database path. Several server
@@ -50,14 +53,14 @@ def _locked(path: Path, flags: int) -> Iterator[IO[str]]:
 
 
 class Spool:
-    """The JSON-lines spool of one database. Each line: ``{"op": "record"|"accept"|"outcome", ...}``."""
+    """The JSON-lines spool of one database. Each line: ``{"op": "record"|"accept"|"idle", ...}``."""
 
     def __init__(self, db_path: Path) -> None:
         self.candidates = spool_candidates(db_path)
 
     def append(self, entry: dict[str, Any]) -> Path:
         """Append one entry to the first writable candidate; returns where. Raises ``StoreError`` if none is."""
-        line = json.dumps(entry, sort_keys=True) + "\n"
+        line = json.dumps(entry, sort_keys=True, default=str) + "\n"
         errors: list[str] = []
         for path in self.candidates:
             try:
@@ -84,8 +87,9 @@ class Spool:
                 out.extend(_parse(path.read_text(encoding="utf-8")))
         return out
 
-    def replay(self, apply: Callable[[list[dict[str, Any]]], None]) -> int:
-        """Hand every spooled entry to ``apply`` (which writes them in one transaction), then empty the file.
+    def replay(self, apply: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> int:
+        """Hand every spooled entry to ``apply`` (which writes them in one transaction and returns those the
+        database refused for good), keep the refused ones in ``rejected_path``, then empty the file.
 
         If ``apply`` raises, the file is left as it was and the error propagates. Returns the entry count.
         """
@@ -97,13 +101,28 @@ class Spool:
                 with _locked(path, os.O_RDWR) as fh:
                     entries = _parse(fh.read())
                     if entries:
-                        apply(entries)
+                        rejected = apply(entries)
+                        if rejected:
+                            _append_lines(rejected_path(path), rejected)
                     fh.seek(0)
                     fh.truncate()
                     done += len(entries)
             except FileNotFoundError:
                 continue
         return done
+
+
+def rejected_path(spool_path: Path) -> Path:
+    """Where entries the database refused for good are kept (``<db>.spool.rejected.jsonl``)."""
+    return spool_path.with_name(spool_path.name.removesuffix(".jsonl") + ".rejected.jsonl")
+
+
+def _append_lines(path: Path, entries: list[dict[str, Any]]) -> None:
+    with _locked(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND) as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write("".join(json.dumps(e, sort_keys=True, default=str) + "\n" for e in entries))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _size(path: Path) -> int:
