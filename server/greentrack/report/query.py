@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.errors import StoreError, UsageError
-from greentrack.store import Store
+from greentrack.store import Store, inspect_file
 from greentrack.store.schema import EXPORT_COLUMNS
 from greentrack.store.store import ro_uri
 
@@ -56,14 +56,12 @@ def expand_paths(paths: Sequence[Path]) -> list[Path]:
 
 
 def prepare_file(path: Path) -> None:
-    """Validate ``path`` as ours, migrating it and replaying its spool when it is writable.
-
-    A file that cannot be written (read-only copy of a teammate's database) is only validated.
+    """Validate ``path`` as ours (nothing is written to a file that is not), then migrate it and replay its spool
+    when it is writable. A file that cannot be written (a teammate's copy on a read-only share) is only validated.
     """
-    try:
+    inspect_file(path)  # the clear error for corrupt, foreign, newer or locked files
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
         Store(path).close()
-    except StoreError:
-        Store(path, readonly=True).close()  # raises the clear error for corrupt or foreign files
 
 
 @dataclass(frozen=True)
@@ -124,47 +122,52 @@ AGG_KEYS: tuple[tuple[str, str], ...] = (
 )
 
 
+def upsert_sums_sql(
+    src: str, rng: Range, *, table: str, keys: Sequence[tuple[str, str]], values: Sequence[tuple[str, str]],
+    params: dict[str, Any] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Sums of ``values`` per group of ``keys`` (each a ``(name, per-row expression)``) over the rows of ``src`` in
+    ``rng``, as statements: (re)create a temporary table keyed by the group, fill it with one ``INSERT … ON
+    CONFLICT DO UPDATE`` pass over the rows (a tree lookup per row into the small table, no sort of the whole
+    range), read it. ``params``: those the expressions already use. The last statement's columns are the names.
+    """
+    params = dict(params or {})
+    where = rng.where(params)
+    key_names = ", ".join(k for k, _ in keys)
+    value_names = [v for v, _ in values]
+    columns = f"{key_names}, {', '.join(value_names)}"
+    create = f"CREATE TEMP TABLE {table} ({columns}, PRIMARY KEY ({key_names})) WITHOUT ROWID"
+    insert = (
+        f"INSERT INTO {table} ({columns}) "
+        f"SELECT {', '.join(e for _, e in keys)}, {', '.join(e for _, e in values)} "
+        f"FROM {src} WHERE {where} "
+        f"ON CONFLICT DO UPDATE SET {', '.join(f'{v} = {v} + excluded.{v}' for v in value_names)}"
+    )
+    return [(f"DROP TABLE IF EXISTS temp.{table}", {}), (create, {}), (insert, params),
+            (f"SELECT {columns} FROM {table}", {})]
+
+
 def aggregate_sql(
     src: str, rng: Range, boundaries: Sequence[str], *, table: str = "agg"
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Sums per developer, local day, model, language, method, acceptance and outcome, as statements:
-    (re)create a temporary table keyed by the group, fill it with one ``INSERT … ON CONFLICT DO UPDATE`` pass
-    over the rows (a tree lookup per row into the small table, no sort of the whole range), read it.
+    """Sums per developer, local day, model, language, method, acceptance and outcome (``upsert_sums_sql``).
 
     Also summed: computed prompt tokens (and those beyond each of ``CONTEXT_CAPS``) and, for the debounce tip,
     the rows whose ``next_gap_ms`` is under each of ``DEBOUNCE_CANDIDATES_MS`` and their energy.
     """
     params: dict[str, Any] = {}
-    where = rng.where(params)
     day = day_index_sql(boundaries, params)
-    keys = [("day", day), *AGG_KEYS]
-    key_names = ", ".join(k for k, _ in keys)
-    value_names = [v for v, _ in AGG_VALUES]
-    create = (f"CREATE TEMP TABLE {table} ({key_names}, {', '.join(value_names)}, "
-              f"PRIMARY KEY ({key_names})) WITHOUT ROWID")
-    insert = (
-        f"INSERT INTO {table} ({key_names}, {', '.join(value_names)}) "
-        f"SELECT {', '.join(e for _, e in keys)}, {', '.join(e for _, e in AGG_VALUES)} "
-        f"FROM {src} WHERE {where} "
-        f"ON CONFLICT DO UPDATE SET {', '.join(f'{v} = {v} + excluded.{v}' for v in value_names)}"
-    )
-    select = f"SELECT {key_names}, {', '.join(value_names)} FROM {table}"
-    return [(f"DROP TABLE IF EXISTS temp.{table}", {}), (create, {}), (insert, params), (select, {})]
+    return upsert_sums_sql(src, rng, table=table, keys=[("day", day), *AGG_KEYS], values=AGG_VALUES, params=params)
+
+
+#: The week before: completions and energy per developer and acceptance.
+PREVIOUS_KEYS: tuple[tuple[str, str], ...] = (("developer", "developer"), ("accepted", "COALESCE(accepted, 0)"))
+COUNT_AND_ENERGY: tuple[tuple[str, str], ...] = (("n", "1"), ("total_j", "COALESCE(total_j, 0)"))
 
 
 def previous_sql(src: str, rng: Range, *, table: str = "prev") -> list[tuple[str, dict[str, Any]]]:
-    """The week before: completions and energy per developer and acceptance (same upsert pass, two keys)."""
-    params: dict[str, Any] = {}
-    where = rng.where(params)
-    return [
-        (f"DROP TABLE IF EXISTS temp.{table}", {}),
-        (f"CREATE TEMP TABLE {table} (developer, accepted, n, total_j, PRIMARY KEY (developer, accepted)) "
-         "WITHOUT ROWID", {}),
-        (f"INSERT INTO {table} (developer, accepted, n, total_j) "
-         f"SELECT developer, COALESCE(accepted, 0), 1, COALESCE(total_j, 0) FROM {src} WHERE {where} "
-         "ON CONFLICT DO UPDATE SET n = n + 1, total_j = total_j + excluded.total_j", params),
-        (f"SELECT developer, accepted, n, total_j FROM {table}", {}),
-    ]
+    """The week before: completions and energy per developer and acceptance (``upsert_sums_sql``)."""
+    return upsert_sums_sql(src, rng, table=table, keys=PREVIOUS_KEYS, values=COUNT_AND_ENERGY)
 
 
 def _bin_case(column: str, bins: Sequence[int]) -> str:
@@ -172,22 +175,19 @@ def _bin_case(column: str, bins: Sequence[int]) -> str:
     return f"CASE {' '.join(parts)} ELSE {bins[-1]} END"
 
 
+BIN_KEYS: tuple[tuple[str, str], ...] = (
+    ("developer", "developer"),
+    ("model", "COALESCE(model, '')"),
+    ("device", "COALESCE(device, '')"),
+    ("in_bin", _bin_case("COALESCE(prompt_tokens, 0)", INPUT_BINS)),
+    ("out_bin", _bin_case("COALESCE(completion_tokens, 0)", OUTPUT_BINS)),
+)
+
+
 def bins_sql(src: str, rng: Range, *, table: str = "bins") -> list[tuple[str, dict[str, Any]]]:
     """Per developer, model and device: completions and energy per power-of-two bin of input/output length
-    (the same upsert pass as ``aggregate_sql``)."""
-    params: dict[str, Any] = {}
-    where = rng.where(params)
-    keys = ("developer, COALESCE(model, ''), COALESCE(device, ''), "
-            f"{_bin_case('COALESCE(prompt_tokens, 0)', INPUT_BINS)}, "
-            f"{_bin_case('COALESCE(completion_tokens, 0)', OUTPUT_BINS)}")
-    return [
-        (f"DROP TABLE IF EXISTS temp.{table}", {}),
-        (f"CREATE TEMP TABLE {table} (developer, model, device, in_bin, out_bin, n, total_j, "
-         "PRIMARY KEY (developer, model, device, in_bin, out_bin)) WITHOUT ROWID", {}),
-        (f"INSERT INTO {table} SELECT {keys}, 1, COALESCE(total_j, 0) FROM {src} WHERE {where} "
-         "ON CONFLICT DO UPDATE SET n = n + 1, total_j = total_j + excluded.total_j", params),
-        (f"SELECT developer, model, device, in_bin, out_bin, n, total_j FROM {table}", {}),
-    ]
+    (``upsert_sums_sql``)."""
+    return upsert_sums_sql(src, rng, table=table, keys=BIN_KEYS, values=COUNT_AND_ENERGY)
 
 
 def rows_sql(src: str, rng: Range) -> tuple[str, dict[str, Any]]:
@@ -262,6 +262,19 @@ class Facts:
             acc = [g.superseded_within.get(d, (0, 0.0)) for g in this if g.accepted]
             out.append(Timing(d, sum(n for n, _ in un), sum(j for _, j in un), sum(n for n, _ in acc)))
         return out
+
+
+def group_of(row: dict[str, Any]) -> Group:
+    """A ``Group`` from one row of ``aggregate_sql``, by column name."""
+    return Group(
+        developer=str(row["developer"]), day=int(row["day"]), model=str(row["model"]),
+        language_id=str(row["language_id"]), method=str(row["method"]), accepted=int(row["accepted"] or 0),
+        outcome=str(row["outcome"]), completions=int(row["n"]), total_j=float(row["total_j"]),
+        prefill_j=float(row["prefill_j"]), decode_j=float(row["decode_j"]),
+        computed_prompt_tokens=float(row["computed_tokens"]),
+        beyond_cap={cap: float(row[f"beyond_{cap}"]) for cap in CONTEXT_CAPS},
+        superseded_within={d: (int(row[f"gap{d}_n"]), float(row[f"gap{d}_j"])) for d in DEBOUNCE_CANDIDATES_MS},
+    )
 
 
 def needs_bins(calibrations: Sequence[dict[str, Any]]) -> bool:
@@ -360,13 +373,6 @@ class Source:
                     self.conn.execute("DETACH DATABASE s0")
         self.table = "temp.merged"
 
-    def run(self, built: tuple[str, dict[str, Any]]) -> list[tuple[Any, ...]]:
-        sql, params = built
-        try:
-            return self.conn.execute(sql, params).fetchall()
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot read the completions: {e}") from e
-
     def iter_rows(self, rng: Range) -> Iterator[dict[str, Any]]:
         sql, params = rows_sql(self.table, rng)
         cur = self.conn.execute(sql, params)
@@ -385,13 +391,17 @@ class Source:
         conn.execute(f"PRAGMA s0.mmap_size = {MMAP_BYTES}")
         return conn
 
-    def _aggregate(self, conn: sqlite3.Connection, rng: Range, boundaries: Sequence[str], table: str
-                   ) -> list[tuple[Any, ...]]:
-        statements = aggregate_sql(self.table, rng, boundaries, table=table)
+    def sums(self, statements: Sequence[tuple[str, dict[str, Any]]], conn: sqlite3.Connection | None = None
+             ) -> list[dict[str, Any]]:
+        """Run the statements of ``upsert_sums_sql`` (on ``conn``, default the source's own); the last one's rows,
+        by column name."""
+        conn = conn or self.conn
         try:
             for sql, params in statements[:-1]:
                 conn.execute(sql, params)
-            return conn.execute(*statements[-1]).fetchall()
+            cur = conn.execute(*statements[-1])
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur]
         except sqlite3.Error as e:
             raise StoreError(f"cannot read the completions: {e}") from e
 
@@ -408,17 +418,17 @@ class Source:
         workers = max(1, min(threads or _idle_cpus(), 2, len(boundaries) - 1))
         if self.table != "s0.completions":
             workers = 1
-        raw: list[tuple[Any, ...]] = []
+        raw: list[dict[str, Any]] = []
         if workers == 1:
-            raw = self._aggregate(self.conn, this_week, boundaries, "agg")
+            raw = self.sums(aggregate_sql(self.table, this_week, boundaries, table="agg"))
         else:
             cut = [round(i * (len(boundaries) - 1) / workers) for i in range(workers + 1)]
             parts = [Range(boundaries[cut[i]], boundaries[cut[i + 1]], this_week.developers) for i in range(workers)]
 
-            def work(k: int) -> list[tuple[Any, ...]]:
+            def work(k: int) -> list[dict[str, Any]]:
                 conn = self._attach_copy()
                 try:
-                    return self._aggregate(conn, parts[k], boundaries, f"agg{k}")
+                    return self.sums(aggregate_sql(self.table, parts[k], boundaries, table=f"agg{k}"), conn)
                 finally:
                     conn.close()
 
@@ -426,30 +436,17 @@ class Source:
                 for rows in pool.map(work, range(workers)):
                     raw.extend(rows)
         by_dev: dict[str, Facts] = {}
-        nk = 1 + len(AGG_KEYS)
-        names = [v for v, _ in AGG_VALUES]
         for r in raw:
-            v = dict(zip(names, r[nk:], strict=True))
-            g = Group(
-                str(r[1]), int(r[0]), str(r[2]), str(r[3]), str(r[4]), int(r[5] or 0), str(r[6]),
-                int(v["n"]), float(v["total_j"]), float(v["prefill_j"]), float(v["decode_j"]),
-                float(v["computed_tokens"]),
-                {cap: float(v[f"beyond_{cap}"]) for cap in CONTEXT_CAPS},
-                {d: (int(v[f"gap{d}_n"]), float(v[f"gap{d}_j"])) for d in DEBOUNCE_CANDIDATES_MS},
-            )
+            g = group_of(r)
             by_dev.setdefault(g.developer, Facts()).groups.append(g)
-        statements = previous_sql(self.table, previous_week)
-        for built in statements[:-1]:
-            self.run(built)
-        for r in self.run(statements[-1]):
-            by_dev.setdefault(str(r[0]), Facts()).previous.append((int(r[1] or 0), int(r[2]), float(r[3])))
+        for r in self.sums(previous_sql(self.table, previous_week)):
+            by_dev.setdefault(str(r["developer"]), Facts()).previous.append(
+                (int(r["accepted"] or 0), int(r["n"]), float(r["total_j"])))
         if with_bins:
-            statements = bins_sql(self.table, this_week)
-            for built in statements[:-1]:
-                self.run(built)
-            for r in self.run(statements[-1]):
-                b = Bin(str(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]))
-                by_dev.setdefault(str(r[0]), Facts()).bins.append(b)
+            for r in self.sums(bins_sql(self.table, this_week)):
+                b = Bin(model=str(r["model"]), device=str(r["device"]), in_bin=int(r["in_bin"]),
+                        out_bin=int(r["out_bin"]), completions=int(r["n"]), total_j=float(r["total_j"]))
+                by_dev.setdefault(str(r["developer"]), Facts()).bins.append(b)
         return by_dev
 
 
