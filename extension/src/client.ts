@@ -1,8 +1,13 @@
 /**
  * Starts, stops and restarts the language client (`<python> -m greentrack lsp` over stdio).
  * Start/stop run one at a time; restart requests that arrive while one is waiting share it, so a burst
- * of setting changes restarts the server once. The server's notifications go to the status bar.
+ * of setting changes restarts the server once. The server's notifications go to the status bar; its stderr
+ * goes to the output channel line by line, each at its own level (stderr.ts: progress is info, not error).
+ * With `GREENTRACK_DEBUGPY=host:port` in the environment (.vscode/launch.json's "Extension + server") the
+ * server runs under `python -m debugpy --connect host:port`, so the Python debugger listening there attaches.
  */
+import * as readline from 'node:readline';
+import type { Readable } from 'node:stream';
 import * as vscode from 'vscode';
 import {
   LanguageClient,
@@ -14,6 +19,7 @@ import {
 import { ENERGY_NOTIFICATION, EnergyParams, STATUS_NOTIFICATION, StatusParams } from './protocol';
 import { PythonNotFoundError, Resolved, resolvePython } from './python';
 import { SerialRunner } from './serial';
+import { StderrLine, StderrLines } from './stderr';
 import { getSettings, LANGUAGES, SECTION, serverOptions } from './settings';
 import type { EnergyStatusBar } from './statusBar';
 
@@ -81,9 +87,13 @@ export class ServerManager implements vscode.Disposable {
     this.channel.info(`starting: ${resolved.python} -m greentrack lsp (greentrack ${resolved.version}, from ${resolved.source})`);
 
     const cwd = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
+    const debugpy = process.env.GREENTRACK_DEBUGPY?.trim();
+    if (debugpy) {
+      this.channel.info(`GREENTRACK_DEBUGPY: the server connects to the Python debugger at ${debugpy}`);
+    }
     const server: ServerOptions = {
       command: resolved.python,
-      args: ['-m', 'greentrack', 'lsp'],
+      args: [...(debugpy ? ['-m', 'debugpy', '--connect', debugpy] : []), '-m', 'greentrack', 'lsp'],
       // No `transport`: stdio without the `--stdio` argument vscode-languageclient would append.
       // The extension host's environment (GREENTRACK_DB, GREENTRACK_DEVELOPER, ...) applies to the server.
       options: { env: { ...process.env, PYTHONUNBUFFERED: '1' }, ...(cwd ? { cwd } : {}) },
@@ -98,6 +108,7 @@ export class ServerManager implements vscode.Disposable {
       outputChannel: this.channel,
       traceOutputChannel: this.channel,
       revealOutputChannelOn: RevealOutputChannelOn.Never,
+      stdioOptions: { stdout: pipeLines, stderr: pipeStderr },
       middleware: {
         provideInlineCompletionItems: (document, position, context, token, next) =>
           getSettings(document.uri).enabled ? next(document, position, context, token) : null,
@@ -168,6 +179,20 @@ export class ServerManager implements vscode.Disposable {
     this.disposed = true;
     void this.stop();
   }
+}
+
+/** Lines of a stream the server does not speak LSP on, as info. */
+function pipeLines(input: Readable, channel: vscode.LogOutputChannel): void {
+  readline.createInterface({ input, crlfDelay: Infinity, terminal: false }).on('line', (line) => channel.info(line));
+}
+
+/** The server's stderr, each line at its level (progress and model loading are info; see stderr.ts). */
+function pipeStderr(input: Readable, channel: vscode.LogOutputChannel): void {
+  const lines = new StderrLines();
+  const write = (line: StderrLine): void => channel[line.level](line.text);
+  input.setEncoding('utf8');
+  input.on('data', (chunk: string) => lines.push(chunk).forEach(write));
+  input.on('end', () => lines.flush().forEach(write));
 }
 
 /** The README's set-up section, rendered (it ships in the .vsix, where vsce names it readme.md). */

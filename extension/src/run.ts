@@ -1,9 +1,11 @@
 /**
  * Runs one `greentrack` command-line command (`<python> -m greentrack ...`) for the commands palette,
- * its output streamed to the output channel, cancellable.
+ * its output streamed to the output channel line by line (stdout as info, stderr at each line's level:
+ * model loading progress is info, errors are errors; see stderr.ts), cancellable.
  */
 import * as cp from 'node:child_process';
 import * as vscode from 'vscode';
+import { StderrLine, StderrLines } from './stderr';
 
 export interface RunResult {
   code: number | null;
@@ -27,28 +29,29 @@ export function runGreentrack(
     const child = cp.spawn(python, full, { env, ...(cwd ? { cwd } : {}) });
     let stdout = '';
     let stderr = '';
-    const lines = (chunk: string, sink: (l: string) => void): void => {
-      for (const line of chunk.split(/\r?\n/)) {
-        if (line.trim()) {
-          sink(line);
-        }
+    let stdoutRest = ''; // a line not finished in this chunk
+    const stdoutLine = (line: string): void => {
+      if (line.trim()) {
+        channel.info(line);
+        onLine?.(line);
       }
+    };
+    const stderrLines = new StderrLines();
+    const stderrLine = (line: StderrLine): void => {
+      channel[line.level](line.text);
+      onLine?.(line.text);
     };
     child.stdout.setEncoding('utf8');
     child.stderr.setEncoding('utf8');
     child.stdout.on('data', (d: string) => {
       stdout += d;
-      lines(d, (l) => {
-        channel.info(l);
-        onLine?.(l);
-      });
+      const parts = (stdoutRest + d).split(/\r?\n/);
+      stdoutRest = parts.pop() ?? '';
+      parts.forEach(stdoutLine);
     });
     child.stderr.on('data', (d: string) => {
       stderr += d;
-      lines(d, (l) => {
-        channel.warn(l);
-        onLine?.(l);
-      });
+      stderrLines.push(d).forEach(stderrLine);
     });
     const cancel = token?.onCancellationRequested(() => {
       channel.info('cancelled');
@@ -60,6 +63,8 @@ export function runGreentrack(
     });
     child.on('close', (code) => {
       cancel?.dispose();
+      stdoutLine(stdoutRest);
+      stderrLines.flush().forEach(stderrLine);
       channel.info(`exit code ${code}`);
       resolve({ code, stdout, stderr });
     });
