@@ -1,5 +1,5 @@
 /**
- * The server's custom notifications (shared/CONTRACT.md, "Language server protocol"): the shapes the
+ * The server's custom notifications (docs/interfaces.md, "Language server protocol"): the shapes the
  * status bar reads. Plain types only, so unit tests can import them without VS Code.
  */
 
@@ -9,6 +9,9 @@ export const STATUS_NOTIFICATION = 'greentrack/status';
 
 /** Command the server attaches to every inline completion item (it is the server's, not ours). */
 export const ACCEPT_COMMAND = 'greentrack.accept';
+
+/** One of the known values, or another string from a newer server (the known ones stay suggested). */
+export type OpenString<Known extends string> = Known | (string & Record<never, never>);
 
 export type EnergyMethod = 'measured' | 'attributed' | 'estimated';
 export type Outcome = 'shown' | 'empty' | 'cancelled' | 'error';
@@ -30,11 +33,11 @@ export interface EnergyParams {
   prefill_j?: number;
   decode_j?: number;
   total_j: number;
-  method?: EnergyMethod | string;
+  method?: OpenString<EnergyMethod>;
   meter?: string;
   uncertainty_j?: number | null;
   co2e_g?: number;
-  outcome?: Outcome | string;
+  outcome?: OpenString<Outcome>;
   /** Optional: today's total for this developer from the database (all sessions), when the server sends it. */
   today_j?: number;
   /** Optional: today's completion count from the database, when the server sends it. */
@@ -45,6 +48,6 @@ export type ServerState = 'starting' | 'ready' | 'busy' | 'error';
 
 /** `greentrack/status`: what to show before, during and after model loading. */
 export interface StatusParams {
-  state: ServerState | string;
+  state: OpenString<ServerState>;
   message?: string;
 }

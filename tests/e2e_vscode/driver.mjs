@@ -475,6 +475,8 @@ async function main() {
     const extLog = extensionLog(dirs);
     result.restart_lines = extLog.split('\n').filter((l) => l.includes('restarting the server')).map((l) => l.slice(24));
     result.restarted_with_alt = extLog.includes(`starting: ${altPython} -m greentrack lsp`);
+    // The server's model-loading progress (stderr) as the channel shows it: `[info] greentrack: Loading …`.
+    result.loading_lines = extLog.split('\n').filter((l) => /\] greentrack: (Loading|Converting) /.test(l)).map((l) => l.slice(24));
     const restarted =
       /starting/.test(result.status_restarting) && !/starting|error/.test(result.status_restarted) &&
       result.restart_lines.length === 1 && result.restarted_with_alt;

@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,19 @@ def _format_energy(node: str, energy_j: float) -> str:
     return out.stdout
 
 
+def _assert_one_bundled_file(vsix: Path) -> None:
+    """The .vsix runs one esbuild bundle: no node_modules tree, no other JavaScript (see .vscodeignore)."""
+    with zipfile.ZipFile(vsix) as archive:
+        names = archive.namelist()
+    scripts = [name for name in names if name.endswith((".js", ".cjs", ".mjs", ".map"))]
+    assert scripts == ["extension/extension/dist/extension.js"], names
+    assert not any("node_modules" in name or name.endswith(".ts") for name in names), names
+    assert {"extension/package.json", "extension/readme.md", "extension/LICENSE.txt"} <= set(names), names
+
+
 def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
     deps = _deps()
+    _assert_one_bundled_file(Path(deps["VSIX"]))
     work = tmp_path / "work"
     work.mkdir()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -144,6 +156,9 @@ def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
     assert "starting" not in result["status_restarted"], result["status_restarted"]
     assert len(result["restart_lines"]) == 1, result["restart_lines"]
     assert result["restarted_with_alt"]
+    # Model loading on the server's stderr reached the output channel as info lines, not [error] ones.
+    assert result["loading_lines"], f"no model-loading lines in the output channel {where}"
+    assert all(line.startswith("[info]") for line in result["loading_lines"]), result["loading_lines"]
 
     # An interpreter without greentrack: an error in the status bar and a button to the set-up instructions.
     assert result["status_error_shown"]
