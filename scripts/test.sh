@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh machine of this kind and runs every test, end-to-end last:
-# lint and types (ruff, mypy --strict, tsc --strict), the extension's unit tests, then one pytest run
+# lint and types (ruff, mypy --strict, tsc --strict, ESLint), the extension's unit tests, then one pytest run
 # (unit → meters → store/report → engine → vLLM → language server → CLI → real VS Code). CI (.ci/run) runs this.
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -m "not e2e"`).
 set -euo pipefail
@@ -18,7 +18,7 @@ bash scripts/install-vllm.sh .venv
 step "Chromium, Node 24, code-server, the extension's npm packages and .vsix"
 bash scripts/vscode-deps.sh >/dev/null
 
-step "lint and types: ruff, mypy --strict, tsc --strict"
+step "lint and types: ruff, mypy --strict, tsc --strict, ESLint"
 .venv/bin/ruff check server tests bench
 .venv/bin/mypy
 npm run --silent lint
