@@ -18,12 +18,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from lsprotocol import types
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
 from greentrack import __version__
 from greentrack.config import Settings, read_client_settings
 from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 from greentrack.errors import BadInput, GreentrackError
+from greentrack.logs import OneLineFormatter, configure_logging, log_package_info, tracebacks_enabled
+from greentrack.lsp.jsonrpc import FrameReader, GreentrackProtocol, serve
 from greentrack.lsp.protocol import (
     ACCEPT_COMMAND,
     ENERGY_NOTIFICATION,
@@ -40,8 +43,13 @@ log = logging.getLogger("greentrack.lsp")
 class GreentrackServer(LanguageServer):
     """pygls server holding the settings, the pipeline (once loaded) and the per-document cancel tokens."""
 
+    protocol: GreentrackProtocol
+
     def __init__(self, settings: Settings) -> None:
-        super().__init__("greentrack", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        super().__init__(
+            "greentrack", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            protocol_cls=GreentrackProtocol,
+        )
         self.settings = settings
         self.pipeline: Pipeline | None = None
         self.state = "starting"
@@ -107,6 +115,15 @@ class GreentrackServer(LanguageServer):
             self.pipeline.settings = new
         if any(getattr(old, f) != getattr(new, f) for f in RELOAD_FIELDS):
             self.load_in_background()
+
+    def close(self) -> None:
+        """After the last message: finish the generation in flight, write pending records, close the model."""
+        with self._load_lock:
+            self._load_generation += 1  # a load still running closes what it loaded
+            pipeline, self.pipeline = self.pipeline, None
+        self._model_worker.shutdown(wait=True)
+        if pipeline is not None:
+            pipeline.close()
 
     # -- completion --------------------------------------------------------------------------------------
     def supersede(self, uri: str) -> CancelToken:
@@ -279,12 +296,32 @@ class _ClientLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def serve_stdio(settings: Settings) -> None:
-    """Run over stdio until the client exits. Logs go to stderr and to the client."""
+def serve_stdio(settings: Settings) -> int:
+    """Serve over stdio until the client closes it or sends ``exit``; returns the exit status.
+
+    0 at the end of the stream or on ``exit`` after ``shutdown``; 1 on ``exit`` without it, and when the stream
+    lost its framing (a bad ``Content-Length``): logged on one line, then the editor restarts the server.
+    Logs (greentrack's INFO and up, one line each) go to stderr and to the client.
+    """
     server = build_server(settings)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not logging.getLogger().handlers:  # run outside the command line
+        configure_logging()
+    log_package_info()
     client_handler = _ClientLogHandler(server)
-    client_handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    client_handler.setFormatter(OneLineFormatter("%(name)s: %(message)s", tracebacks=tracebacks_enabled()))
     logging.getLogger("greentrack").addHandler(client_handler)
     logging.getLogger("pygls").setLevel(logging.WARNING)
-    server.start_io()
+    server.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
+    try:
+        lost = asyncio.run(serve(server.protocol, FrameReader(sys.stdin.fileno())))
+    except SystemExit as e:  # the exit notification: 0 after shutdown, else 1 (pygls decides)
+        return e.code if isinstance(e.code, int) else 1
+    except BrokenPipeError:
+        log.error("the client closed the connection; stopping")
+        return 1
+    finally:
+        server.close()
+    if lost is not None:
+        log.error("stopping: the message stream from the client is broken (%s); the editor restarts the server", lost)
+        return 1
+    return 0
