@@ -21,6 +21,8 @@ from rich.markup import escape
 from greentrack import __version__
 from greentrack.config import Settings
 from greentrack.errors import GreentrackError, UsageError
+from greentrack.serve.cli import serve as serve_command
+from greentrack.serve.cli import token_app
 
 app = typer.Typer(
     name="greentrack",
@@ -251,6 +253,10 @@ def calibrate(
     from greentrack.calibrate import run_calibrate
 
     run_calibrate(_settings(db, model, backend, device), repeats=repeats, allow_estimate=allow_estimate)
+
+
+app.command("serve")(serve_command)
+app.add_typer(token_app, name="token")
 
 
 def main() -> None:

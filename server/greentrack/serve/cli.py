@@ -1,0 +1,119 @@
+"""The ``greentrack serve`` and ``greentrack token`` commands (typer), registered by ``greentrack.cli``.
+
+Place in the flow: thin commands; ``serve`` calls ``serve.run.serve``, ``token`` calls the store's token
+methods. Domain errors propagate to ``greentrack.cli.main``, which prints one line and exits 1 (2 for usage).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from greentrack.config import Settings
+from greentrack.errors import UsageError
+
+if TYPE_CHECKING:
+    from greentrack.store import Store
+
+DbOption = Annotated[
+    Path | None,
+    typer.Option("--db", help="SQLite database (default: $GREENTRACK_DB or ~/.local/share/greentrack/greentrack.db)."),
+]
+
+token_app = typer.Typer(name="token", help="Bearer tokens of `greentrack serve`, one per developer.",
+                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to bind (not loopback: tokens must exist).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8765,
+    db: DbOption = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="'embedded', a hub id, a local folder or a .gguf.")
+    ] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="transformers (default) or vllm.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto (default), cpu, cuda or cuda:N.")] = None,
+    idle_period: Annotated[
+        float, typer.Option("--idle-period", min=0.5, help="Seconds between stores of the idle energy.")
+    ] = 30.0,
+    max_body: Annotated[int, typer.Option("--max-body", min=1024, help="Largest request body, bytes.")]
+    = 2 * 1024 * 1024,
+    body_timeout: Annotated[
+        float, typer.Option("--body-timeout", min=0.1, help="Seconds a request body may take per chunk (else 408).")
+    ] = 10.0,
+    graceful: Annotated[
+        float, typer.Option("--graceful", min=0.0, help="Seconds in-flight requests get to finish on SIGTERM.")
+    ] = 10.0,
+) -> None:
+    """Serve completions over HTTP (OpenAI-compatible and greentrack-native), metered per developer."""
+    from greentrack.serve.run import ServeOptions
+    from greentrack.serve.run import serve as run_server
+
+    if backend is not None and backend not in ("transformers", "vllm"):
+        raise UsageError(f"--backend must be 'transformers' or 'vllm', not {backend!r}")
+    if device is not None and device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    for name in ("greentrack", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    settings = Settings.from_env(db_path=db, model=model, backend=backend, device=device)
+    options = ServeOptions(host=host, port=port, idle_period_s=idle_period, max_body_bytes=max_body,
+                           body_timeout_s=body_timeout, graceful_s=graceful, strict_device=device not in (None, "auto"))
+    run_server(settings, options)
+
+
+def _store(db: Path | None) -> Store:
+    from greentrack.store import Store
+
+    return Store(Settings.from_env(db_path=db).db_path)
+
+
+@token_app.command("add")
+def token_add(
+    developer: Annotated[str, typer.Argument(help="The developer (e-mail) the token acts for.")],
+    admin: Annotated[bool, typer.Option("--admin", help="May read the team's report and /metrics.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Issue a token for DEVELOPER and print it (the only time it is shown: only its hash is stored)."""
+    if not developer.strip():
+        raise UsageError("the developer cannot be empty")
+    with _store(db) as store:
+        token = store.add_token(developer.strip(), admin=admin)
+    print(token)
+
+
+@token_app.command("list")
+def token_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Every token issued (never the token itself: its id is the start of its hash)."""
+    with _store(db) as store:
+        infos = store.list_tokens()
+    if as_json:
+        print(json.dumps([{"id": t.id, "developer": t.developer, "admin": t.admin, "created_ts": t.created_ts,
+                           "revoked_ts": t.revoked_ts} for t in infos], indent=2))
+        return
+    table = Table("id", "developer", "admin", "created", "revoked")
+    for t in infos:
+        table.add_row(t.id, t.developer, "yes" if t.admin else "", t.created_ts, t.revoked_ts or "")
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    developer: Annotated[str, typer.Argument(help="The developer whose tokens stop working.")],
+    db: DbOption = None,
+) -> None:
+    """Revoke every live token of DEVELOPER (a running server refuses them at once)."""
+    with _store(db) as store:
+        count = store.revoke_tokens(developer)
+    if count == 0:
+        raise UsageError(f"{developer} has no live token")
+    print(f"revoked {count} token(s) of {developer}")

@@ -1,0 +1,87 @@
+"""Start ``greentrack serve``: check the binding, load the engine and meters once, serve with uvicorn, shut down
+cleanly.
+
+Place in the flow: the ``serve`` command (``serve.cli``) calls ``serve``. Order: a non-loopback host without
+tokens is refused before anything loads; then the pipeline (model, energy monitor, store) opens, the app is
+built and uvicorn runs until SIGTERM/SIGINT. uvicorn then stops accepting connections and waits up to
+``graceful_s`` for in-flight requests; past that it cancels them (their generations stop within one step and
+are stored as ``cancelled``). Afterwards the service cancels what still waits, lets the running generation
+finish, accounts the last idle period and drains the pipeline's record writer, so nothing committed is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from greentrack.config import Settings
+from greentrack.errors import StoreError, UsageError
+from greentrack.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT_S, BodyLimit
+
+log = logging.getLogger("greentrack.serve")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server listens and its limits. Units: s, bytes."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    idle_period_s: float = 30.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    keep_alive_s: float = 5.0
+    graceful_s: float = 10.0
+    max_connections: int = 256
+    max_queued_per_developer: int = 16
+    strict_device: bool = False
+
+
+def serve(settings: Settings, options: ServeOptions) -> None:
+    """Run the server until a signal stops it. Raises ``UsageError`` for a refused binding, ``GreentrackError``
+    for a model, meter or database that cannot be used (before listening)."""
+    import uvicorn
+
+    from greentrack.pipeline import open_pipeline, open_store
+    from greentrack.serve.app import build_app
+    from greentrack.serve.auth import Authenticator, LockedStore, is_loopback
+    from greentrack.serve.metrics import ServerMetrics
+    from greentrack.serve.scheduler import FairScheduler
+    from greentrack.serve.service import CompletionService
+
+    loopback = is_loopback(options.host)
+    try:
+        store = open_store(settings)
+    except OSError as e:
+        raise StoreError(f"cannot open the database {settings.db_path}: {e}") from e
+    if not loopback and not store.has_tokens():
+        store.close()
+        raise UsageError(f"refusing to serve on {options.host} without tokens: anyone could use it. Issue one per "
+                         f"developer first (`greentrack token add EMAIL --db {settings.db_path}`), or bind 127.0.0.1")
+    pipeline = open_pipeline(settings, store=store, strict_device=options.strict_device)
+    # The pipeline's own Store: a second Store on the same file in this process would drop SQLite's POSIX locks
+    # when it closes its file (fcntl locks are per process), and another process could then delete the WAL.
+    own_store = LockedStore(store)
+    metrics = ServerMetrics()
+    service = CompletionService(
+        pipeline, own_store, metrics, idle_period_s=options.idle_period_s,
+        scheduler=FairScheduler(max_queued_per_developer=options.max_queued_per_developer),
+    )
+    auth = Authenticator(own_store, local_developer=settings.developer, loopback=loopback)
+    app = BodyLimit(build_app(service, auth), max_body_bytes=options.max_body_bytes,
+                    read_timeout_s=options.body_timeout_s, on_reject=metrics.observe_error)
+    config = uvicorn.Config(
+        app, host=options.host, port=options.port, log_config=None, access_log=True, lifespan="on",
+        timeout_keep_alive=int(max(1, options.keep_alive_s)), timeout_graceful_shutdown=int(options.graceful_s),
+        limit_concurrency=options.max_connections, h11_max_incomplete_event_size=64 * 1024,
+        server_header=False,
+    )
+    who = "tokens required" if store.has_tokens() else f"no tokens: serving {settings.developer} on loopback"
+    log.info("serving %s (%s on %s; energy: %s) on http://%s:%d (%s)", pipeline.backend.model_id,
+             pipeline.backend.name, pipeline.backend.device, pipeline.monitor.meter_name, options.host,
+             options.port, who)
+    try:
+        uvicorn.Server(config).run()  # the app's lifespan closes the service on a signal
+    finally:
+        service.close()  # when uvicorn could not start (port taken): nothing was served
+        log.info("stopped")

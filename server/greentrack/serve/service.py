@@ -1,0 +1,336 @@
+"""The server's one room where HTTP requests meet the pipeline: generate, cancel, accept, look records up.
+
+Place in the flow: handlers (``app``) authenticate, build a ``CompletionRequest`` (``models``) and await
+``CompletionService.generate``; it queues the generation on the ``FairScheduler`` (the transformers backend
+runs one at a time), races it against the client's disconnection, and, once the engine is done, hands the
+result to ``Pipeline.finalize_later`` with the caller's developer. The answer never waits for the energy: the
+record arrives later (``record_view`` long-polls for it), is counted in the metrics, and the idle meter learns
+which time belonged to completions. A disconnected client or ``cancel`` stops the engine within one step; what
+it spent is stored with outcome ``cancelled``. A request cancelled while it waits never reaches the model and
+leaves no record (as in-process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from greentrack.energy.types import PhaseSpan
+from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
+from greentrack.errors import BadInput, GreentrackError
+from greentrack.pipeline import Pipeline, RequestContext, host_name, wall_clock_iso
+from greentrack.record import CompletionRecord
+from greentrack.serve.auth import Caller, LockedStore
+from greentrack.serve.idle import IdleEnergy, IdleMeter
+from greentrack.serve.metrics import ServerMetrics
+from greentrack.serve.models import record_view
+from greentrack.serve.scheduler import FairScheduler
+
+log = logging.getLogger(__name__)
+
+#: Completions kept in memory for long-polls and acceptance (older ones are read from the database).
+MAX_ENTRIES = 4096
+#: How far back a completion not in memory is looked for in the database.
+LOOKUP_DAYS = 8
+
+
+class NotFound(GreentrackError):
+    """No such completion for this developer (HTTP 404; another developer's id looks the same)."""
+
+
+class Conflict(GreentrackError):
+    """A client-chosen completion id that is already in use (HTTP 409)."""
+
+
+class ClientGone(GreentrackError):
+    """The client disconnected before its completion was ready; the generation was cancelled."""
+
+
+@dataclass
+class _Entry:
+    """A completion of this process: its owner, and its record once attributed and stored."""
+
+    developer: str
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    record: CompletionRecord | None = None
+    dropped: bool = False  # cancelled before reaching the model: no record will come
+    undelivered: bool = False  # the client left before the answer: logged as cancelled
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a handler answers with: the engine's result (None: cancelled before reaching the model), the
+    times the server adds, and the record when it was already attributed (rare: energy comes after)."""
+
+    completion_id: str
+    result: EngineResult | None
+    queue_ms: float
+    latency_ms: float
+    record: CompletionRecord | None
+
+
+class CompletionService:
+    """Holds the pipeline, the scheduler, the HTTP layer's store connection, the metrics and the idle meter."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        store: LockedStore,
+        metrics: ServerMetrics,
+        *,
+        scheduler: FairScheduler | None = None,
+        idle_period_s: float = 30.0,
+    ) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.metrics = metrics
+        self.scheduler = scheduler or FairScheduler()
+        self.host = host_name()
+        self.idle = IdleMeter(pipeline.monitor, self._store_idle, period_s=idle_period_s)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._live: dict[str, tuple[str, CancelToken]] = {}
+        self._by_document: dict[tuple[str, str], CancelToken] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def model_id(self) -> str:
+        return self.pipeline.backend.model_id
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.idle.start()
+
+    def close(self) -> None:
+        """Cancel what waits, let the running generation finish, account the last idle period, store all.
+        Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        log.info("shutting down: finishing in-flight completions and storing their records")
+        self.scheduler.close()
+        self.idle.close()
+        self.pipeline.close()  # drains the finalizer (every record stored), then closes the store
+
+    # -- generation -------------------------------------------------------------------------------------
+    async def generate(
+        self,
+        caller: Caller,
+        request: CompletionRequest,
+        *,
+        uri: str,
+        received_s: float,
+        disconnected: Callable[[], Awaitable[None]] | None = None,
+        supersede: bool = False,
+    ) -> Generation:
+        """Run ``request`` for ``caller`` and wait for the suggestion (not for its energy).
+
+        ``disconnected`` resolves when the client leaves; then, or when this task is cancelled, the generation
+        is cancelled (``ClientGone`` / ``CancelledError``). ``supersede``: a newer request for the same
+        document of the same developer cancels this one, as typing does in-process.
+        """
+        cid = request.request_id
+        cancel = CancelToken()
+        entry = _Entry(caller.developer)
+        with self._lock:
+            if cid in self._entries or cid in self._live:
+                raise Conflict(f"completion id {cid!r} is already in use")
+            self._entries[cid] = entry
+            self._live[cid] = (caller.developer, cancel)
+            if supersede:
+                key = (caller.developer, request.document_key)
+                previous = self._by_document.get(key)
+                if previous is not None:
+                    previous.cancel()
+                self._by_document[key] = cancel
+            self._evict()
+        context = RequestContext(uri, request.language_id, received_s, developer=caller.developer)
+
+        def run() -> EngineResult:
+            key = id(request)
+            self.idle.begin(key)
+            spans: list[PhaseSpan] = []
+            try:
+                result = self.pipeline.run(request, cancel)
+                spans = result.spans
+                return result
+            finally:
+                self.idle.end(key, spans)
+
+        try:
+            job = self.scheduler.submit(caller.developer, run, cancel)
+        except GreentrackError:
+            self._forget(cid, cancel, drop=True)
+            raise
+        self.metrics.queue_depth.set(self.scheduler.depth)
+        job.future.add_done_callback(lambda f: self._engine_done(f, cid, entry, context, cancel))
+        waiter = asyncio.ensure_future(asyncio.shield(asyncio.wrap_future(job.future)))
+        watcher = asyncio.ensure_future(disconnected()) if disconnected is not None else None
+        try:
+            if watcher is not None:
+                pending: set[asyncio.Future[Any]] = {waiter, watcher}
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    raise ClientGone(f"the client left before completion {cid} was ready")
+            result = await waiter
+        except (asyncio.CancelledError, ClientGone):
+            entry.undelivered = True
+            cancel.cancel()
+            log.info("completion %s (%s): client gone, generation cancelled", cid, caller.developer)
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            self.metrics.queue_depth.set(self.scheduler.depth)
+        queue_ms = job.queue_s * 1000.0
+        if result is None:
+            return Generation(cid, None, queue_ms, (time.monotonic() - received_s) * 1000.0, None)
+        latency_ms = max(0.0, (result.ended_s - received_s) * 1000.0)
+        return Generation(cid, result, queue_ms, latency_ms, entry.record)
+
+    def _engine_done(
+        self, future: Future[EngineResult | None], cid: str, entry: _Entry, context: RequestContext,
+        cancel: CancelToken,
+    ) -> None:
+        """On the scheduler's thread: the engine finished (or skipped) ``cid``; attribute it off this path."""
+        self._forget(cid, cancel, drop=False)
+        error = None if future.cancelled() else future.exception()
+        result = None if future.cancelled() or error is not None else future.result()
+        if result is None:
+            if isinstance(error, BadInput):
+                log.warning("completion %s: %s", cid, error)
+            elif error is not None:
+                log.error("completion %s failed: %s", cid, error)
+            entry.dropped = True
+            self._signal(entry)
+            return
+        if entry.undelivered and not result.cancelled:
+            result.cancelled = True  # finished, but nobody received it
+        self.pipeline.finalize_later(result, context, on_done=lambda record: self._stored(entry, record)) \
+            .add_done_callback(lambda f: self._finalize_failed(f, cid, entry))
+
+    def _finalize_failed(self, future: Future[CompletionRecord], cid: str, entry: _Entry) -> None:
+        if (error := future.exception()) is not None:
+            log.error("could not log completion %s: %s", cid, error)
+            entry.dropped = True
+            self._signal(entry)
+
+    def _stored(self, entry: _Entry, record: CompletionRecord) -> None:
+        entry.record = record
+        self.metrics.observe_record(record)
+        log.info("completion %s (%s): %s, %d+%d tokens, %.3f J %s", record.completion_id, record.developer,
+                 record.outcome, record.prompt_tokens, record.completion_tokens, record.total_j, record.method)
+        self._signal(entry)
+
+    def _signal(self, entry: _Entry) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+                loop.call_soon_threadsafe(entry.done.set)
+
+    def _forget(self, cid: str, cancel: CancelToken, *, drop: bool) -> None:
+        with self._lock:
+            self._live.pop(cid, None)
+            for key, token in list(self._by_document.items()):
+                if token is cancel:
+                    del self._by_document[key]
+            if drop:
+                self._entries.pop(cid, None)
+
+    def _evict(self) -> None:
+        while len(self._entries) > MAX_ENTRIES:
+            oldest = next(iter(self._entries))
+            self._entries.pop(oldest)
+
+    # -- cancel, accept, look up ----------------------------------------------------------------------
+    def cancel(self, caller: Caller, cid: str) -> bool:
+        """Cancel ``cid`` if it is still waiting or generating: True; False when it already finished."""
+        with self._lock:
+            live = self._live.get(cid)
+            entry = self._entries.get(cid)
+        if live is not None and live[0] == caller.developer:
+            if entry is not None:
+                entry.undelivered = True  # unwanted now, even if the engine ends by itself meanwhile
+            live[1].cancel()
+            log.info("completion %s (%s): cancelled by request", cid, caller.developer)
+            return True
+        if entry is not None and entry.developer == caller.developer:
+            return False
+        if self._stored_row(caller, cid) is not None:
+            return False
+        raise NotFound(f"no completion {cid}")
+
+    async def record(self, caller: Caller, cid: str, wait_s: float = 0.0) -> dict[str, Any]:
+        """The completion's record (``record_view``); with ``wait_s``, waits up to that long for its energy.
+        A completion not attributed yet comes back with ``energy_final: false``."""
+        with self._lock:
+            entry = self._entries.get(cid)
+        if entry is not None and entry.developer == caller.developer:
+            if entry.record is None and not entry.dropped and wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(entry.done.wait(), timeout=wait_s)
+            if entry.record is not None:
+                view = record_view(entry.record.row())
+                view["accepted"] = view["accepted"] or entry.record.accepted
+                if entry.record.today_j is not None:
+                    view.update(today_j=entry.record.today_j, today_completions=entry.record.today_completions)
+                return view
+            if entry.dropped:
+                raise NotFound(f"completion {cid} never reached the model (cancelled while waiting)")
+            return {"completion_id": cid, "developer": caller.developer, "energy_final": False}
+        row = await asyncio.to_thread(self._stored_row, caller, cid)
+        if row is None:
+            raise NotFound(f"no completion {cid}")
+        return record_view(row)
+
+    async def accept(self, caller: Caller, cid: str) -> bool:
+        """Mark ``cid`` accepted (waits for its record up to 10 s). ``NotFound`` for another's or an unknown id."""
+        view = await self.record(caller, cid, wait_s=10.0)
+        if not view.get("energy_final"):
+            raise NotFound(f"completion {cid} is not stored yet")
+        accepted: bool = await asyncio.to_thread(self.store.call, lambda s: bool(s.mark_accepted(cid)))
+        if accepted:
+            self.metrics.observe_accept(caller.developer, str(view.get("model") or self.model_id))
+            with self._lock:
+                entry = self._entries.get(cid)
+            if entry is not None and entry.record is not None:
+                entry.record.accepted = 1
+        return accepted
+
+    def _stored_row(self, caller: Caller, cid: str) -> dict[str, Any] | None:
+        since = (datetime.now(UTC) - timedelta(days=LOOKUP_DAYS)).isoformat(timespec="microseconds")
+
+        def find(store: Any) -> dict[str, Any] | None:
+            for row in store.completions(developer=caller.developer, since_ts=since):
+                if row["completion_id"] == cid:
+                    return dict(row)
+            return None
+
+        return self.store.call(find)
+
+    # -- idle energy ------------------------------------------------------------------------------------
+    def _store_idle(self, periods: list[IdleEnergy]) -> None:
+        for period in periods:
+            self.metrics.observe_idle(period)
+
+        def write(store: Any) -> None:
+            for p in periods:
+                store.record_idle(
+                    started_ts=wall_clock_iso(p.start_s), ended_ts=wall_clock_iso(p.end_s), energy_j=p.energy_j,
+                    method=p.method, meter=p.meter, uncertainty_j=p.uncertainty_j, host=self.host,
+                )
+
+        if periods:
+            self.store.call(write)

@@ -1,0 +1,75 @@
+"""The fair scheduler and the idle gaps, without a model: real threads, real futures, generations that only wait."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+
+import pytest
+
+from greentrack.engine.types import CancelToken, EngineResult
+from greentrack.serve.idle import idle_gaps
+from greentrack.serve.scheduler import FairScheduler, QueueFull, SchedulerClosed
+
+
+def _result(name: str) -> EngineResult:
+    now = time.monotonic()
+    return EngineResult(name, "", 0, 0, 0, [], now, now)
+
+
+def test_a_burst_never_starves_another_developer() -> None:
+    scheduler = FairScheduler()
+    order: list[str] = []
+    gate = threading.Event()
+
+    def job(name: str) -> EngineResult:
+        gate.wait(5)
+        order.append(name)
+        return _result(name)
+
+    jobs = [scheduler.submit("alice", functools.partial(job, f"a{i}"), CancelToken()) for i in range(5)]
+    jobs += [scheduler.submit("bob", lambda: job("b0"), CancelToken()),
+             scheduler.submit("carol", lambda: job("c0"), CancelToken())]
+    gate.set()
+    for j in jobs:
+        j.future.result(timeout=5)
+    scheduler.close()
+    # a0 was already running; then one each in turn: bob and carol wait one generation, not five
+    assert order[:4] == ["a0", "a1", "b0", "c0"] or order[:4] == ["a0", "b0", "c0", "a1"]
+    assert order.index("b0") <= 2 and order.index("c0") <= 3
+    assert [o for o in order if o.startswith("a")] == ["a0", "a1", "a2", "a3", "a4"]
+
+
+def test_cancelled_while_waiting_never_runs_and_queue_is_bounded() -> None:
+    scheduler = FairScheduler(max_queued_per_developer=2)
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def job(name: str) -> EngineResult:
+        gate.wait(5)
+        ran.append(name)
+        return _result(name)
+
+    first = scheduler.submit("alice", lambda: job("first"), CancelToken())
+    time.sleep(0.05)  # first holds the engine
+    token = CancelToken()
+    waiting = scheduler.submit("alice", lambda: job("waiting"), token)
+    scheduler.submit("alice", lambda: job("third"), CancelToken())
+    with pytest.raises(QueueFull):
+        scheduler.submit("alice", lambda: job("fourth"), CancelToken())
+    token.cancel()
+    gate.set()
+    assert first.future.result(timeout=5) is not None
+    assert waiting.future.result(timeout=5) is None
+    scheduler.close()
+    assert ran == ["first", "third"]
+    with pytest.raises(SchedulerClosed):
+        scheduler.submit("bob", lambda: job("late"), CancelToken())
+
+
+def test_idle_gaps_are_the_complement_of_the_phases() -> None:
+    assert idle_gaps(0.0, 10.0, []) == [(0.0, 10.0)]
+    assert idle_gaps(0.0, 10.0, [(2.0, 3.0), (2.5, 4.0), (8.0, 12.0)]) == [(0.0, 2.0), (4.0, 8.0)]
+    assert idle_gaps(5.0, 10.0, [(1.0, 6.0)]) == [(6.0, 10.0)]
+    assert idle_gaps(0.0, 1.0, [(0.0, 1.0)]) == []
