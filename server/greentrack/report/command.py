@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +25,7 @@ from greentrack.report.figures import summarize
 from greentrack.report.query import Range, Source, needs_bins, open_source
 from greentrack.report.render import FORMATS, render, table_renderables
 from greentrack.report.weeks import Week, local_zone, parse_week, zone_name
+from greentrack.store import Store
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,26 @@ def export_rows(
         return list(source.iter_rows(sel.this_week()))
 
 
+def nothing_recorded(db_path: Path) -> str:
+    """What ``greentrack report`` says before the first completion was recorded (one line)."""
+    return (f"Nothing recorded yet: {db_path} does not exist. The editor extension (or `greentrack complete`) "
+            "creates it with the first completion.")
+
+
+@contextmanager
+def _open_or_empty(db_paths: Sequence[Path], empty: bool) -> Iterator[Source]:
+    """The files as a ``Source``; with ``empty``, a new empty database instead (a first run's report of zeros)."""
+    if not empty:
+        with open_source(db_paths) as source:
+            yield source
+        return
+    with tempfile.TemporaryDirectory(prefix="greentrack-report-") as folder:
+        path = Path(folder) / "empty.db"
+        Store(path).close()
+        with open_source([path]) as source:
+            yield source
+
+
 def run_report(
     db_paths: Sequence[Path],
     *,
@@ -126,8 +149,13 @@ def run_report(
     tz: str | None = None,
     carbon_intensity: float | None = None,
     console: Console | None = None,
+    default_db: bool = False,
 ) -> int:
     """Build and print (or write to ``out``) the report; returns the exit status (0).
+
+    ``default_db``: ``db_paths`` is the default database, not one the user named. Before anything was recorded
+    it does not exist yet: the table says so in one line; other formats (and ``--out``) get the week's report of
+    zeros, with that line on stderr. A named file that does not exist stays an error.
 
     Raises ``UsageError`` for bad options (exit 2) and ``GreentrackError`` for unusable files (exit 1).
     """
@@ -135,8 +163,18 @@ def run_report(
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     sel = select(week=week, developer=developer, all_developers=all_developers, tz=tz)
     intensity = default_carbon_intensity() if carbon_intensity is None else float(carbon_intensity)
+    first_run = default_db and len(db_paths) == 1 and not Path(db_paths[0]).expanduser().exists()
+    if first_run:
+        note = nothing_recorded(Path(db_paths[0]).expanduser())
+        if out is None and fmt == "table":
+            (console or Console()).print(note, highlight=False, soft_wrap=True)
+            return 0
+        if console is not None:
+            console.print(note, highlight=False, soft_wrap=True)
+        else:
+            sys.stderr.write(note + "\n")
     rows: list[dict[str, Any]] | None = None
-    with open_source(db_paths) as source:
+    with _open_or_empty(db_paths, empty=first_run) as source:
         reports = _reports_from(source, sel, intensity)
         if fmt == "csv":
             rows = list(source.iter_rows(sel.this_week()))
