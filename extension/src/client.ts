@@ -93,7 +93,8 @@ export class ServerManager implements vscode.Disposable {
     }
     const server: ServerOptions = {
       command: resolved.python,
-      args: [...(debugpy ? ['-m', 'debugpy', '--connect', debugpy] : []), '-m', 'greentrack', 'lsp'],
+      // -Xfrozen_modules=off: debugpy warns that breakpoints in frozen stdlib modules may be missed otherwise.
+      args: [...(debugpy ? ['-Xfrozen_modules=off', '-m', 'debugpy', '--connect', debugpy] : []), '-m', 'greentrack', 'lsp'],
       // No `transport`: stdio without the `--stdio` argument vscode-languageclient would append.
       // The extension host's environment (GREENTRACK_DB, GREENTRACK_DEVELOPER, ...) applies to the server.
       options: { env: { ...process.env, PYTHONUNBUFFERED: '1' }, ...(cwd ? { cwd } : {}) },
