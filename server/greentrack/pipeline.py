@@ -120,6 +120,7 @@ class Pipeline:
         failure of the engine becomes an ``error`` result whose elapsed time is still measured."""
         with self._generation_lock:
             started_s = time.monotonic()
+            self.monitor.begin_work()  # the meter samples around work only (energy/sampler.py)
             try:
                 return self.backend.complete(request, cancel)
             except BadInput:
@@ -134,6 +135,8 @@ class Pipeline:
                     started_s=started_s, ended_s=ended_s, stop_reason="error",
                     extras={"error": str(e)},
                 )
+            finally:
+                self.monitor.end_work()
 
     # -- after the suggestion is out ----------------------------------------------------------------
     def finalize(self, result: EngineResult, context: RequestContext) -> CompletionRecord:
@@ -199,7 +202,7 @@ class Pipeline:
 
         try:
             monitor = open_monitor(self.backend.device, gpu_indices=_gpu_indices(self.backend.device),
-                                   calibration=calibration)
+                                   calibration=calibration, on_demand=True)
         except GreentrackError as e:
             log.warning("cannot use the stored calibration: %s", e)
             return
@@ -269,7 +272,7 @@ def open_pipeline(settings: Settings, *, store: Store | None = None, strict_devi
     calibration, answered = read_stored_calibration(store, backend)
     gpu_indices = _gpu_indices(backend.device)
     monitor = open_monitor(
-        backend.device, gpu_indices=gpu_indices, calibration=calibration, strict=strict_device
+        backend.device, gpu_indices=gpu_indices, calibration=calibration, strict=strict_device, on_demand=True
     )
     pipeline = Pipeline(settings, backend, monitor, store)
     pipeline.calibration_pending = not answered

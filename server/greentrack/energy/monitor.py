@@ -6,14 +6,20 @@ model or the CPU-time estimate; Zeus's order) and starts its sampler. The engine
 pipeline calls ``phase_energy(spans)``, which waits for the counter to step past the phases and attributes
 the counter's energy to them (``attribution.attribute``). ``probe_meters`` tells ``greentrack doctor`` which
 meters work here and why not.
-"""
 
+On demand (``on_demand=True``: the language server, ``greentrack serve``, ``greentrack complete`` through
+``pipeline.open_pipeline``), the sampler reads only around work: the language server calls ``expect_work`` when a
+request arrives (before its debounce), the pipeline ``begin_work``/``end_work`` around the engine, and
+``phase_energy`` asks the sampler to cover the phases; idle, one heartbeat read every 5 s. ``meter_cost`` says
+what the meter itself costs (``greentrack doctor``, ``bench/meter_cost.py``).
+"""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -46,6 +52,8 @@ class EnergyMonitor:
         calibration: Calibration | None = None,
         period_s: float | None = None,
         ring_s: float = 120.0,
+        on_demand: bool = False,
+        idle_period_s: float = 5.0,
     ) -> None:
         if counter is None and calibration is None:
             raise ValueError("an EnergyMonitor needs a counter or a calibration")
@@ -56,13 +64,38 @@ class EnergyMonitor:
         if counter is not None:
             self.meter_name: str = counter.name
             self.method: Method = counter.method
-            self.sampler = Sampler(counter, period_s=period_s, ring_s=ring_s).start()
+            self.sampler = Sampler(counter, period_s=period_s, ring_s=ring_s, on_demand=on_demand,
+                                   idle_period_s=idle_period_s).start()
         else:
             assert calibration is not None
             self.meter_name = calibration.meter_name
             self.method = "estimated"
 
     # -- the pipeline's API -------------------------------------------------------------------------------
+
+    def expect_work(self, hold_s: float | None = None) -> None:
+        """A request arrived (its debounce runs): start sampling now, so a counter step precedes the prefill."""
+        if self.sampler is not None:
+            self.sampler.expect_work(hold_s)
+
+    def begin_work(self) -> None:
+        """The engine starts a request: sample until ``end_work`` and the counter has covered it."""
+        if self.sampler is not None:
+            self.sampler.begin_work()
+
+    def end_work(self, last_end_s: float | None = None) -> None:
+        """The engine finished a request (its last phase ended at ``last_end_s``, default now)."""
+        if self.sampler is not None:
+            self.sampler.end_work(last_end_s)
+
+    @contextlib.contextmanager
+    def work(self) -> Iterator[None]:
+        """``begin_work`` … ``end_work`` around a block."""
+        self.begin_work()
+        try:
+            yield
+        finally:
+            self.end_work()
 
     def phase_energy(self, spans: Sequence[PhaseSpan], *, timeout_s: float = 0.5) -> list[PhaseEnergy]:
         """One ``PhaseEnergy`` per span, same order. Blocks until the counter has stepped after the last span's
@@ -124,7 +157,31 @@ class EnergyMonitor:
             cal = self.calibration.to_dict()
             cal.pop("points", None)
             out["calibration"] = cal
+        out["cost"] = self.meter_cost()
         return out
+
+    def meter_cost(self) -> dict[str, object]:
+        """What the meter itself costs: the sampler thread's CPU time, its share of one core since it started,
+        and how it samples (on demand or always). Units: s, %."""
+        sampler = self.sampler
+        if sampler is None:
+            return {"sampling": "none (calibrated model: no counter reads)", "thread_cpu_s": 0.0, "core_pct": 0.0}
+        cpu_s = sampler.thread_cpu_s()
+        age_s = time.monotonic() - sampler.started_s if sampler.started_s else 0.0
+        counter = sampler.counter
+        mode = (f"on demand: every {sampler.period_s * 1000:.0f} ms around work, one read every "
+                f"{sampler.idle_period_s:g} s while idle") if sampler.on_demand else (
+                f"always: every {sampler.period_s * 1000:.0f} ms")
+        return {
+            "sampling": mode,
+            "read_cost_ms": round(counter.read_cost_s * 1000.0, 3),
+            "reads": sampler.reads,
+            "idle_reads": sampler.idle_reads,
+            "thread_cpu_s": cpu_s,
+            "age_s": age_s,
+            "core_pct": 100.0 * cpu_s / age_s if cpu_s is not None and age_s > 0 else None,
+            "always_on_core_pct": 100.0 * counter.read_cost_s / sampler.period_s if sampler.period_s > 0 else None,
+        }
 
     def close(self) -> None:
         if self.sampler is not None:
@@ -155,13 +212,14 @@ def open_monitor(
     strict: bool = False,
     sysfs_root: Path | str = DEFAULT_SYSFS_ROOT,
     period_s: float | None = None,
+    on_demand: bool = False,
 ) -> EnergyMonitor:
     """The best monitor for ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
 
     ``cuda*``: NVML over ``gpu_indices`` (CUDA ordinals; default the device's, or all GPUs). ``cpu``: RAPL.
     ``auto``: NVML, then RAPL. Without a counter: ``calibration``'s model when given, else the CPU-time
     estimate. Never fails for lack of a counter unless ``strict`` (the user named a device whose meter is
-    missing): then ``MeterUnavailable`` says why.
+    missing): then ``MeterUnavailable`` says why. ``on_demand``: sample only around work (see the module doc).
     """
     dev = device.strip().lower()
     counter: Counter | None = None
@@ -192,7 +250,7 @@ def open_monitor(
                         "`greentrack calibrate` where NVML works", "; ".join(reasons), counter.name)
         else:
             log.info("no energy counter (%s): using %s", "; ".join(reasons), counter.name)
-    return EnergyMonitor(counter, calibration=calibration, period_s=period_s)
+    return EnergyMonitor(counter, calibration=calibration, period_s=period_s, on_demand=on_demand)
 
 
 def probe_meters(sysfs_root: Path | str = DEFAULT_SYSFS_ROOT) -> list[MeterStatus]:

@@ -9,6 +9,14 @@ Period (see ``docs/measurement.md``): NVML 20 ms. The H100's counter steps every
 timed to half the gap between two reads (plus half a read), so 20 ms reads time each step within ~12 ms,
 while each read costs ~3.9 ms of a CPU thread (~20 % of one core; 10 ms would take ~40 % for ~7 ms).
 RAPL and the CPU-time estimate are continuous and cheap (µs): 10 ms.
+
+On demand (``on_demand=True``, what the language server and ``greentrack serve`` use): the thread reads at that
+period only around work and otherwise sleeps, with one *heartbeat* read every ``idle_period_s`` (5 s: RAPL's
+wraparound and long idle windows stay covered) — an NVML read costs ~3 ms of CPU, so polling all day would cost
+~17 % of a core. Sampling runs while ``expect_work`` holds (a request arrived: the debounce gives the sampler a
+counter step's head start before the prefill), while work begun with ``begin_work`` is in flight, and after
+``end_work``/``cover`` until the counter has stepped twice after the last phase (the step the attribution needs,
+plus one).
 """
 
 from __future__ import annotations
@@ -32,9 +40,23 @@ class Sampler:
 
     Thread-safe: ``samples_between``/``wait_until`` may be called from any thread. A counter that fails
     (``MeterUnavailable``) stops the sampler; ``error`` then says why.
+
+    ``on_demand``: sample at ``period_s`` only around work (``expect_work``, ``begin_work``/``end_work``,
+    ``cover``) and for ``initial_hold_s`` after ``start``; otherwise one read every ``idle_period_s``.
+    ``running`` stays true while the thread waits for work: it means the sampler works, not that it reads.
     """
 
-    def __init__(self, counter: Counter, *, period_s: float | None = None, ring_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        counter: Counter,
+        *,
+        period_s: float | None = None,
+        ring_s: float = 120.0,
+        on_demand: bool = False,
+        idle_period_s: float = 5.0,
+        initial_hold_s: float = 2.0,
+        hold_s: float = 1.0,
+    ) -> None:
         self.counter = counter
         self.period_s = period_s if period_s is not None else counter.sample_period_s
         maxlen = max(16, int(ring_s / max(self.period_s, 1e-4)) + 1)
@@ -45,6 +67,18 @@ class Sampler:
         self.reads = 0
         self.read_time_s = 0.0  # total wall time spent in reads
         self._thread: threading.Thread | None = None
+        self.on_demand = on_demand
+        self.idle_period_s = idle_period_s
+        self.initial_hold_s = initial_hold_s
+        self.hold_s = hold_s
+        self._wake = threading.Event()
+        self._hold_until_s = 0.0  # sample at full rate until then (expect_work)
+        self._active = 0  # work begun and not ended
+        self._cover_s: float | None = None  # sample until the counter has stepped twice after this instant
+        self.idle_reads = 0  # heartbeat reads while waiting for work
+        self.started_s = 0.0
+        self.sampling_s = 0.0  # time spent sampling at full rate (on demand), for the meter's cost
+        self._sampling_since_s: float | None = None
 
     def _read(self) -> CounterSample:
         t0 = time.monotonic()
@@ -57,8 +91,11 @@ class Sampler:
     def start(self) -> Sampler:
         """Take a first sample now (so failures surface here), then sample in the background."""
         first = self._read()
+        self.started_s = first.t_s
         with self._cond:
             self._ring.append(first)
+            self._hold_until_s = time.monotonic() + self.initial_hold_s
+        self._mark_sampling(True)
         self._thread = threading.Thread(target=self._run, name=f"greentrack-sampler[{self.counter.name}]",
                                         daemon=True)
         self._thread.start()
@@ -67,23 +104,119 @@ class Sampler:
     def _run(self) -> None:
         next_s = time.monotonic() + self.period_s
         while not self._stop.is_set():
+            if self.on_demand and not self._wanted():
+                if not self._idle_until_work():
+                    return
+                next_s = time.monotonic()  # work came: read at once
             delay = next_s - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 break
             next_s += self.period_s
             if next_s < time.monotonic():  # fell behind (a slow read): do not burst to catch up
                 next_s = time.monotonic() + self.period_s
-            try:
-                sample = self._read()
-            except MeterUnavailable as e:
-                log.warning("energy sampler stopped: %s", e)
-                with self._cond:
-                    self.error = str(e)
-                    self._cond.notify_all()
+            if not self._read_into_ring():
                 return
+
+    def _read_into_ring(self, *, heartbeat: bool = False) -> bool:
+        """One read appended to the ring (waking waiters); False when the counter failed (the sampler stops)."""
+        try:
+            sample = self._read()
+        except MeterUnavailable as e:
+            log.warning("energy sampler stopped: %s", e)
             with self._cond:
-                self._ring.append(sample)
+                self.error = str(e)
                 self._cond.notify_all()
+            return False
+        with self._cond:
+            self._ring.append(sample)
+            if heartbeat:
+                self.idle_reads += 1
+            self._cond.notify_all()
+        return True
+
+    def _idle_until_work(self) -> bool:
+        """Wait for work, reading once every ``idle_period_s``; False when the sampler stopped or failed."""
+        self._mark_sampling(False)
+        while not self._stop.is_set():
+            self._wake.clear()
+            if self._wanted():  # asked for between the caller's check and the clear
+                self._mark_sampling(True)
+                return True
+            woken = self._wake.wait(self.idle_period_s if self.idle_period_s > 0 else None)
+            if self._stop.is_set():
+                return False
+            if not woken and not self._read_into_ring(heartbeat=True):
+                return False
+        return False
+
+    def _mark_sampling(self, on: bool) -> None:
+        now = time.monotonic()
+        with self._cond:
+            if on and self._sampling_since_s is None:
+                self._sampling_since_s = now
+            elif not on and self._sampling_since_s is not None:
+                self.sampling_s += now - self._sampling_since_s
+                self._sampling_since_s = None
+
+    def _wanted(self) -> bool:
+        """Whether to read at the full period now: work expected, in flight, or not yet covered by the counter."""
+        with self._cond:
+            if self._active > 0 or time.monotonic() < self._hold_until_s:
+                return True
+            if self._cover_s is None:
+                return False
+            if self._steps_after(self._cover_s) >= 2:
+                self._cover_s = None
+                return False
+            return True
+
+    # -- work around which to sample (on demand) -----------------------------------------------------------
+
+    def expect_work(self, hold_s: float | None = None) -> None:
+        """Work is coming (a request arrived, its debounce runs): sample for the next ``hold_s`` seconds."""
+        with self._cond:
+            self._hold_until_s = max(self._hold_until_s, time.monotonic() + (self.hold_s if hold_s is None
+                                                                               else hold_s))
+        self._wake.set()
+
+    def begin_work(self) -> None:
+        """Work starts: sample until the matching ``end_work`` and the counter has covered it."""
+        with self._cond:
+            self._active += 1
+        self._wake.set()
+
+    def end_work(self, last_end_s: float | None = None) -> None:
+        """Work ended (its last phase at ``last_end_s``, default now): sample on until the counter covers it."""
+        with self._cond:
+            self._active = max(0, self._active - 1)
+        self.cover(time.monotonic() if last_end_s is None else last_end_s)
+
+    def cover(self, t_s: float) -> None:
+        """Sample until the counter has stepped twice surely after ``t_s`` (then stop, when on demand)."""
+        with self._cond:
+            self._cover_s = t_s if self._cover_s is None else max(self._cover_s, t_s)
+        self._wake.set()
+
+    def thread_cpu_s(self) -> float | None:
+        """CPU seconds the sampler thread has used (Linux: its own CPU clock); None where unknown."""
+        thread = self._thread
+        if thread is None or thread.ident is None or not thread.is_alive():
+            return None
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (AttributeError, OSError):
+            return None
+
+    @property
+    def active_work(self) -> int:
+        with self._cond:
+            return self._active
+
+    @property
+    def sampling(self) -> bool:
+        """Whether the thread reads at the full period now (always, unless on demand and idle)."""
+        with self._cond:
+            return self._thread is not None and (not self.on_demand or self._sampling_since_s is not None)
 
     @property
     def running(self) -> bool:
@@ -102,25 +235,31 @@ class Sampler:
         hi = min(len(ring), bisect.bisect_right(ts, end_s) + margin)
         return ring[lo:hi]
 
+    def _steps_after(self, t_s: float) -> int:
+        """Counter steps (a continuous counter: reads) whose value was surely taken after ``t_s``; call with
+        ``_cond`` held."""
+        slack = self.counter.timing_slack_s + self.counter.lag_s
+        after: list[CounterSample] = []  # reads that took their value surely after t_s, newest first
+        for s in reversed(self._ring):
+            if s.t_s - 0.5 * s.read_s - slack < t_s:
+                break
+            after.append(s)
+        if self.counter.update_period_s <= 0.0:
+            return len(after)
+        return sum(1 for y, x in itertools.pairwise(after) if y.energy_j != x.energy_j)
+
     def wait_for_step_after(self, t_s: float, deadline_s: float) -> bool:
         """Block until a counter step surely after ``t_s`` is in the ring, or ``deadline_s`` (monotonic) passes.
 
         A step is *surely after* ``t_s`` when the read before it had taken its value after ``t_s`` (for a
         continuous counter: when a read started after ``t_s`` plus the timing slack). Returns whether it came.
+        On demand, the sampler is asked to cover ``t_s`` first (it may have been waiting for work).
         """
-        slack = self.counter.timing_slack_s + self.counter.lag_s
-        continuous = self.counter.update_period_s <= 0.0
+        if self.on_demand:
+            self.cover(t_s)
         with self._cond:
             while True:
-                after: list[CounterSample] = []  # reads that took their value surely after t_s
-                for s in reversed(self._ring):
-                    if s.t_s - 0.5 * s.read_s - slack < t_s:
-                        break
-                    after.append(s)
-                if continuous and after:
-                    return True
-                # Stepped: a change between two such reads.
-                if any(y.energy_j != x.energy_j for y, x in itertools.pairwise(after)):
+                if self._steps_after(t_s) >= 1:
                     return True
                 if self.error is not None or not self.running:
                     return False
@@ -131,6 +270,7 @@ class Sampler:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
 
@@ -145,4 +285,10 @@ class Sampler:
             "mean_read_s": self.read_time_s / self.reads if self.reads else None,
             "running": self.running,
             "error": self.error,
+            "on_demand": self.on_demand,
+            "sampling": self.sampling,
+            "reads": self.reads,
+            "idle_reads": self.idle_reads,
+            "thread_cpu_s": self.thread_cpu_s(),
+            "age_s": time.monotonic() - self.started_s if self.started_s else 0.0,
         }

@@ -161,6 +161,7 @@ class GreentrackServer(LanguageServer):
         text = document.source
         offset = document.offset_at_position(params.position)
         token = self.supersede(uri)
+        pipeline.monitor.expect_work()  # the meter starts sampling during the debounce, before the prefill
         try:
             await asyncio.sleep(settings.debounce_ms / 1000.0)
         except asyncio.CancelledError:
