@@ -37,9 +37,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--eager", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--model", default="embedded", help="Model id or path (default: the embedded model).")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda.")
     args = ap.parse_args()
     t0 = time.monotonic()
-    backend = VllmBackend(enforce_eager=bool(args.eager))
+    backend = VllmBackend(args.model, args.device, enforce_eager=bool(args.eager))
     startup_s = time.monotonic() - t0
     cold_ms: list[float] = []
     warm_ms: list[float] = []
