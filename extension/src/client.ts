@@ -29,6 +29,8 @@ export class ServerManager implements vscode.Disposable {
   private readonly serial = new SerialRunner();
   private stopping = false;
   private disposed = false;
+  /** Restarts asked for whose stop has not begun: the running client is about to go. */
+  private restartsQueued = 0;
 
   constructor(
     private readonly context: vscode.ExtensionContext,
@@ -52,11 +54,14 @@ export class ServerManager implements vscode.Disposable {
   restart(reason: string): Promise<void> {
     const { promise, coalesced } = this.serial.restart(async () => {
       this.channel.info(`restarting the server: ${reason}`);
+      this.restartsQueued -= 1;
       await this.doStop();
       await this.doStart();
     });
     if (coalesced) {
       this.channel.info(`restart (${reason}): one is already queued`);
+    } else {
+      this.restartsQueued += 1;
     }
     return promise;
   }
@@ -111,6 +116,12 @@ export class ServerManager implements vscode.Disposable {
       revealOutputChannelOn: RevealOutputChannelOn.Never,
       stdioOptions: { stdout: pipeLines, stderr: pipeStderr },
       middleware: {
+        // A setting change that restarts the server (greentrack.pythonPath) also reaches the old client here,
+        // as it stops: sending would fail ("Starting server failed"). The new server reads every setting anew.
+        workspace: {
+          didChangeConfiguration: (sections, next) =>
+            this.restartsQueued > 0 || this.stopping || this.client !== client ? Promise.resolve() : next(sections),
+        },
         provideInlineCompletionItems: (document, position, context, token, next) =>
           getSettings(document.uri).enabled ? next(document, position, context, token) : null,
       },
