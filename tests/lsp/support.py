@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import queue
+import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,3 +114,74 @@ def inline_params(uri: str, line: int, character: int) -> types.InlineCompletion
         position=types.Position(line=line, character=character),
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
     )
+
+
+def frame(payload: bytes) -> bytes:
+    """One message as the base protocol frames it."""
+    return b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+
+
+class StdioServer:
+    """The real ``greentrack lsp`` as a subprocess, driven byte by byte (for what a well-behaved client never
+    sends). stdout is read on a thread into a queue of messages; stderr goes to ``log_path``."""
+
+    def __init__(self, db: Path, log_path: Path, **env: str) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            SERVER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            env=server_env(db, **env),
+        )
+        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        stdout = self.process.stdout
+        assert stdout is not None
+        while True:
+            length = 0
+            while (line := stdout.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            if not line:
+                return
+            self.messages.put(json.loads(stdout.read(length)))
+
+    def send_bytes(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def send(self, message: dict[str, Any] | bytes) -> None:
+        """One framed message: a dict as JSON, bytes as the body itself."""
+        self.send_bytes(frame(message if isinstance(message, bytes) else json.dumps(message).encode()))
+
+    def next_message(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        return self.messages.get(timeout=timeout_s)
+
+    def answer(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """The next response (skipping the server's notifications)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            message = self.next_message(max(0.01, deadline - time.monotonic()))
+            if "method" not in message:
+                return message
+
+    def initialize(self) -> dict[str, Any]:
+        self.send({"jsonrpc": "2.0", "id": "init", "method": "initialize",
+                   "params": {"processId": None, "rootUri": None, "capabilities": {}}})
+        answer = self.answer(60)
+        assert answer.get("id") == "init" and "capabilities" in answer["result"], answer
+        self.send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        return answer
+
+    def log_lines(self) -> list[str]:
+        self._log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        self._log.close()
