@@ -6,6 +6,7 @@ Runs the real ``greentrack`` entry point in a subprocess, as a user would.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from typer.main import get_command
 from greentrack.cli import app
 
 SHAPES = str(Path(__file__).resolve().parents[2] / "examples" / "shapes.py")
-COMMANDS = ["lsp", "complete", "report", "doctor", "calibrate"]
+COMMANDS = ["lsp", "complete", "report", "doctor", "calibrate", "serve", "token"]
 
 
 def greentrack(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -48,6 +49,12 @@ def test_help_exits_zero(command: str) -> None:
         (["complete", SHAPES, "--line", "0", "--col", "999"], "past the end of line 0"),
         (["complete", "no/such/file.py", "--line", "0", "--col", "0"], "no such file"),
         (["complete", SHAPES, "--line", "0", "--col", "0", "--backend", "onnx"], "--backend"),
+        (["complete", SHAPES, "--line", "abc", "--col", "0"], "--line"),
+        (["complete", SHAPES, "--col", "0"], "--line"),
+        # checked before the model loads: a missing model would be another error (exit 1)
+        (["complete", SHAPES, "--line", "0", "--col", "0", "--max-tokens", "-5", "--model", "/no/model.gguf"],
+         "--max-tokens"),
+        (["nosuch"], "No such command"),
         (["report", "--developer", "a", "--all"], "exclude each other"),
         (["report", "--format", "pdf"], "--format"),
     ],
@@ -56,7 +63,21 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], message: str) -> Non
     result = greentrack(*args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # one line, no box, no traceback
+
+
+def test_report_before_anything_was_recorded_says_so(tmp_path: Path) -> None:
+    default_db = Path(os.environ["GREENTRACK_DB"])  # conftest: a fresh folder, nothing recorded
+    assert not default_db.exists()
+    result = greentrack("report")
+    assert result.returncode == 0, result.stderr
+    assert "Nothing recorded yet" in result.stdout and str(default_db) in result.stdout
+    as_json = greentrack("report", "--format", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["completions"] == 0 and "Nothing recorded yet" in as_json.stderr
+    assert not default_db.exists()  # a report only reads
+    named = greentrack("report", "--db", str(tmp_path / "typo.db"))
+    assert named.returncode == 2 and "no database at" in named.stderr
 
 
 def test_binary_file_is_a_clear_error(tmp_path: Path) -> None:
