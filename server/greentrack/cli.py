@@ -1,13 +1,14 @@
 """The ``greentrack`` command line (typer + rich): thin commands over the package's modules.
 
-Domain errors (``GreentrackError``) print one line to stderr and exit 1; bad usage exits 2; never a bare
-traceback. Heavy imports (torch, transformers) happen inside the commands that need them.
+Domain errors (``GreentrackError``) print one line to stderr and exit 1; bad usage (ours or click's: a missing
+option, ``--line abc``, ``--max-tokens -5``) one line and exit 2, before any model loads; never a bare
+traceback. ``main`` is the one place where errors become exit codes. Heavy imports (torch, transformers) happen
+inside the commands that need them.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 import uuid
@@ -21,6 +22,7 @@ from rich.markup import escape
 from greentrack import __version__
 from greentrack.config import Settings
 from greentrack.errors import GreentrackError, UsageError
+from greentrack.logs import configure_logging
 from greentrack.serve.cli import serve as serve_command
 from greentrack.serve.cli import token_app
 
@@ -80,11 +82,7 @@ def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail to stderr.")] = False,
 ) -> None:
     """Code completions from a local LLM, with the energy of every suggestion measured phase by phase."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(verbose)
 
 
 @app.command()
@@ -100,7 +98,7 @@ def lsp(
     """Run the language server over stdio (what the VS Code extension starts)."""
     from greentrack.lsp.server import serve_stdio
 
-    serve_stdio(_settings(db, model, backend, device))
+    raise typer.Exit(serve_stdio(_settings(db, model, backend, device)))
 
 
 def _position_to_offset(text: str, line: int, col: int) -> int:
@@ -141,7 +139,9 @@ def complete(
     line: Annotated[int, typer.Option("--line", help="0-based line of the cursor.")],
     col: Annotated[int, typer.Option("--col", help="0-based column (characters) of the cursor.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Most tokens to generate.")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", min=1, max=1024, help="Most tokens to generate (1 to 1024).")
+    ] = None,
     db: DbOption = None,
     model: ModelOption = None,
     backend: BackendOption = None,
@@ -213,7 +213,7 @@ def report(
     paths = list(db) if db else [settings.db_path]
     code = run_report(
         paths, week=week, developer=developer, all_developers=all_developers, fmt=fmt, out=out, tz=tz,
-        carbon_intensity=settings.carbon_intensity,
+        carbon_intensity=settings.carbon_intensity, default_db=not db,
     )
     raise typer.Exit(code)
 
@@ -259,10 +259,24 @@ app.command("serve")(serve_command)
 app.add_typer(token_app, name="token")
 
 
+def _usage_line(error: typer.TyperException) -> str:
+    """typer's (click's) message on one line, with where to read more."""
+    message = " ".join(error.format_message().split())
+    ctx = getattr(error, "ctx", None)
+    return f"{message} (see: {ctx.command_path} --help)" if ctx is not None else message
+
+
 def main() -> None:
     """Console entry point: one clear line for every error we know, exit 2 for usage errors."""
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
+    except typer.TyperException as e:  # click's usage errors (exit 2), file errors (exit 1)
+        if type(e).__name__ != "NoArgsIsHelpError":  # that one's help is printed already (typer checks so too)
+            _print_error(_usage_line(e))
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        _print_error("aborted")
+        sys.exit(1)
     except UsageError as e:
         _print_error(str(e))
         sys.exit(2)
@@ -272,3 +286,4 @@ def main() -> None:
     except KeyboardInterrupt:
         _print_error("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
