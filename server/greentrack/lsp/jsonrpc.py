@@ -3,7 +3,7 @@
 Place in the flow: the editor writes framed messages (``Content-Length: N`` CRLF CRLF, then N bytes of JSON) to
 the server's stdin. ``FrameReader``, on a thread, cuts the stream into bodies; ``serve`` hands each body to
 ``GreentrackProtocol.receive``, which parses and checks it, then passes it to pygls's dispatch, or answers a
-request that cannot be handled with a JSON-RPC error (docs/interfaces.md, "Language server"):
+request that cannot be handled with a JSON-RPC error (docs/interfaces.md, "Language server protocol"):
 
 - -32700 parse error: the body is not UTF-8 JSON (id null).
 - -32600 invalid request: not a JSON object, an id that is neither an integer nor a string (id null), no

@@ -90,7 +90,7 @@ def build_reports(
     carbon_intensity: float | None = None,
     now: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """One report per developer for the week (see ``shared/CONTRACT.md`` "Report").
+    """One report per developer for the week (see ``docs/interfaces.md``, "Report").
 
     With ``all_developers``, every developer with a completion that week (none: an empty list); otherwise the one
     developer (default: ``config.default_developer()``), with zeros if they have nothing that week. Several files
