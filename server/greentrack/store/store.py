@@ -10,9 +10,10 @@ read-only, disk full, a file that did not answer when the store opened, a value 
 the spool (``spool.py``) and is replayed by the next write that goes through. A store whose file did not answer
 at opening is still made: it tries the file again, briefly, at each write or read (``PROBE_TIMEOUT_S``).
 
-Opening never modifies a file that is not ours: the header, ``user_version``, tables and columns are checked on a
-read-only connection that leaves nothing beside the file (random bytes, a foreign SQLite file, or a newer schema
-give ``StoreError``).
+Opening never modifies a file that is not ours: ``user_version``, tables and columns are checked on a read-only
+connection that leaves nothing beside the file (random bytes, a foreign SQLite file, or a newer schema give
+``StoreError``). Nothing here opens the database (or its ``-wal``/``-shm``) with a plain file descriptor: closing
+one would drop the SQLite locks of every connection this process holds on it (``inspect_file``).
 """
 
 from __future__ import annotations
@@ -67,17 +68,18 @@ def ro_uri(path: Path) -> str:
     """A ``file:`` URI that opens ``path`` read-only.
 
     A WAL database needs its ``-shm`` file even to be read; where that cannot be created (a read-only folder,
-    a teammate's copy on a read-only share) the URI says ``immutable=1``: read as a plain file, no locks.
+    a teammate's copy on a read-only share) the URI says ``immutable=1``: read as a plain file, no locks. A file
+    locked by a writer now keeps the plain URI (its reads wait for the lock; immutable ones would not).
     """
     uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
     try:
-        probe = sqlite3.connect(uri, uri=True)
+        probe = sqlite3.connect(uri, uri=True, timeout=0)
         try:
             probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
             probe.close()
-    except sqlite3.OperationalError:
-        return uri + "&immutable=1"
+    except sqlite3.OperationalError as e:
+        return uri if _is_busy(e) else uri + "&immutable=1"
     except sqlite3.DatabaseError:
         pass  # not a database at all: the caller reports that
     return uri
@@ -107,16 +109,16 @@ def _translate(e: sqlite3.Error, what: str) -> StoreError:
     return StoreError(f"{what}: {e}")
 
 
-def _inspection_uris(path: Path, header: bytes) -> list[str]:
+def _inspection_uris(path: Path) -> list[str]:
     """Read-only URIs to check ``path`` with, tried in order, that leave nothing beside the file.
 
-    A WAL-mode file (header bytes 18–19 are 2) without a ``-wal`` beside it holds everything in itself and is
-    read as immutable: a plain ``mode=ro`` open would create ``-wal`` and ``-shm`` next to a file that may not be
-    ours. Otherwise ``mode=ro`` (it takes the locks a live WAL file needs), then immutable where that cannot open.
+    Without a ``-wal`` beside it, the file holds everything in itself and is read as immutable (no locks, no
+    side files): a plain ``mode=ro`` open would create ``-wal`` and ``-shm`` next to a WAL-mode file that may not
+    be ours. With a ``-wal`` (a live WAL database), ``mode=ro`` (it takes the locks a live WAL file needs), then
+    immutable where that cannot open. The header is never read with a plain descriptor: see ``inspect_file``.
     """
     uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
-    wal_mode = header[18:20] == b"\x02\x02"
-    if wal_mode and not path.with_name(path.name + "-wal").exists():
+    if not path.with_name(path.name + "-wal").exists():
         return [uri + "&immutable=1"]
     return [uri, uri + "&immutable=1"]
 
@@ -142,19 +144,21 @@ def inspect_file(path: Path, *, timeout_s: float = 5.0) -> int:
     Raises ``StoreError`` naming the file for random bytes, a damaged or foreign SQLite database (tables or
     columns that a file of its ``user_version`` would not lack), or a newer schema; ``StoreUnwritable`` when the
     file cannot be read now (locked by another program, no permission): that says nothing about whose it is.
+
+    Everything is read through SQLite, never with a plain descriptor: SQLite's POSIX locks belong to the process,
+    and closing any descriptor of the file drops them all, those of this process's other connections included
+    (another process then takes itself for the last user and deletes the ``-wal`` they still write to). SQLite
+    keeps the descriptor of a file that others in the process hold locks on open until they are released.
     """
     try:
-        with path.open("rb") as fh:
-            header = fh.read(100)
+        size_bytes = path.stat().st_size
     except OSError as e:
         raise StoreUnwritable(f"cannot read the database {path}: {e.strerror or e}") from e
-    if not header:
+    if size_bytes == 0:
         return 0
-    if not header.startswith(schema.SQLITE_HEADER):
-        raise StoreError(f"{path} is not an SQLite database (corrupt or another kind of file); left untouched")
     found: tuple[int, dict[str, set[str]]] | None = None
     failure: sqlite3.Error | None = None
-    for uri in _inspection_uris(path, header):
+    for uri in _inspection_uris(path):
         try:
             found = _read_schema(uri, timeout_s)
             break
@@ -164,6 +168,9 @@ def inspect_file(path: Path, *, timeout_s: float = 5.0) -> int:
                 break
     if found is None:
         assert failure is not None
+        if _code(failure) == sqlite3.SQLITE_NOTADB:
+            raise StoreError(f"{path} is not an SQLite database (corrupt or another kind of file); "
+                             "left untouched") from failure
         if _is_unwritable(failure):
             raise StoreUnwritable(f"cannot read the database {path} now: {failure}") from failure
         raise StoreError(f"{path} is a damaged SQLite database ({failure}); left untouched") from failure
@@ -276,9 +283,13 @@ class Store:
             log.debug("no read-only connection to %s either: %s", self.path, e)
 
     def _create_file(self) -> None:
+        """A new empty file, mode 0o600. One that appeared meanwhile (another store) is left to SQLite: it is
+        never opened here, as closing that descriptor would drop this process's SQLite locks on it."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return
         except OSError as e:
             raise StoreUnwritable(f"cannot create the database {self.path}: {e.strerror or e}") from e
         try:
