@@ -130,10 +130,29 @@ function escapeMarkdown(text: string): string {
   return text.replace(/([\\`*_{}[\]()#+!|<>])/g, '\\$1');
 }
 
+/** The total's interval fields of `greentrack/energy` (docs/interfaces.md); absent from older servers. */
+interface IntervalFields {
+  interval_low_j?: number | null;
+  interval_high_j?: number | null;
+  interval_coverage?: number | null;
+  interval_basis?: string | null;
+}
+
+/** "90 % interval: 41.2 J – 52.0 J (basis)", or the range with its basis where it states no coverage; '' if none. */
+export function intervalLine(e: EnergyParams & IntervalFields): string {
+  if (e.interval_low_j === null || e.interval_low_j === undefined) return '';
+  if (e.interval_high_j === null || e.interval_high_j === undefined) return '';
+  const range = `${formatEnergy(e.interval_low_j)} – ${formatEnergy(e.interval_high_j)}`;
+  const basis = e.interval_basis ? ` (${escapeMarkdown(e.interval_basis)})` : '';
+  if (e.interval_coverage === null || e.interval_coverage === undefined) return `Range: ${range}${basis}`;
+  return `${Math.round(100 * e.interval_coverage)} % interval: ${range}${basis}`;
+}
+
 /** The tooltip for the last suggestion, as Markdown (a table of phases, then tokens, method, CO2e, today). */
 export function energyTooltip(e: EnergyParams, today: TodayTotal): string {
   const plusMinus =
     e.uncertainty_j === null || e.uncertainty_j === undefined ? '' : ` ± ${formatEnergy(e.uncertainty_j)}`;
+  const interval = intervalLine(e);
   const outcome = e.outcome ? ` (${escapeMarkdown(e.outcome)})` : '';
   const lines: string[] = [
     `**greentrack** — last suggestion${outcome}`,
@@ -145,6 +164,7 @@ export function energyTooltip(e: EnergyParams, today: TodayTotal): string {
     `| **total** | **${formatEnergy(e.total_j)}**${plusMinus} | ${formatDuration(e.latency_ms ?? sum(e.prefill_ms, e.decode_ms))} |`,
     '',
   ];
+  if (interval) lines.push(`${interval}; ± is the worst-case bound`, '');
   const prompt = e.prompt_tokens ?? 0;
   const reused = e.reused_prompt_tokens ?? 0;
   lines.push(

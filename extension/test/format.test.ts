@@ -160,6 +160,14 @@ describe('energyTooltip', () => {
     assert.doesNotMatch(md, /±/);
     assert.match(md, /over 1 suggestion in this window; 2\.50 kJ over 40 in all sessions/);
   });
+  it('shows the interval with its coverage, or a range that claims none', () => {
+    const stated = { ...sample, interval_low_j: 3.1, interval_high_j: 4.0, interval_coverage: 0.9, interval_basis: 'errors of completions' };
+    const md = energyTooltip(stated, { sessionJ: 1, sessionCount: 1 });
+    assert.match(md, /90 % interval: 3\.10 J – 4\.00 J \(errors of completions\); ± is the worst-case bound/);
+    const bound = { ...stated, interval_coverage: null, interval_basis: 'worst-case bound' };
+    assert.match(energyTooltip(bound, { sessionJ: 1, sessionCount: 1 }), /Range: 3\.10 J – 4\.00 J \(worst-case bound\)/);
+    assert.doesNotMatch(energyTooltip(sample, { sessionJ: 1, sessionCount: 1 }), /interval|Range/);
+  });
   it('names measured and attributed methods', () => {
     assert.match(describeMethod('measured', 'nvml'), /^measured — .*nvml/);
     assert.match(describeMethod('attributed', 'rapl'), /^attributed — .*rapl/);

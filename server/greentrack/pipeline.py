@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from greentrack.config import Settings
+from greentrack.energy.interval import completion_interval
 from greentrack.energy.types import Method, PhaseEnergy, PhaseSpan
 from greentrack.engine.types import CancelToken, CompletionBackend, CompletionRequest, EngineResult
 from greentrack.errors import BadInput, GreentrackError, StoreError
@@ -147,6 +148,7 @@ class Pipeline:
             result, energies, self.monitor.meter_name, self.monitor.method
         )
         total_j = prefill_j + decode_j
+        interval = completion_interval(energies, result.spans, calibrated=self.monitor.calibration is not None)
         record = CompletionRecord(
             completion_id=result.request_id,
             uri=context.uri,
@@ -171,6 +173,10 @@ class Pipeline:
             developer=context.developer or self.settings.developer,
             ts=wall_clock_iso(context.received_s),
             text=result.text if self.settings.store_text else None,
+            interval_low_j=interval.low_j if interval else None,
+            interval_high_j=interval.high_j if interval else None,
+            interval_coverage=interval.coverage if interval else None,
+            interval_basis=interval.basis if interval else None,
         )
         if self.store is not None:
             self.store.record(record)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from greentrack.energy.types import Method
 
-Outcome = Literal["shown", "empty", "cancelled", "error"]
+Outcome = Literal["shown", "empty", "cancelled", "error", "cached"]
 
 #: The fields of the ``greentrack/energy`` notification, in contract order.
 ENERGY_FIELDS: tuple[str, ...] = (
@@ -22,6 +22,7 @@ ENERGY_FIELDS: tuple[str, ...] = (
     "prefill_j", "decode_j", "total_j",
     "method", "meter", "uncertainty_j",
     "co2e_g", "outcome",
+    "interval_low_j", "interval_high_j", "interval_coverage", "interval_basis",
 )
 
 
@@ -79,6 +80,13 @@ class CompletionRecord:
     #: The server's URL for a completion an editor got from a remote ``greentrack serve`` and mirrored into its
     #: local database; None for a completion made in this process.
     served_by: str | None = None
+    #: Where the true ``total_j`` lies for a share ``interval_coverage`` of completions (0.9), or, where
+    #: ``interval_coverage`` is None, the worst-case bound or a model's range; ``interval_basis`` says which
+    #: (``energy/interval.py``). ``uncertainty_j`` stays the worst-case bound. Units: J.
+    interval_low_j: float | None = None
+    interval_high_j: float | None = None
+    interval_coverage: float | None = None
+    interval_basis: str | None = None
 
     def energy_fields(self) -> dict[str, Any]:
         """The ``greentrack/energy`` notification's params."""

@@ -37,8 +37,33 @@ CREATE INDEX [idx_completions_developer_uri_ts] ON [completions] ([developer], [
 PRAGMA user_version = 3;
 """
 
+V4_SQL = """
+ALTER TABLE "completions" ADD COLUMN "served_by" TEXT;
+CREATE TABLE "api_tokens" (
+   "token_hash" TEXT PRIMARY KEY,
+   "developer" TEXT NOT NULL,
+   "admin" INTEGER NOT NULL DEFAULT 0,
+   "created_ts" TEXT NOT NULL,
+   "revoked_ts" TEXT
+);
+CREATE INDEX IF NOT EXISTS "idx_api_tokens_developer" ON "api_tokens" ("developer");
+CREATE TABLE "idle_energy" (
+   "id" INTEGER PRIMARY KEY,
+   "started_ts" TEXT,
+   "ended_ts" TEXT,
+   "energy_j" REAL,
+   "method" TEXT,
+   "meter" TEXT,
+   "uncertainty_j" REAL,
+   "host" TEXT
+);
+CREATE INDEX IF NOT EXISTS "idx_idle_energy_started_ts" ON "idle_energy" ("started_ts");
+PRAGMA user_version = 4;
+"""
+
 #: The scripts that build a file of each version, in order.
-SCRIPTS: dict[int, tuple[str, ...]] = {1: (V1_SQL,), 2: (V1_SQL, V2_SQL), 3: (V1_SQL, V2_SQL, V3_SQL)}
+SCRIPTS: dict[int, tuple[str, ...]] = {1: (V1_SQL,), 2: (V1_SQL, V2_SQL), 3: (V1_SQL, V2_SQL, V3_SQL),
+                                       4: (V1_SQL, V2_SQL, V3_SQL, V4_SQL)}
 
 
 def old_row(i: int, **overrides: Any) -> dict[str, Any]:

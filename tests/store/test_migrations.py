@@ -30,7 +30,7 @@ def test_record_fields_are_the_stored_columns() -> None:
     assert latest == frozenset(schema.COMPLETION_COLUMNS) | {"next_gap_ms"}
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_frozen_sql_of_each_version_matches_its_migrations(tmp_path: Path, version: int) -> None:
     """The migrations up to ``version`` still make exactly the tables that version's files hold."""
     path = tmp_path / f"v{version}.db"
@@ -41,7 +41,7 @@ def test_frozen_sql_of_each_version_matches_its_migrations(tmp_path: Path, versi
     assert found == schema.tables_at(version)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_old_files_migrate_to_the_latest_version(tmp_path: Path, version: int) -> None:
     path = tmp_path / f"v{version}.db"
     rows = [

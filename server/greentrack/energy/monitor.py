@@ -27,6 +27,7 @@ from greentrack.energy.attribution import Attribution, MeterInfo, PhaseWeights, 
 from greentrack.energy.calibration import Calibration, calibrated_phase_energy
 from greentrack.energy.counter import Counter, MeterStatus
 from greentrack.energy.estimate import CpuTimeEstimate, probe_estimate
+from greentrack.energy.interval import with_intervals
 from greentrack.energy.nvml import NvmlCounter, cuda_to_nvml_ids, probe_nvml
 from greentrack.energy.rapl import DEFAULT_SYSFS_ROOT, RaplCounter, probe_rapl
 from greentrack.energy.sampler import Sampler
@@ -98,18 +99,19 @@ class EnergyMonitor:
             self.end_work()
 
     def phase_energy(self, spans: Sequence[PhaseSpan], *, timeout_s: float = 0.5) -> list[PhaseEnergy]:
-        """One ``PhaseEnergy`` per span, same order. Blocks until the counter has stepped after the last span's
-        end (typically ≤ 120 ms on NVML), or ``timeout_s``; past it, the tail is extrapolated with a wider
-        uncertainty and a warning is logged. Call it off the completion's critical path.
+        """One ``PhaseEnergy`` per span, same order, with its interval (``energy.interval``). Blocks until the
+        counter has stepped after the last span's end (typically ≤ 120 ms on NVML), or ``timeout_s``; past it,
+        the tail is extrapolated with a wider uncertainty and a warning is logged. Call it off the critical path.
         """
         if not spans:
             return []
+        calibrated = self.calibration is not None
         if self.counter is None:
             assert self.calibration is not None
-            return calibrated_phase_energy(spans, self.calibration)
+            return with_intervals(calibrated_phase_energy(spans, self.calibration), spans, calibrated=calibrated)
         weights = self.calibration.weights if self.calibration is not None else None
         result = self._attribute(spans, timeout_s=timeout_s, weights=weights)
-        return result.phases
+        return with_intervals(result.phases, spans, calibrated=calibrated)
 
     def window_energy(self, start_s: float, end_s: float, *, timeout_s: float = 1.0) -> PhaseEnergy:
         """The energy of a whole time window (calibration, benchmarks). Units: J, monotonic s."""

@@ -38,8 +38,11 @@ class PhaseSpan:
 class PhaseEnergy:
     """The energy of one phase. Units: J.
 
-    ``method`` says how it was obtained; ``meter`` names the counter or model; ``uncertainty_j`` is a bound on
-    the error of ``energy_j`` (None where unknown); ``resolution_j`` is the counter's smallest step.
+    ``method`` says how it was obtained; ``meter`` names the counter or model; ``uncertainty_j`` is a worst-case
+    bound on the error of ``energy_j`` (None where unknown); ``resolution_j`` is the counter's smallest step.
+    ``interval_low_j``/``interval_high_j``: where the truth lies for a share ``interval_coverage`` of cases (0.9;
+    None: the interval is the worst-case bound or a model range), ``interval_basis`` says what it rests on
+    (``energy.interval``). None until ``interval.with_intervals`` fills them.
     """
 
     request_id: str
@@ -49,6 +52,10 @@ class PhaseEnergy:
     meter: str
     uncertainty_j: float | None
     resolution_j: float | None = None
+    interval_low_j: float | None = None
+    interval_high_j: float | None = None
+    interval_coverage: float | None = None
+    interval_basis: str | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ Versions (``PRAGMA user_version``):
   tip reads it instead of sorting the whole week. Index on ``completions(developer, uri, ts)``.
 * 4 — for ``greentrack serve``: column ``completions.served_by``, table ``api_tokens`` (SHA-256 of each token,
   never the token) and table ``idle_energy`` (the server's energy while no request runs).
+* 5 — columns ``completions.interval_low_j``, ``interval_high_j``, ``interval_coverage``, ``interval_basis``: the
+  total's interval with a stated coverage beside the worst-case ``uncertainty_j`` (``energy/interval.py``); NULL
+  for older rows.
 """
 
 from __future__ import annotations
@@ -110,6 +113,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 )""",
         'CREATE INDEX IF NOT EXISTS "idx_idle_energy_started_ts" ON "idle_energy" ("started_ts")',
     ),
+    5: (
+        'ALTER TABLE "completions" ADD COLUMN "interval_low_j" REAL',
+        'ALTER TABLE "completions" ADD COLUMN "interval_high_j" REAL',
+        'ALTER TABLE "completions" ADD COLUMN "interval_coverage" REAL',
+        'ALTER TABLE "completions" ADD COLUMN "interval_basis" TEXT',
+    ),
 }
 
 SCHEMA_VERSION: int = max(MIGRATIONS)
@@ -122,6 +131,7 @@ COMPLETION_COLUMNS: tuple[str, ...] = (
     "prefill_ms", "decode_ms", "latency_ms", "prefill_j", "decode_j", "total_j",
     "method", "meter", "uncertainty_j", "co2e_g", "outcome",
     "ts", "developer", "accepted", "accepted_ts", "text", "served_by",
+    "interval_low_j", "interval_high_j", "interval_coverage", "interval_basis",
 )
 
 #: Columns the report, the CSV export and ``Store.completions`` expose: everything but the opt-in ``text``,
@@ -257,6 +267,16 @@ def select_completions_sql(
     if where:
         sql += " WHERE " + " AND ".join(where)
     return sql + " ORDER BY ts, completion_id", params
+
+
+def select_completion_sql(completion_id: str, *, developer: str | None = None) -> tuple[str, dict[str, Any]]:
+    """One completion by id (the columns of ``select_completions_sql``), only if it is ``developer``'s when given."""
+    params: dict[str, Any] = {"id": clean_text(completion_id)}
+    sql = f"SELECT {', '.join(f'[{c}]' for c in EXPORT_COLUMNS)} FROM completions WHERE completion_id = :id"
+    if developer is not None:
+        sql += " AND developer = :developer"
+        params["developer"] = developer
+    return sql, params
 
 
 def calibration_row(data: Mapping[str, Any], *, ts: str | None = None) -> dict[str, Any]:

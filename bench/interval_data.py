@@ -1,0 +1,180 @@
+"""Observations of attribution error against long-window truth, from a recorded mixed workload (issue 13).
+
+Used by ``bench/fit_interval_model.py`` (fits ``greentrack/data/interval_model.json``), by
+``bench/gpu_validate_attribution.py`` (per-completion figure, interval and truth on the GPU) and by
+``tests/energy/test_interval.py``. Input: the ``h100_mixed.json`` format — the real sampler's reads, the
+workload's phase spans, the ground-truth powers of steady windows and the calibration.
+
+Each request is attributed on its own, as the pipeline does. Besides its real phases (prefill, decode, the whole
+completion), phases of other lengths are cut from the real decodes, with the same truth (decode power × time):
+the first ``d`` of a decode (a shorter completion, the rest of the decode unseen) and a middle piece ``d`` between
+two other decode spans (a short phase with neighbours), so that the error model has cases from 10 ms to 0.5 s.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from greentrack.energy.attribution import MeterInfo, PhaseWeights, attribute
+from greentrack.energy.calibration import Calibration
+from greentrack.energy.interval import ErrorModel, Interval, Observation, figure_interval
+from greentrack.energy.types import CounterSample, PhaseSpan
+
+#: Decode prefixes and middle pieces cut from the real decodes. Units: s.
+PREFIX_CUTS_S = (0.01, 0.02, 0.05, 0.08, 0.15, 0.25)
+MIDDLE_CUTS_S = (0.01, 0.03, 0.06, 0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class Recording:
+    samples: list[CounterSample]
+    spans: list[PhaseSpan]
+    truth: dict[str, Any]
+    calibration: Calibration | None
+    meter: MeterInfo
+    update_period_s: float
+    timing_slack_s: float
+    lag_s: float
+    device: str
+    date: str
+
+
+def load_recording(data: dict[str, Any]) -> Recording:
+    counter = data.get("counter", {})
+    meter = MeterInfo(str(counter.get("name", "nvml:gpu0")), "attributed", float(counter.get("resolution_j", 0.001)),
+                      counter.get("max_power_w") or 700.0, 0.0, float(counter.get("relative_uncertainty", 0.0)))
+    cal = Calibration.from_dict(data["calibration"]) if data.get("calibration") else None
+    return Recording(
+        [CounterSample(*x) for x in data["samples"]],
+        [PhaseSpan(r, k, a, b, w) for r, k, a, b, w in data["spans"]],
+        data["truth"], cal, meter, float(counter.get("update_period_s", 0.1)),
+        float(counter.get("timing_slack_s", 0.01)), float(counter.get("lag_s", 0.025)),
+        str(data.get("device", "")), str(data.get("date", "")),
+    )
+
+
+def truth_power_w(span: PhaseSpan, truth: dict[str, Any]) -> float:
+    key = f"prefill/{int(span.work)}" if span.kind == "prefill" else "decode/power"
+    return float(truth[key]["power_w"])
+
+
+@dataclass(frozen=True)
+class Case:
+    """One attributed figure with its truth and worst-case bound. ``request`` groups a completion's cases."""
+
+    request: str
+    kind: str
+    size: str
+    duration_s: float
+    figure_j: float
+    truth_j: float
+    uncertainty_j: float | None
+    meter: str
+    derived: bool  # cut from a real phase rather than the phase itself
+
+    def observation(self, calibrated: bool) -> Observation:
+        return Observation(self.kind, self.duration_s, calibrated, self.figure_j, self.truth_j)
+
+
+class _Attributor:
+    def __init__(self, rec: Recording, weights: PhaseWeights | None) -> None:
+        self.rec, self.weights = rec, weights
+        self.ts = [s.t_s for s in rec.samples]
+
+    def __call__(self, spans: Sequence[PhaseSpan]) -> list[tuple[float, float | None]]:
+        rec = self.rec
+        lo = bisect.bisect_left(self.ts, min(s.start_s for s in spans) - 1.0)
+        hi = bisect.bisect_right(self.ts, max(s.end_s for s in spans) + 1.0)
+        res = attribute(rec.samples[lo:hi], spans, rec.meter, update_period_s=rec.update_period_s,
+                        timing_slack_s=rec.timing_slack_s, lag_s=rec.lag_s, weights=self.weights)
+        return [(p.energy_j, p.uncertainty_j) for p in res.phases]
+
+
+def _size(span: PhaseSpan) -> str:
+    return f"prefill/{int(span.work)}" if span.kind == "prefill" else "decode"
+
+
+def cases(rec: Recording, *, calibrated: bool, derived: bool = True) -> list[Case]:
+    """Every real phase and completion of the recording, attributed per request; with ``derived``, also the
+    decode prefixes and middle pieces (see the module docstring)."""
+    weights = rec.calibration.weights if calibrated and rec.calibration is not None else None
+    run = _Attributor(rec, weights)
+    by_request: dict[str, list[PhaseSpan]] = {}
+    for s in rec.spans:
+        by_request.setdefault(s.request_id, []).append(s)
+    out: list[Case] = []
+    name = rec.meter.name
+
+    def add(rid: str, spans: Sequence[PhaseSpan], figures: Sequence[tuple[float, float | None]],
+            keep: Sequence[int], is_derived: bool, completion: bool) -> None:
+        for i in keep:
+            sp, (e, u) = spans[i], figures[i]
+            out.append(Case(rid, sp.kind, _size(sp), sp.duration_s, e, truth_power_w(sp, rec.truth) * sp.duration_s,
+                            u, name, is_derived))
+        if completion:
+            total = math.fsum(e for e, _ in figures)
+            us = [u for _, u in figures]
+            out.append(Case(rid, "completion", "completion", spans[-1].end_s - spans[0].start_s, total,
+                            math.fsum(truth_power_w(sp, rec.truth) * sp.duration_s for sp in spans),
+                            None if None in us else math.fsum(u for u in us if u is not None), name, is_derived))
+
+    for rid, spans in by_request.items():
+        add(rid, spans, run(spans), range(len(spans)), False, True)
+        if not derived or len(spans) != 2 or spans[1].kind != "decode":
+            continue
+        pre, dec = spans
+        per_s = dec.work / dec.duration_s if dec.duration_s > 0 else 0.0
+        for d in PREFIX_CUTS_S:
+            if dec.duration_s < d + 0.05:
+                continue
+            cut = [pre, PhaseSpan(rid, "decode", dec.start_s, dec.start_s + d, max(1.0, per_s * d))]
+            add(f"{rid}/prefix{d}", cut, run(cut), [1], True, True)
+        for d in MIDDLE_CUTS_S:
+            a = dec.start_s + 0.1
+            if dec.end_s < a + d + 0.05:
+                continue
+            cut = [pre, PhaseSpan(rid, "decode", dec.start_s, a, per_s * 0.1),
+                   PhaseSpan(rid, "decode", a, a + d, max(1.0, per_s * d)),
+                   PhaseSpan(rid, "decode", a + d, dec.end_s, per_s * (dec.end_s - a - d))]
+            add(f"{rid}/middle{d}", cut, run(cut), [2], True, False)
+    return out
+
+
+def interval_of(case: Case, model: ErrorModel | None, calibrated: bool) -> Interval:
+    return figure_interval(case.figure_j, case.uncertainty_j, kind=case.kind, duration_s=case.duration_s,
+                           meter=case.meter, method="attributed", calibrated=calibrated, model=model)
+
+
+def summarize(rows: Iterable[tuple[Case, Interval]], *, min_s: float = 0.0, max_s: float = math.inf) -> dict[str, Any]:
+    """Coverage, median half-width (share of the figure) and the bound's median half-width over the rows whose
+    duration lies in ``[min_s, max_s)``."""
+    sel = [(c, iv) for c, iv in rows if min_s <= c.duration_s < max_s and c.figure_j > 0]
+    if not sel:
+        return {"n": 0}
+    inside = [iv.low_j <= c.truth_j <= iv.high_j for c, iv in sel]
+    stated = [iv.coverage is not None for _, iv in sel]
+    return {
+        "n": len(sel),
+        "coverage": sum(inside) / len(sel),
+        "stated_share": sum(stated) / len(sel),
+        "median_half_width_pct": 100 * statistics.median(iv.half_width_j / c.figure_j for c, iv in sel),
+        "median_bound_half_width_pct": 100 * statistics.median(
+            (c.uncertainty_j if c.uncertainty_j is not None else math.inf) / c.figure_j for c, _ in sel),
+        "median_abs_error_pct": 100 * statistics.median(abs(c.truth_j / c.figure_j - 1) for c, _ in sel),
+    }
+
+
+def phase_accuracy(all_cases: Iterable[Case], *, min_s: float = 0.01) -> dict[str, dict[str, float]]:
+    """Mean attributed vs mean truth per (kind, size) of the real phases of ≥ ``min_s``: the ±10 % goal."""
+    groups: dict[str, list[Case]] = {}
+    for c in all_cases:
+        if not c.derived and c.kind != "completion" and c.duration_s >= min_s:
+            groups.setdefault(c.size, []).append(c)
+    return {k: {"n": len(v), "mean_error_pct": 100 * (statistics.fmean(c.figure_j for c in v)
+                                                      / statistics.fmean(c.truth_j for c in v) - 1)}
+            for k, v in sorted(groups.items())}
