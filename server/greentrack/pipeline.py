@@ -3,6 +3,11 @@
 ``Pipeline.run`` is the critical path (engine only: timestamps, no counter reads). ``Pipeline.finalize``
 runs afterwards, off the critical path: it waits for the energy meter to cover the phases, builds the
 ``CompletionRecord`` and stores it. The language server and ``greentrack complete`` both use this module.
+
+A backend that batches (vLLM: ``batches = True``) runs concurrent ``run`` calls together, without the pipeline's
+lock; its results' energy comes from the step ledger (``energy.step_ledger``: every engine step's energy split
+over the requests in it, the rest idle), not from each result's own spans, which overlap and would count a
+shared step once per request. The transformers backend stays serialized.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -24,10 +29,13 @@ from greentrack.energy.types import Method, PhaseEnergy, PhaseSpan
 from greentrack.engine.types import CancelToken, CompletionBackend, CompletionRequest, EngineResult
 from greentrack.errors import BadInput, GreentrackError, StoreError
 from greentrack.record import CompletionRecord, Outcome, co2e_grams
+from greentrack.suggestion_cache import SuggestionCache
 
 if TYPE_CHECKING:
     from greentrack.energy.calibration import Calibration
     from greentrack.energy.monitor import EnergyMonitor
+    from greentrack.energy.step_attribution import IdleWindow
+    from greentrack.energy.step_ledger import StepLedger
     from greentrack.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,12 @@ log = logging.getLogger(__name__)
 _METHOD_RANK: dict[Method, int] = {"measured": 0, "attributed": 1, "estimated": 2}
 #: While the database has not answered, the stored calibration is asked for again at most this often (s).
 CALIBRATION_RETRY_S = 5.0
+#: Idle energy from the step ledger is stored in windows of at least this long (s); the rest at ``close``.
+IDLE_WINDOW_S = 30.0
+#: Appended to the meter's name on figures attributed by engine step (``docs/interfaces.md``).
+STEPS_METER_SUFFIX = "/steps"
+#: The ``meter`` of a suggestion served from the suggestion cache: no device work, 0 J ``measured`` ± 0.
+CACHE_METER = "cache"
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,8 @@ def outcome_of(result: EngineResult) -> Outcome:
         return "cancelled"
     if result.stop_reason == "error":
         return "error"
+    if "cached_from" in result.extras:
+        return "cached"
     return "shown" if result.text else "empty"
 
 
@@ -96,7 +112,12 @@ def _duration_ms(span: PhaseSpan | None) -> float:
 
 
 class Pipeline:
-    """One backend, one energy monitor, one store. Generations are serialized by the caller or ``run``."""
+    """One backend, one energy monitor, one store. Generations are serialized by ``run``, unless the backend
+    batches (``batches``): then ``ledger`` attributes each engine step's energy to the requests in it.
+
+    ``store_idle``: store the ledger's idle energy (``Store.record_idle``) in windows of ``IDLE_WINDOW_S``; off by
+    default, for a caller that accounts idle time itself.
+    """
 
     def __init__(
         self,
@@ -114,39 +135,92 @@ class Pipeline:
         #: The stored calibration is still to be read: the database did not answer when the pipeline opened.
         self.calibration_pending = False
         self._next_calibration_read_s = 0.0
+        self.batches = bool(getattr(backend, "batches", False))
+        self.store_idle = False
+        self.ledger: StepLedger | None = self._open_ledger() if self.batches else None
+        #: What the user types into a suggestion still shown is served from here (None: off, as benchmarks' naive run).
+        self.suggestion_cache: SuggestionCache | None = SuggestionCache()
+
+    def _open_ledger(self) -> StepLedger | None:
+        """The step ledger, attached to the backend; None (with a warning) where steps cannot be recorded."""
+        from greentrack.energy.step_attribution import StepCosts
+        from greentrack.energy.step_ledger import StepLedger
+
+        attach = getattr(self.backend, "attach_step_sink", None)
+        if self.monitor.counter is None or attach is None:
+            why = "no counter" if self.monitor.counter is None else "the backend records no steps"
+            log.info("batched requests are attributed by their own phases (%s)", why)
+            return None
+        ledger = StepLedger(self.monitor, StepCosts.from_calibration(self.monitor.calibration))
+        reason = attach(ledger)
+        if reason is not None:
+            log.warning("engine steps cannot be recorded (%s): concurrent requests are attributed by their own "
+                        "phases, which counts a shared step once per request", reason)
+            return None
+        return ledger
 
     # -- critical path ------------------------------------------------------------------------------
     def run(self, request: CompletionRequest, cancel: CancelToken) -> EngineResult:
-        """Generate (one at a time). ``BadInput`` propagates (nothing reached the model); any other
-        failure of the engine becomes an ``error`` result whose elapsed time is still measured."""
-        with self._generation_lock:
-            started_s = time.monotonic()
-            self.monitor.begin_work()  # the meter samples around work only (energy/sampler.py)
-            try:
-                return self.backend.complete(request, cancel)
-            except BadInput:
-                raise
-            except Exception as e:  # the engine failed mid-way: the energy it spent is still logged
-                ended_s = time.monotonic()
-                log.error("completion %s failed in the engine: %s", request.request_id, e)
-                return EngineResult(
-                    request_id=request.request_id, text="", prompt_tokens=0, reused_prompt_tokens=0,
-                    completion_tokens=0,
-                    spans=[PhaseSpan(request.request_id, "prefill", started_s, ended_s, 0.0)],
-                    started_s=started_s, ended_s=ended_s, stop_reason="error",
-                    extras={"error": str(e)},
-                )
-            finally:
-                self.monitor.end_work()
+        """Generate (one at a time, unless the backend batches). ``BadInput`` propagates (nothing reached the
+        model); any other failure of the engine becomes an ``error`` result whose elapsed time is still measured.
+        The suggestion cache is asked first: a hit is a result with no model work (``extras["cached_from"]``)."""
+        cached = self._from_cache(request, cancel)
+        if cached is not None:
+            return cached
+        if self.batches:
+            result = self._run(request, cancel)
+        else:
+            with self._generation_lock:
+                result = self._run(request, cancel)
+        if self.suggestion_cache is not None and result.text and not result.cancelled and result.stop_reason != "error":
+            self.suggestion_cache.remember(request.request_id, request.document_key, request.text, request.offset,
+                                           result.text)
+        return result
+
+    def _from_cache(self, request: CompletionRequest, cancel: CancelToken) -> EngineResult | None:
+        """The rest of a suggestion shown here before, when what was typed since is a prefix of it (no engine)."""
+        if self.suggestion_cache is None:
+            return None
+        hit = self.suggestion_cache.lookup(request.document_key, request.text, request.offset)
+        if hit is None:
+            return None
+        now_s = time.monotonic()
+        return EngineResult(
+            request_id=request.request_id, text=hit.text, prompt_tokens=0, reused_prompt_tokens=0,
+            completion_tokens=0, spans=[], started_s=now_s, ended_s=now_s, cancelled=cancel.cancelled,
+            extras={"cached_from": hit.source_id},
+        )
+
+    def _run(self, request: CompletionRequest, cancel: CancelToken) -> EngineResult:
+        started_s = time.monotonic()
+        self.monitor.begin_work()  # the meter samples around work only (energy/sampler.py)
+        try:
+            return self.backend.complete(request, cancel)
+        except BadInput:
+            raise
+        except Exception as e:  # the engine failed mid-way: the energy it spent is still logged
+            ended_s = time.monotonic()
+            log.error("completion %s failed in the engine: %s", request.request_id, e)
+            return EngineResult(
+                request_id=request.request_id, text="", prompt_tokens=0, reused_prompt_tokens=0,
+                completion_tokens=0,
+                spans=[PhaseSpan(request.request_id, "prefill", started_s, ended_s, 0.0)],
+                started_s=started_s, ended_s=ended_s, stop_reason="error",
+                extras={"error": str(e)},
+            )
+        finally:
+            self.monitor.end_work()
 
     # -- after the suggestion is out ----------------------------------------------------------------
     def finalize(self, result: EngineResult, context: RequestContext) -> CompletionRecord:
         """Attribute energy to the result's phases, build the record, store it. Blocks up to ~0.5 s
         while the meter catches up with the phases' end."""
-        energies = self.monitor.phase_energy(result.spans) if result.spans else []
+        energies = self._phase_energy(result)
         prefill_j, decode_j, method, meter, uncertainty_j = combine_phase_energy(
             result, energies, self.monitor.meter_name, self.monitor.method
         )
+        if "cached_from" in result.extras:  # no device work was done: exactly 0 J (docs/interfaces.md)
+            method, meter, uncertainty_j = "measured", CACHE_METER, 0.0
         total_j = prefill_j + decode_j
         interval = completion_interval(energies, result.spans, calibrated=self.monitor.calibration is not None)
         record = CompletionRecord(
@@ -187,7 +261,39 @@ class Pipeline:
             except (GreentrackError, sqlite3.Error) as e:
                 log.warning("cannot read today's total: %s", e)
             self._read_calibration_late()
+        if self.ledger is not None and self.store_idle:
+            self._store_idle(self.ledger.take_idle(min_window_s=IDLE_WINDOW_S))
         return record
+
+    def _phase_energy(self, result: EngineResult) -> list[PhaseEnergy]:
+        """The result's phases' energy: from the step ledger for a batched result, else from its own spans."""
+        if not result.spans:
+            return []
+        engine_id = result.extras.get("engine_request_id")
+        if self.ledger is not None and isinstance(engine_id, str):
+            figure = self.ledger.request_energy(engine_id)
+            if figure is not None:
+                meter = self.ledger.meter
+                return figure.phases(replace(meter, name=meter.name + STEPS_METER_SUFFIX))
+            log.warning("no engine step recorded for %s: attributed by its own phases", result.request_id)
+        return self.monitor.phase_energy(result.spans)
+
+    def take_idle_energy(self, *, min_window_s: float = 0.0) -> IdleWindow | None:
+        """The step ledger's idle energy since the last take (None without a ledger or when too short)."""
+        return self.ledger.take_idle(min_window_s=min_window_s) if self.ledger is not None else None
+
+    def _store_idle(self, window: IdleWindow | None) -> None:
+        if window is None or self.store is None:
+            return
+        try:
+            self.store.record_idle(
+                started_ts=wall_clock_iso(window.start_s), ended_ts=wall_clock_iso(window.end_s),
+                energy_j=window.energy_j, method=self.monitor.method,
+                meter=self.monitor.meter_name + STEPS_METER_SUFFIX, uncertainty_j=window.uncertainty_j,
+                host=host_name(),
+            )
+        except (GreentrackError, sqlite3.Error, OSError) as e:
+            log.warning("idle energy %.3f J not stored: %s", window.energy_j, e)
 
     def _read_calibration_late(self) -> None:
         """Once the database answers, take the stored calibration that could not be read at start: the monitor
@@ -213,6 +319,10 @@ class Pipeline:
             log.warning("cannot use the stored calibration: %s", e)
             return
         old, self.monitor = self.monitor, monitor
+        if self.ledger is not None:
+            from greentrack.energy.step_attribution import StepCosts
+
+            self.ledger.switch_monitor(monitor, StepCosts.from_calibration(calibration))
         old.close()
         log.info("stored calibration read now that the database answers; energy: %s", monitor.meter_name)
 
@@ -241,11 +351,21 @@ class Pipeline:
 
     def close(self) -> None:
         self._finalizer.shutdown(wait=True)
-        for closer in (self.backend.close, self.monitor.close):
+        try:
+            self.backend.close()
+        except Exception as e:  # closing must never raise into the editor session
+            log.warning("while closing: %s", e)
+        if self.ledger is not None:
             try:
-                closer()
-            except Exception as e:  # closing must never raise into the editor session
-                log.warning("while closing: %s", e)
+                self.ledger.flush()
+                if self.store_idle:
+                    self._store_idle(self.ledger.take_idle())
+            except Exception as e:
+                log.warning("while closing the step ledger: %s", e)
+        try:
+            self.monitor.close()
+        except Exception as e:
+            log.warning("while closing: %s", e)
         if self.store is not None:
             self.store.close()
 

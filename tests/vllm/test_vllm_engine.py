@@ -14,8 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from greentrack.energy.batching import attribution_spans, batch_phase_energy
-from greentrack.energy.types import PhaseSpan
 from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 
 pytestmark = [
@@ -268,10 +266,13 @@ def test_cancel_from_another_thread(backend: VllmBackend) -> None:
     assert r.ended_s - cancelled_at < 3 * step_s + 0.1  # within the step in flight (plus scheduling noise)
 
 
-def test_two_overlapping_requests_are_attributed_with_conservation(backend: VllmBackend) -> None:
+def test_two_overlapping_requests_are_attributed_by_step_with_conservation(backend: VllmBackend) -> None:
     from greentrack.energy.monitor import open_monitor
+    from greentrack.energy.step_ledger import StepLedger
 
     monitor = open_monitor("cpu")  # no RAPL here: the CPU-time estimate (a real counter, read in background)
+    ledger = StepLedger(monitor)
+    assert backend.attach_step_sink(ledger) is None
     try:
         a_text = unique_source() + "        return 2 * (self.width + self.height)\n\n\nclass Square(Rectangle):\n"
         b_text = unique_source() + "        return"
@@ -291,36 +292,24 @@ def test_two_overlapping_requests_are_attributed_with_conservation(backend: Vllm
         # they really ran together: b's prefill inside a's decode
         assert a_decode.start_s < b_prefill.start_s and b_prefill.end_s <= a_decode.end_s + EPS_S
 
-        batch = batch_phase_energy(monitor, [a, b], timeout_s=2.0)
-        assert set(batch.energy) == {"req-a", "req-b"}
-        assert batch.window_j > 0
-        assert batch.conservation_error_j <= 1e-9 * max(1.0, batch.window_j)
-        assert any("tokens processed" in n for n in batch.notes)  # the split is declared a convention
-        for rid in ("req-a", "req-b"):
-            kinds = [p.kind for p in batch.energy[rid]]
-            assert kinds[0] == "prefill"
-            assert all(p.energy_j >= 0 and p.method == "estimated" for p in batch.energy[rid])
-            assert batch.request_j(rid) > 0
-        # shared by tokens: in the step where b prefilled ~400 tokens, a decoded one; b takes almost all of it
-        att = batch.attribution
-        assert att is not None
-        spans = [s for r in (a, b) for s in _spans(r)]
-        b_i = next(i for i, s in enumerate(spans) if s.request_id == "req-b" and s.kind == "prefill")
-        a_step = max((i for i, s in enumerate(spans) if s.request_id == "req-a" and s.kind == "decode"),
-                     key=lambda i: _overlap(spans[i], spans[b_i]))
-        assert _overlap(spans[a_step], spans[b_i]) > 0
-        # (a pure time split would give them about the same; a keeps its time alone between the steps)
-        assert att.phases[b_i].energy_j > 5 * att.phases[a_step].energy_j
+        fa = ledger.request_energy(str(a.extras["engine_request_id"]), timeout_s=5.0)
+        fb = ledger.request_energy(str(b.extras["engine_request_id"]), timeout_s=5.0)
+        assert fa is not None and fb is not None
+        assert fa.extrapolated_j == 0.0 and fb.extrapolated_j == 0.0
+        assert fa.prefill_tokens == a.prompt_tokens - a.reused_prompt_tokens
+        assert fb.prefill_tokens == b.prompt_tokens - b.reused_prompt_tokens
+        assert fa.decode_tokens == a.completion_tokens - 1 and fb.decode_tokens == b.completion_tokens - 1
+        assert fa.energy_j > 0 and fb.energy_j > 0
+        ledger.flush()
+        totals = ledger.totals()
+        assert totals.window_j > 0
+        assert abs(totals.requests_j + totals.idle_j - totals.window_j) <= 1e-9 * max(1.0, totals.window_j)
+        # shared by tokens: b's ~400-token prefill step also held one of a's decode tokens, so b took almost all
+        # of that step; a pure time split of the overlapping spans would have given them about the same
+        assert fb.prefill_j > 5 * (fa.decode_j / max(1, fa.decode_tokens))
     finally:
+        backend.attach_step_sink(None)
         monitor.close()
-
-
-def _spans(r: EngineResult) -> list[PhaseSpan]:
-    return attribution_spans(r)
-
-
-def _overlap(x: PhaseSpan, y: PhaseSpan) -> float:
-    return max(0.0, min(x.end_s, y.end_s) - max(x.start_s, y.start_s))
 
 
 def test_synthetic_phases_for_calibration(backend: VllmBackend) -> None:

@@ -12,5 +12,6 @@ Modules, in the order of the flow (method and proofs: ``docs/measurement.md``):
 * ``calibration`` — ``Calibration``, ``fit_calibration``, the calibrated estimate (``greentrack.calibrate``
   measures it).
 * ``monitor`` — ``EnergyMonitor``, ``open_monitor`` and ``probe_meters``: what the pipeline and doctor use.
-* ``batching`` — per-request energy of requests that ran in the same engine steps (vLLM), by tokens processed.
+* ``step_attribution`` — pure functions: per-request energy of batched requests by engine step (vLLM), idle apart.
+* ``step_ledger`` — ``StepLedger``: the same live, fed by the engine thread's step records and the sampler.
 """

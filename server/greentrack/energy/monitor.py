@@ -128,13 +128,8 @@ class EnergyMonitor:
         first_s = min(s.start_s for s in spans)
         last_s = max(s.end_s for s in spans)
         came = sampler.wait_for_step_after(last_s, time.monotonic() + timeout_s)
-        lookback_s = 3.0 * max(counter.update_period_s, sampler.period_s) + counter.timing_slack_s + counter.lag_s
-        samples = sampler.samples_between(first_s - lookback_s, math.inf)
-        meter = MeterInfo(
-            name=counter.name, method=counter.method, resolution_j=counter.resolution_j,
-            max_power_w=counter.max_power_w, min_power_w=0.0,
-            relative_uncertainty=counter.relative_uncertainty,
-        )
+        samples = sampler.samples_between(first_s - self.lookback_s, math.inf)
+        meter = self.meter_info()
         result = attribute(
             samples, spans, meter, update_period_s=counter.update_period_s,
             timing_slack_s=counter.timing_slack_s, lag_s=counter.lag_s, weights=weights,
@@ -147,6 +142,27 @@ class EnergyMonitor:
             log.warning("%s: phases started before the sampler's oldest sample; extrapolated", counter.name)
         self.last_attribution = result
         return result
+
+    # -- for the step ledger (``step_ledger``), which reads the same samples -------------------------------------
+
+    def meter_info(self) -> MeterInfo:
+        """The counter as the attributors see it (resolution, power ceiling, method). Needs a counter."""
+        counter = self.counter
+        if counter is None:
+            raise MeterUnavailable(f"no counter (meter: {self.meter_name})")
+        return MeterInfo(
+            name=counter.name, method=counter.method, resolution_j=counter.resolution_j,
+            max_power_w=counter.max_power_w, min_power_w=0.0,
+            relative_uncertainty=counter.relative_uncertainty,
+        )
+
+    @property
+    def lookback_s(self) -> float:
+        """How far before a time the samples must reach for a knot surely before it. Units: s."""
+        counter, sampler = self.counter, self.sampler
+        if counter is None or sampler is None:
+            return 0.0
+        return 3.0 * max(counter.update_period_s, sampler.period_s) + counter.timing_slack_s + counter.lag_s
 
     def describe(self) -> dict[str, object]:
         """What ``greentrack doctor`` shows about the active meter."""

