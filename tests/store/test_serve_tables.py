@@ -1,4 +1,4 @@
-"""Schema version 4 for ``greentrack serve``: API tokens (only their hash stored) and idle energy."""
+"""Schema version 4 for ``greentrack serve``: API tokens (only their hash stored), idle energy; a row by id."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from tests.store.store_records import make_record
 
 from greentrack.errors import StoreError
 from greentrack.store import Store, TokenInfo
@@ -53,3 +54,20 @@ def test_idle_energy_sums_over_a_window_pro_rata(tmp_path: Path) -> None:
         with pytest.raises(StoreError, match="ends before"):
             store.record_idle(started_ts="2026-11-18T10:01:00Z", ended_ts="2026-11-18T10:00:00Z", energy_j=1.0,
                               method="measured", meter="nvml", uncertainty_j=None, host="gpu1")
+
+
+def test_one_completion_by_id_of_one_developer_or_any(tmp_path: Path) -> None:
+    """``Store.completion`` (``GET /v1/greentrack/completions/{id}``): the row as ``completions`` gives it, however
+    old; another developer's id looks unknown."""
+    with Store(tmp_path / "g.db") as store:
+        store.record(make_record(1, ts="2020-01-01T00:00:00Z", text="secret"))  # years old: no time window
+        store.record(make_record(2, developer="bob@example.com"))
+        store.mark_accepted("c000001", "2026-11-18T12:00:00Z")
+        row = store.completion("c000001")
+        assert row == next(r for r in store.completions() if r["completion_id"] == "c000001")
+        assert row is not None and "text" not in row and row["accepted"] == 1 and row["total_j"] == 1.25
+        assert store.completion("c000001", developer="dev@example.com") == row
+        assert store.completion("c000001", developer="bob@example.com") is None
+        assert store.completion("c000002", developer="bob@example.com") is not None
+        assert store.completion("c000002", developer="dev@example.com") is None
+        assert store.completion("c999999") is None

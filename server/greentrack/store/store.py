@@ -660,6 +660,12 @@ class Store:
         yield from self._read(*schema.select_completions_sql(developer=developer, since_ts=since_ts,
                                                              until_ts=until_ts))
 
+    def completion(self, completion_id: str, developer: str | None = None) -> dict[str, Any] | None:
+        """One completion by id (the columns ``completions`` gives), of ``developer`` only when given; None when
+        there is no such row (another developer's looks the same). A row still in the spool is not found."""
+        rows = self._read(*schema.select_completion_sql(completion_id, developer=developer))
+        return rows[0] if rows else None
+
     def totals_since(self, *, developer: str, since_ts: str) -> tuple[int, float]:
         """(completions, total energy in J) of ``developer`` since ``since_ts`` (UTC ISO 8601): today's total
         for the status bar. Rows still in the spool are not counted."""
