@@ -189,7 +189,8 @@ def test_three_concurrent_developers_stored_and_summing_with_idle_to_the_meter(b
 
     settings = Settings(backend="vllm", db_path=tmp_path / "g.db", max_tokens=16)
     store = Store(settings.db_path)
-    monitor = open_monitor("cpu")  # the CPU-time estimate: continuous, read every 10 ms
+    # the CPU-time estimate (continuous), read as the product reads it: around work only, else a heartbeat
+    monitor = open_monitor("cpu", on_demand=True)
     pipeline = Pipeline(settings, backend, monitor, store)
     assert pipeline.batches and pipeline.ledger is not None
     pipeline.store_idle = True
