@@ -22,6 +22,12 @@ What it does:
    tokens), attributed per phase from the real sampler, uncalibrated (time split) and calibrated; compared
    with the ground truth: mean relative error per (kind, size) and the share of phases whose error lies
    within their reported uncertainty.
+6. Intervals (issue 13): each completion's figure, its 90 % interval (the shipped error model, and one fitted on
+   this run's even requests for its odd ones) and its truth, written to ``intervals.json``, with coverage and
+   median half-width summaries for completions ≥ 100 ms and shorter. Refit the shipped model from the new
+   ``h100_mixed.json`` with ``bench/fit_interval_model.py``.
+
+Run with ``PYTHONPATH=server:.`` (the script imports ``bench.interval_data``).
 """
 
 from __future__ import annotations
@@ -42,8 +48,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+from bench.interval_data import cases, interval_of, load_recording, phase_accuracy, summarize
+
 from greentrack.calibrate import run_calibration
 from greentrack.energy.attribution import MeterInfo, PhaseWeights, attribute, find_knots
+from greentrack.energy.interval import fit_error_model, shipped_model
 from greentrack.energy.monitor import EnergyMonitor, open_monitor
 from greentrack.energy.types import CounterSample, PhaseSpan
 
@@ -227,6 +236,32 @@ def steady_power_w(monitor: EnergyMonitor, run: Callable[[], list[PhaseSpan]], k
     return energy_j / (end - start), statistics.fmean(s.duration_s for s in mine), len(mine)
 
 
+def interval_check(out: Path) -> dict[str, Any]:
+    """Step 6: per completion, the figure, the interval and the truth; coverage and half-width summaries."""
+    rec = load_recording(json.loads((out / "h100_mixed.json").read_text()))
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    for calibrated in (False, True):
+        all_cases = cases(rec, calibrated=calibrated)
+        roots = sorted({c.request.split("/")[0] for c in all_cases})
+        train = set(roots[::2])
+        held_out = fit_error_model(c.observation(calibrated) for c in all_cases if c.request.split("/")[0] in train)
+        for name, model in (("shipped", shipped_model()), ("held_out", held_out)):
+            chosen = [c for c in all_cases if c.kind == "completion" and not c.derived
+                      and (name == "shipped" or c.request.split("/")[0] not in train)]
+            pairs = [(c, interval_of(c, model, calibrated)) for c in chosen]
+            key = f"{name}_{'calibrated' if calibrated else 'uncalibrated'}"
+            summary[key] = {"completions_ge_100ms": summarize(pairs, min_s=0.1),
+                            "completions_lt_100ms": summarize(pairs, max_s=0.1)}
+            rows += [{"model": key, "request": c.request, "duration_ms": 1000 * c.duration_s, "figure_j": c.figure_j,
+                      "low_j": iv.low_j, "high_j": iv.high_j, "coverage": iv.coverage, "basis": iv.basis,
+                      "truth_j": c.truth_j, "bound_j": c.uncertainty_j} for c, iv in pairs]
+        summary[f"phase_accuracy_{'calibrated' if calibrated else 'uncalibrated'}"] = phase_accuracy(all_cases)
+    (out / "intervals.json").write_text(json.dumps({"summary": summary, "completions": rows}, indent=1))
+    log("intervals: " + json.dumps(summary))
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
 
@@ -361,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["mixed_calibrated"] = evaluate(cal.weights)
     results["sampler"] = monitor.sampler.describe()
     monitor.close()
+    results["intervals"] = interval_check(out)
     save()
     for k in ("mixed_uncalibrated", "mixed_calibrated"):
         log(k)

@@ -1,7 +1,8 @@
 """``greentrack doctor``: what works on this machine and exactly why not.
 
 Gathers the energy meters' status (from ``energy.monitor.probe_meters``), whether the model loads and how
-long it took, the database path and schema version, and the versions of the key packages.
+long it took, the database path and schema version, whether it can be read and written now (locked, read-only,
+full: ``Store.check_writable``), and the versions of the key packages.
 """
 
 from __future__ import annotations
@@ -33,6 +34,32 @@ def _versions() -> dict[str, str | None]:
     return found
 
 
+def _meter_cost() -> dict[str, Any]:
+    """What the best meter here costs to run: one read, and the share of a core sampling always vs on demand (the
+    language server and the server sample on demand: every period around work, one read every 5 s while idle)."""
+    from greentrack.energy.monitor import open_monitor
+
+    try:
+        with open_monitor("auto", on_demand=True) as monitor:
+            sampler = monitor.sampler
+            if sampler is None:
+                return {"meter": monitor.meter_name, "summary": "no counter reads (calibrated model)"}
+            read_s = sampler.counter.read_cost_s
+            always_pct = 100.0 * read_s / sampler.period_s
+            idle_pct = 100.0 * read_s / sampler.idle_period_s
+            return {
+                "meter": monitor.meter_name, "read_cost_ms": round(1000 * read_s, 3),
+                "always_core_pct": round(always_pct, 3), "idle_core_pct": round(idle_pct, 4),
+                "idle_cpu_s_per_hour": round(3600 * read_s / sampler.idle_period_s, 3),
+                "summary": f"{monitor.meter_name}: one read {1000 * read_s:.3f} ms; sampling on demand costs "
+                           f"{idle_pct:.4f} % of a core while idle ({3600 * read_s / sampler.idle_period_s:.2f} s "
+                           f"CPU per hour) and {always_pct:.2f} % while a completion runs "
+                           f"(every {1000 * sampler.period_s:.0f} ms)",
+            }
+    except GreentrackError as e:
+        return {"summary": f"unknown: {e}"}
+
+
 def diagnose(settings: Settings, *, load_model: bool = True) -> dict[str, Any]:
     """Everything doctor shows, as plain data (also ``doctor --json``)."""
     from greentrack.energy.monitor import probe_meters
@@ -50,11 +77,19 @@ def diagnose(settings: Settings, *, load_model: bool = True) -> dict[str, Any]:
         from greentrack.store import Store
 
         with Store(settings.db_path) as store:
-            db["schema_version"] = store.schema_version
-            db["ok"] = True
+            db["writable"] = store.check_writable()
+            db["state"] = store.unavailable_state or "ok"
+            if store.unavailable:
+                db["error"] = store.unavailable
+            try:
+                db["schema_version"] = store.schema_version
+                db["readable"] = True
+            except GreentrackError:
+                db["readable"] = False
+            db["ok"] = db["readable"] and db["writable"]
     except (GreentrackError, OSError) as e:
-        db["ok"] = False
-        db["error"] = str(e)
+        db.update(ok=False, readable=False, writable=False, state="error", error=str(e))
+    result["meter_cost"] = _meter_cost()
     result["database"] = db
     model: dict[str, Any] = {"requested": settings.model, "backend": settings.backend, "device": settings.device}
     if load_model:
@@ -81,10 +116,19 @@ def render_diagnosis(data: dict[str, Any]) -> Group:
     for m in data["meters"]:
         meters.add_row(m["name"], "[green]yes[/]" if m["available"] else "[red]no[/]", Text(m["reason"]))
     lines = Text()
+    if "meter_cost" in data:
+        lines.append("meter     ", "bold")
+        lines.append(f"{data['meter_cost']['summary']}\n")
     db = data["database"]
     lines.append("database  ", "bold")
     lines.append(f"{db['path']} ")
-    lines.append(f"(schema v{db['schema_version']})\n" if db.get("ok") else f"ERROR: {db.get('error')}\n")
+    if db.get("ok"):
+        lines.append(f"(schema v{db['schema_version']})\n")
+    elif db.get("readable"):  # completions are spooled meanwhile (see greentrack.store.spool)
+        lines.append(f"(schema v{db['schema_version']}) readable but {db['state']}, not writable now: "
+                     f"{db.get('error')}; completions are spooled until it answers\n")
+    else:
+        lines.append(f"ERROR ({db.get('state')}): {db.get('error')}\n")
     model = data["model"]
     lines.append("model     ", "bold")
     if model.get("ok"):
