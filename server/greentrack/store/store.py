@@ -18,6 +18,7 @@ one would drop the SQLite locks of every connection this process holds on it (``
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -100,6 +101,31 @@ def _is_unwritable(e: sqlite3.Error) -> bool:
 
 def _is_busy(e: sqlite3.Error) -> bool:
     return _code(e) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+#: What keeps a database from taking writes (``Store.unavailable_state``), by SQLite's primary result code.
+_STATES = {sqlite3.SQLITE_BUSY: "locked", sqlite3.SQLITE_LOCKED: "locked", sqlite3.SQLITE_READONLY: "read-only",
+           sqlite3.SQLITE_PERM: "read-only", sqlite3.SQLITE_FULL: "disk full", sqlite3.SQLITE_IOERR: "I/O error",
+           sqlite3.SQLITE_CANTOPEN: "cannot be opened"}
+#: The same, by ``errno`` of an ``OSError`` (the file could not be created).
+_OS_STATES = {errno.EACCES: "read-only", errno.EPERM: "read-only", errno.EROFS: "read-only",
+              errno.ENOSPC: "disk full", errno.EDQUOT: "disk full"}
+
+
+def unavailable_state(e: BaseException) -> str:
+    """One word for what an error (or the error behind it) says of the database: ``locked``, ``read-only``,
+    ``disk full``, ``I/O error``, ``cannot be opened``, ``not ours`` (a ``StoreError`` of its own), or
+    ``unavailable``."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, sqlite3.Error) and getattr(seen, "sqlite_errorcode", None) is not None:
+            return _STATES.get(_code(seen), "unavailable")
+        if isinstance(seen, sqlite3.OperationalError) and "locked" in str(seen):
+            return "locked"
+        if isinstance(seen, OSError) and seen.errno in _OS_STATES:
+            return _OS_STATES[seen.errno]
+        seen = seen.__cause__
+    return "not ours" if isinstance(e, StoreError) and not isinstance(e, StoreUnwritable) else "unavailable"
 
 
 def _translate(e: sqlite3.Error, what: str) -> StoreError:
@@ -232,6 +258,8 @@ class Store:
         self.spool = Spool(self.path)
         #: Why the database cannot be written now; None while it can.
         self.unavailable: str | None = None
+        #: The same in one word (``unavailable_state``: "locked", "read-only", "disk full", ...); None while it can.
+        self.unavailable_state: str | None = None
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._db: sqlite_utils.Database | None = None
@@ -246,7 +274,7 @@ class Store:
         try:
             self._open(timeout_s=busy_timeout_s)
         except StoreUnwritable as e:
-            self.unavailable = str(e)
+            self._set_unavailable(e)
             log.warning("greentrack: %s; completions will be spooled until it answers", e)
 
     # -- opening ---------------------------------------------------------------------------------------------
@@ -272,7 +300,7 @@ class Store:
         self._use(conn)
         self._prepared = True
         self._answering = True
-        self.unavailable = None
+        self._set_unavailable(None)
         self._replay_spool()
 
     def _open_reader(self) -> None:
@@ -346,6 +374,40 @@ class Store:
                 conn.execute("ROLLBACK")
             raise
 
+    def _set_unavailable(self, e: BaseException | None) -> None:
+        """Keep why the database cannot be written now (``e``), or that it can (None)."""
+        self.unavailable = None if e is None else str(e)
+        self.unavailable_state = None if e is None else unavailable_state(e)
+
+    def check_writable(self, *, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+        """Whether the database takes a write now, waiting at most ``timeout_s`` for a lock (``greentrack
+        doctor``). Takes the write lock and changes the header in a transaction rolled back: nothing is written.
+        When it cannot, ``unavailable`` and ``unavailable_state`` say why (a file opened as writable at first,
+        then made read-only or locked, included)."""
+        with self._lock:
+            if self.readonly:
+                self.unavailable, self.unavailable_state = f"the database {self.path} was opened read-only", "read-only"
+                return False
+            if not self._ready_to_write():
+                return False
+            conn = self.conn
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                conn.execute(f"PRAGMA user_version = {version}")  # a page written (a read-only file refuses it)
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._set_unavailable(_translate(e, f"cannot write the database {self.path}"))
+                self.unavailable_state = unavailable_state(e)
+                return False
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            self._set_unavailable(None)
+            return True
+
     def _ready_to_write(self) -> bool:
         """Under the lock: whether the database may take a write now, opening it first if it never answered."""
         if self._prepared:
@@ -355,7 +417,7 @@ class Store:
         except StoreError as e:  # not answering yet, or (rarely) found not to be ours once it answered
             if not isinstance(e, StoreUnwritable) and str(e) != self.unavailable:
                 log.error("greentrack: %s; completions will be spooled", e)
-            self.unavailable = str(e)
+            self._set_unavailable(e)
             return False
         log.info("greentrack: the database %s answers; spooled writes replayed", self.path)
         return True
@@ -426,7 +488,8 @@ class Store:
                                 conn.execute(extra_sql, extra_params)
                     else:
                         count = int(conn.execute(sql, params).rowcount)
-                    self._answering, self.unavailable = True, None
+                    self._answering = True
+                    self._set_unavailable(None)
                     return count
                 except sqlite3.IntegrityError:
                     raise
@@ -440,7 +503,8 @@ class Store:
         finally:
             if not answering:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-        self._answering, self.unavailable = False, str(last)
+        self._answering = False
+        self._set_unavailable(last)
         raise StoreUnwritable(f"cannot write the database {self.path}: {last}") from last
 
     def _spool(self, entry: dict[str, Any], why: str) -> None:
