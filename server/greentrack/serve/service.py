@@ -21,7 +21,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from greentrack.energy.types import PhaseSpan
@@ -39,8 +38,6 @@ log = logging.getLogger(__name__)
 
 #: Completions kept in memory for long-polls and acceptance (older ones are read from the database).
 MAX_ENTRIES = 4096
-#: How far back a completion not in memory is looked for in the database.
-LOOKUP_DAYS = 8
 
 
 class NotFound(GreentrackError):
@@ -310,13 +307,9 @@ class CompletionService:
         return accepted
 
     def _stored_row(self, caller: Caller, cid: str) -> dict[str, Any] | None:
-        since = (datetime.now(UTC) - timedelta(days=LOOKUP_DAYS)).isoformat(timespec="microseconds")
-
         def find(store: Any) -> dict[str, Any] | None:
-            for row in store.completions(developer=caller.developer, since_ts=since):
-                if row["completion_id"] == cid:
-                    return dict(row)
-            return None
+            row: dict[str, Any] | None = store.completion(cid, developer=caller.developer)
+            return row
 
         return self.store.call(find)
 
