@@ -13,15 +13,17 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 from greentrack.config import EMBEDDED_MODEL, cache_dir
@@ -29,6 +31,8 @@ from greentrack.errors import ModelLoadError
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 SourceKind = Literal["embedded", "hub", "folder", "gguf"]
 
@@ -330,14 +334,33 @@ class LoadedModel:
     dtype: torch.dtype
 
 
+def use_cpu_engine(source: ModelSource, dev: torch.device, dtype: str | None) -> bool:
+    """Whether ``load_model`` takes the int4 CPU engine (``cpu_decode``): a GGUF on the CPU, no dtype asked for
+    (a dtype names the transformers model's), and ``GREENTRACK_CPU_ENGINE`` not ``transformers``."""
+    if dev.type != "cpu" or not source.is_gguf or dtype or os.environ.get("GREENTRACK_DTYPE"):
+        return False
+    return os.environ.get("GREENTRACK_CPU_ENGINE", "").strip().lower() not in ("transformers", "0", "off")
+
+
 def load_model(source: ModelSource, device: str = "auto", dtype: str | None = None) -> LoadedModel:
-    """Load ``source`` (converting a GGUF once) on ``device`` in eval mode."""
+    """Load ``source`` (converting a GGUF once) on ``device`` in eval mode.
+
+    A llama GGUF on the CPU is loaded into the int4 CPU engine (``load_cpu_model``) unless a dtype is named;
+    a GGUF of another architecture falls back to the transformers model.
+    """
     transformers: Any = importlib.import_module("transformers")
 
     dev = pick_device(device)
-    torch_dtype = pick_dtype(dev, dtype)
     if dev.type == "cpu":
         configure_threads()
+    if use_cpu_engine(source, dev, dtype):
+        try:
+            return load_cpu_model(source)
+        except ModelLoadError as e:
+            if "CPU int4 engine" not in str(e):
+                raise
+            log.info("%s; loading the transformers model instead", e)
+    torch_dtype = pick_dtype(dev, dtype)
     folder = materialize_hf_folder(source)
     transformers.utils.logging.disable_progress_bar()
     try:
@@ -353,3 +376,81 @@ def load_model(source: ModelSource, device: str = "auto", dtype: str | None = No
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelLoadError(f"cannot load model {source.model_id} from {folder}: {e}") from e
     return LoadedModel(model, tokenizer, source, folder, dev, torch_dtype)
+
+
+def load_cpu_model(source: ModelSource) -> LoadedModel:
+    """A llama GGUF → ``cpu_decode.CpuLlama`` (int4 weights read from the file; no transformers model is built).
+
+    The tokenizer, ``config.json`` and ``generation_config.json`` come from the converted folder
+    (``materialize_hf_folder``, once per file). Peak memory stays low: each tensor is read, converted, dropped.
+    """
+    transformers: Any = importlib.import_module("transformers")
+    import torch
+
+    from greentrack.engine.cpu_decode import CpuLlama
+    from greentrack.engine.quantize import read_gguf_llama
+
+    folder = materialize_hf_folder(source)
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        with _progress(f"Loading {source.model_id} (cpu, int4)") as step:
+            step("tokenizer")
+            # the concrete class: AutoTokenizer imports every model family's modules (~170 MiB resident)
+            tokenizer_class = (transformers.PreTrainedTokenizerFast if (folder / "tokenizer.json").is_file()
+                               else transformers.AutoTokenizer)
+            tokenizer = tokenizer_class.from_pretrained(str(folder), local_files_only=True)
+            config, generation_config = _plain_configs(folder)
+            step("weights")
+            limit_heap_growth()
+            head = os.environ.get("GREENTRACK_CPU_HEAD", "").strip().lower() or "int8"
+            weights = read_gguf_llama(source.path, head_format=head)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot load model {source.model_id} from {source.path}: {e}") from e
+    release_free_memory()
+    model = CpuLlama(weights, config, generation_config)
+    return LoadedModel(model, tokenizer, source, folder, torch.device("cpu"), torch.bfloat16)
+
+
+def _plain_configs(folder: Path) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """``config.json`` and ``generation_config.json`` as attribute objects (what the backend reads of them:
+    ``vocab_size``, ``max_position_embeddings``, ``eos_token_id``); transformers' config classes would import
+    the modelling code (~130 MiB)."""
+    config = json.loads((folder / "config.json").read_text())
+    try:
+        generation = json.loads((folder / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        generation = {}
+    generation.setdefault("eos_token_id", config.get("eos_token_id"))
+    return SimpleNamespace(**config), SimpleNamespace(**generation)
+
+
+def limit_heap_growth(threshold_bytes: int = 4 << 20) -> None:
+    """Serve allocations of ``threshold_bytes`` and more from their own mappings (glibc ``mallopt``).
+
+    glibc raises this threshold by itself after such a block is freed, so the loader's temporaries (a few MiB
+    each, of ever-changing sizes) then land on the heap and stay resident, fragmented: ~80 MiB of the peak.
+    Decode steps allocate far less than 4 MiB at a time, so they are unaffected. A no-op without glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(name).mallopt(-3, threshold_bytes)  # M_MMAP_THRESHOLD
+
+
+def release_free_memory() -> None:
+    """Give freed heap pages back to the system (glibc's ``malloc_trim``; the conversion's temporaries would
+    otherwise stay resident). A no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(name).malloc_trim(0)

@@ -7,7 +7,9 @@ the ``CancelToken``, the stop rules of ``stops`` and the token/time budgets chec
 ``EngineResult`` with the cleaned text and ``PhaseSpan``s for the energy layer. No energy counter is read here.
 
 A hand-written loop rather than ``generate``: cancellation, stop rules and phase boundaries are then exact,
-and on CUDA the decode step is a captured CUDA graph (``runners.StaticRunner``).
+and on CUDA the decode step is a captured CUDA graph (``runners.StaticRunner``). On the CPU, a llama GGUF (the
+embedded model) runs on the int4 engine of ``cpu_decode`` (``cpu_decode.CpuRunner``, preallocated KV cache);
+other models on the transformers model (``runners.DynamicRunner``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from greentrack.config import EMBEDDED_MODEL, Settings
 from greentrack.energy.types import PhaseSpan
+from greentrack.engine.cpu_decode import CpuLlama, CpuRunner
 from greentrack.engine.generation import GenerationState
 from greentrack.engine.loading import LoadedModel, load_model, resolve_model
 from greentrack.engine.prompt import Healer, Prompt, PromptBuilder, build_healer
@@ -36,7 +39,8 @@ OnToken = Callable[[int, str], None]
 
 
 class TransformersBackend:
-    """``CompletionBackend`` on transformers: CPU (DynamicCache per document) or CUDA (static cache + graph)."""
+    """``CompletionBackend``: CPU (the int4 engine, or a transformers model with a DynamicCache per document) or
+    CUDA (a transformers model, static cache + graph)."""
 
     name = "transformers"
 
@@ -82,8 +86,10 @@ class TransformersBackend:
         if compile_step is None:  # opt-in: ~40 s of torch.compile at start-up for ~25% less energy per token
             compile_step = os.environ.get("GREENTRACK_COMPILE_DECODE", "") in ("1", "true", "yes")
         kind = cache if cache != "auto" else ("static" if self.torch_device.type == "cuda" else "dynamic")
-        self.runner: DynamicRunner | StaticRunner
-        if kind == "static":
+        self.runner: DynamicRunner | StaticRunner | CpuRunner
+        if isinstance(self.model, CpuLlama):  # the int4 CPU engine (loading.load_cpu_model)
+            self.runner = CpuRunner(self.model, max_documents)
+        elif kind == "static":
             limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 20)
             self.runner = StaticRunner(
                 self.model, self.torch_device, min(limit, context_tokens + max_tokens + 64), cuda_graph,
@@ -108,6 +114,11 @@ class TransformersBackend:
         )
 
     # ------------------------------------------------------------------------------------------ helpers
+
+    @property
+    def dtype_name(self) -> str:
+        """The weights' format: "int4" (the CPU engine), else the transformers model's dtype ("bfloat16", ...)."""
+        return "int4" if isinstance(self.model, CpuLlama) else str(self.loaded.dtype).removeprefix("torch.")
 
     @property
     def fim_family(self) -> str | None:
@@ -166,7 +177,7 @@ class TransformersBackend:
         state = GenerationState(request, len(ids), ctx, started, prompt.heal_text, self.stop_rules)
         extras: Extras = {
             "mode": ctx.mode, "fim": self.fim_family, "heal_text": prompt.heal_text, "runner": self.runner.kind,
-            "cuda_graph": self.runner.uses_graph, "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "cuda_graph": self.runner.uses_graph, "dtype": self.dtype_name,
         }
         if cancel.cancelled:
             return state.cancelled_before_start(time.monotonic(), extras)

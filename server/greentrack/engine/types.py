@@ -56,7 +56,7 @@ class Extras(TypedDict, total=False):
     raw_text: str  # the suggestion before ``stops.clean_completion``
     # transformers
     mode: Mode
-    runner: str  # "dynamic" | "static" (``runners``)
+    runner: str  # "dynamic" | "static" (``runners``) | "cpu-int4" (``cpu_decode``)
     cuda_graph: bool
     dtype: str
     prefill_ms: float
@@ -73,6 +73,8 @@ class Extras(TypedDict, total=False):
     step_spans: list[PhaseSpan]
     # the pipeline, for a generation that failed in the engine
     error: str
+    # the pipeline, for a suggestion served from its suggestion cache: the completion it comes from
+    cached_from: str
 
 
 @dataclass

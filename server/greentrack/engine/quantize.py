@@ -1,0 +1,377 @@
+"""Weights of the CPU decode engine, read straight from a llama GGUF: its 4-bit blocks stay 4-bit.
+
+Place in the flow: ``loading.load_cpu_model`` → ``read_gguf_llama(path)`` → ``LlamaWeights`` → ``cpu_decode.CpuLlama``.
+No transformers model is built: each tensor is read from the memory-mapped GGUF, converted, and dropped.
+
+The embedded model's GGUF stores every matrix of the 30 blocks as ``Q4_1`` (groups of 32 weights along the input
+dimension, each ``w = d * q + m`` with ``q`` in 0..15 and fp16 ``d``, ``m``) and the token embedding as ``Q8_0``.
+PyTorch's CPU int4 weight-only kernel (``aten._weight_int4pack_mm_for_cpu``) computes with groups of 32 and
+``w = (q - 8) * scale + zero``: with ``scale = d`` and ``zero = m + 8 d`` it holds the GGUF's own numbers (the
+scales rounded to bf16, the kernel's activation type), so this format is lossless with respect to the file,
+and a decode step reads 0.625 bytes per weight instead of bf16's 2 (docs/architecture.md, "CPU engine").
+
+A dense bf16 copy of each matrix (``Int4Linear.dense``, exactly ``bf16(d * q + m)``, the values the bf16
+transformers model holds) serves long prefills, where bf16 matrix multiplies beat the int4 kernel (it is
+tuned for a few rows). The q/k rows keep the GGUF's order (rotary pairs interleaved: llama.cpp's convention),
+which ``cpu_decode`` applies as a complex rotation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from greentrack.errors import ModelLoadError
+
+#: Weights per quantization group (GGUF's Q4_1 and Q8_0 block size; a group size the int4 CPU kernel accepts).
+GROUP = 32
+_Q4_1_BYTES = 20  # fp16 d, fp16 m, 16 bytes of nibbles
+_Q8_0_BYTES = 34  # fp16 d, 32 int8
+
+
+@dataclass
+class Int4Linear:
+    """``y = x @ W.T`` with W held 4-bit (decode, short prefills) and, optionally, bf16 (long prefills)."""
+
+    packed: torch.Tensor  # uint8 [N, K/2], PyTorch's CPU int4 layout
+    scales_zeros: torch.Tensor  # bf16 [K/GROUP, N, 2]
+    dense: torch.Tensor | None  # bf16 [N, K] or None
+    out_features: int
+    in_features: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: bf16 [M, K]. The int4 kernel for a few rows, the dense bf16 weights (when kept) for more."""
+        if self.dense is not None and x.shape[0] > DENSE_ROWS:
+            return torch.nn.functional.linear(x, self.dense)
+        out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scales_zeros)
+        return out
+
+
+@dataclass
+class Int8Linear:
+    """``y = x @ W.T`` with W int8, one scale per output row (``aten._weight_int8pack_mm``)."""
+
+    weight: torch.Tensor  # int8 [N, K]
+    scales: torch.Tensor  # bf16 [N]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
+        return out
+
+
+@dataclass
+class BF16Linear:
+    weight: torch.Tensor  # bf16 [N, K]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight)
+
+
+def int8_rows(weight: torch.Tensor) -> Int8Linear:
+    """Symmetric int8 with one scale per row, from a float matrix [N, K]."""
+    w = weight.float()
+    scale = (w.abs().amax(-1) / 127.0).clamp_min(1e-12)
+    q = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
+    return Int8Linear(q, scale.to(torch.bfloat16))
+
+
+class Q8Rows:
+    """An embedding table kept in GGUF ``Q8_0`` blocks (1.06 bytes a weight); rows are dequantized on lookup."""
+
+    def __init__(self, blocks: torch.Tensor) -> None:
+        self.blocks = blocks  # uint8 [N, K/32, 34]
+        self.rows, self.cols = int(blocks.shape[0]), int(blocks.shape[1]) * GROUP
+
+    def __getitem__(self, ids: torch.Tensor) -> torch.Tensor:
+        picked = self.blocks[ids]
+        d = picked[..., :2].contiguous().view(torch.float16).float()
+        q = picked[..., 2:].contiguous().view(torch.int8).float()
+        return (q * d).reshape(-1, self.cols).to(torch.bfloat16)
+
+
+#: Above this many rows a matrix multiply uses the dense bf16 weights (the int4 kernel's per-row cost is lowest
+#: at a handful of rows and ~2-3x bf16's from a few dozen rows on; measured in bench/cpu_engine.py's notes).
+DENSE_ROWS = 8
+
+
+def int4_from_groups(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor, keep_dense: bool) -> Int4Linear:
+    """``q``: int32 [N, K] in 0..15; ``d``, ``m``: float32 [N, K/GROUP]; weights ``w = d * q + m``."""
+    n, k = q.shape
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+    zero = m + 8.0 * d
+    scales_zeros = torch.stack([d.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
+    dense = None
+    if keep_dense:
+        dense = (q.view(n, k // GROUP, GROUP).float() * d[..., None] + m[..., None]).view(n, k).to(torch.bfloat16)
+    return Int4Linear(packed, scales_zeros, dense, n, k)
+
+
+def min_max_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric min/max 4-bit groups of 32 of a float matrix [N, K] → (q, d, m). Exact for a dequantized
+    Q4_1 matrix whose groups use both ends of the range, as llama.cpp's quantizer makes them."""
+    n, k = weight.shape
+    if k % GROUP:
+        raise ModelLoadError(f"matrix with {k} columns is not a multiple of {GROUP}: no int4 CPU weights")
+    w = weight.float().view(n, k // GROUP, GROUP)
+    lo, hi = w.amin(-1), w.amax(-1)
+    d = (hi - lo) / 15.0
+    safe = torch.where(d > 0, d, torch.ones_like(d))
+    q = torch.clamp(torch.round((w - lo[..., None]) / safe[..., None]), 0, 15).to(torch.int32).view(n, k)
+    return q, d, lo
+
+
+def q4_1_groups(raw: np.ndarray[Any, Any], n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GGUF ``Q4_1`` bytes [N, K/32*20] → (q int32 [N, K], d float32 [N, K/32], m float32 [N, K/32])."""
+    blocks = raw.reshape(n, k // GROUP, _Q4_1_BYTES)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    nibbles = blocks[..., 4:]
+    q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1).reshape(n, k).astype(np.int32)
+    return torch.from_numpy(q), torch.from_numpy(d), torch.from_numpy(m)
+
+
+def q8_0_dense(raw: np.ndarray[Any, Any], n: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """GGUF ``Q8_0`` bytes → a dense matrix ``d * q`` [N, K] (computed in float32, then ``dtype``)."""
+    blocks = raw.reshape(n, k // GROUP, _Q8_0_BYTES)
+    out = torch.empty((n, k), dtype=dtype)
+    step = 4096  # rows at a time: the float32 intermediate stays small
+    for start in range(0, n, step):
+        part = blocks[start : start + step]
+        d = part[..., 0:2].copy().view(np.float16).astype(np.float32)
+        q = part[..., 2:].view(np.int8).astype(np.float32)
+        out[start : start + step] = torch.from_numpy((q * d).reshape(-1, k)).to(dtype)
+    return out
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """The architecture numbers of a llama-family model, as its GGUF header states them."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    rope_theta: float
+    rms_eps: float
+    context_length: int
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: torch.Tensor  # bf16 [hidden]
+    qkv: Int4Linear  # q, k, v stacked: [(heads + 2 kv_heads) * head_dim, hidden]
+    out: Int4Linear
+    mlp_norm: torch.Tensor
+    gate_up: Int4Linear  # gate, up stacked: [2 * intermediate, hidden]
+    down: Int4Linear
+
+
+Head = Int4Linear | Int8Linear | BF16Linear
+#: The output head's formats (``GREENTRACK_CPU_HEAD``); docs/architecture.md says why int8 is the default.
+HEAD_FORMATS = ("int8", "int4", "bf16")
+
+
+@dataclass
+class LlamaWeights:
+    shape: LlamaShape
+    embed: Q8Rows | torch.Tensor  # [vocab, hidden]: looked up by row
+    layers: list[LayerWeights]
+    norm: torch.Tensor  # bf16 [hidden]
+    head: Head  # the output projection (the embedding's matrix when tied)
+
+
+# ---------------------------------------------------------------------------------------------- a small GGUF reader
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+#: ggml type → (name, weights per block, bytes per block) for the types this engine reads.
+_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 30: ("BF16", 1, 2), 3: ("Q4_1", 32, 20), 8: ("Q8_0", 32, 34)}
+
+
+@dataclass
+class GgufTensor:
+    """One tensor of a GGUF file; ``data`` reads its bytes (a read, not a memory map: pages of a mapped file
+    would count in the process's resident memory for as long as the mapping lives)."""
+
+    name: str
+    kind: str  # F32, F16, BF16, Q4_1, Q8_0
+    rows: int  # N (output features; 1 for a vector)
+    cols: int  # K (the GGUF's first dimension, contiguous)
+    path: Path
+    offset: int
+    row_bytes: int
+
+    @property
+    def data(self) -> np.ndarray[Any, Any]:
+        """uint8 [rows, bytes per row]."""
+        raw = np.fromfile(self.path, dtype=np.uint8, count=self.rows * self.row_bytes, offset=self.offset)
+        return raw.reshape(self.rows, self.row_bytes)
+
+
+def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, GgufTensor]]:
+    """The scalar header keys and the tensors of a GGUF file (arrays such as the vocabulary are skipped: the
+    ``gguf`` package's reader builds Python objects for each of them, ~700 MiB and ~4 s for a 49k vocabulary)."""
+    import struct
+
+    with path.open("rb") as f:
+        def scalar(fmt: str) -> Any:
+            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+        def string() -> str:
+            return f.read(scalar("<Q")).decode("utf-8", errors="replace")
+
+        def value(kind: int) -> Any:
+            if kind in _SCALARS:
+                return scalar(_SCALARS[kind])
+            if kind == 8:
+                return string()
+            if kind == 9:
+                item, count = scalar("<I"), scalar("<Q")
+                if item in _SCALARS:
+                    f.seek(count * struct.calcsize(_SCALARS[item]), 1)
+                else:
+                    for _ in range(count):
+                        value(item)
+                return None
+            raise ModelLoadError(f"{path}: unknown GGUF value type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise ModelLoadError(f"{path} is not a GGUF file")
+        version, n_tensors, n_keys = scalar("<I"), scalar("<Q"), scalar("<Q")
+        if version < 2:
+            raise ModelLoadError(f"{path}: GGUF version {version} is too old")
+        meta: dict[str, Any] = {}
+        for _ in range(n_keys):
+            key = string()
+            meta[key] = value(scalar("<I"))
+        infos = []
+        for _ in range(n_tensors):
+            name = string()
+            dims = [scalar("<Q") for _ in range(scalar("<I"))]
+            infos.append((name, dims, scalar("<I"), scalar("<Q")))
+        align = int(meta.get("general.alignment") or 32)
+        base = -(-f.tell() // align) * align
+    tensors: dict[str, GgufTensor] = {}
+    for name, dims, kind, offset in infos:
+        if kind not in _TYPES:
+            raise ModelLoadError(f"{path}: tensor {name} has ggml type {kind}, which this engine does not read")
+        label, per_block, block_bytes = _TYPES[kind]
+        cols, rows = int(dims[0]), int(np.prod(dims[1:])) if len(dims) > 1 else 1
+        row_bytes = cols // per_block * block_bytes
+        tensors[name] = GgufTensor(name, label, rows, cols, path, base + offset, row_bytes)
+    return meta, tensors
+
+
+def read_gguf_shape(meta: dict[str, Any], tensors: dict[str, GgufTensor]) -> LlamaShape:
+    """The ``llama.*`` header keys; ``ModelLoadError`` for other architectures or features this engine lacks."""
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise ModelLoadError(f"the CPU int4 engine runs llama-architecture GGUFs, not {arch!r}")
+    if meta.get("llama.rope.scaling.type") not in (None, "none") or meta.get("llama.rope.scaling.factor"):
+        raise ModelLoadError("the CPU int4 engine does not implement rope scaling")
+    hidden = int(meta["llama.embedding_length"])
+    heads = int(meta["llama.attention.head_count"])
+    return LlamaShape(
+        layers=int(meta["llama.block_count"]),
+        hidden=hidden,
+        intermediate=int(meta["llama.feed_forward_length"]),
+        heads=heads,
+        kv_heads=int(meta.get("llama.attention.head_count_kv") or heads),
+        head_dim=int(meta.get("llama.rope.dimension_count") or hidden // heads),
+        vocab=tensors["token_embd.weight"].rows,
+        rope_theta=float(meta.get("llama.rope.freq_base") or 10000.0),
+        rms_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon") or 1e-5),
+        context_length=int(meta.get("llama.context_length") or 2048),
+    )
+
+
+def _groups(tensor: GgufTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A GGUF matrix → 4-bit groups (q, d, m); Q4_1 exactly, other types re-quantized from float."""
+    if tensor.kind == "Q4_1":
+        return q4_1_groups(tensor.data, tensor.rows, tensor.cols)
+    return min_max_groups(_dense(tensor, torch.float32))
+
+
+def _dense(tensor: GgufTensor, dtype: torch.dtype) -> torch.Tensor:
+    n, k = tensor.rows, tensor.cols
+    if tensor.kind == "Q8_0":
+        return q8_0_dense(tensor.data, n, k, dtype)
+    raw = tensor.data
+    if tensor.kind == "F32":
+        out = torch.from_numpy(raw.view(np.float32).copy())
+    elif tensor.kind == "F16":
+        out = torch.from_numpy(raw.view(np.float16).astype(np.float32))
+    elif tensor.kind == "BF16":
+        out = torch.from_numpy(raw.view(np.int16).copy()).view(torch.bfloat16)
+    else:
+        q, d, m = q4_1_groups(raw, n, k)
+        out = (q.view(n, k // GROUP, GROUP).float() * d[..., None] + m[..., None]).view(n, k)
+    shaped = out.reshape(n, k) if n > 1 else out.reshape(k)
+    return shaped.to(dtype)
+
+
+def read_gguf_llama(path: Path, keep_dense: bool = True, head_format: str = "int8") -> LlamaWeights:
+    """Read a llama GGUF into ``LlamaWeights`` (one tensor at a time; the file is memory-mapped)."""
+    try:
+        meta, tensors = read_gguf(path)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path} is not a GGUF file this engine can read: {e}") from e
+    shape = read_gguf_shape(meta, tensors)
+
+    def linear(*names: str) -> Int4Linear:
+        parts = [_groups(tensors[name]) for name in names]
+        q = torch.cat([p[0] for p in parts])
+        d = torch.cat([p[1] for p in parts])
+        m = torch.cat([p[2] for p in parts])
+        return int4_from_groups(q, d, m, keep_dense)
+
+    try:
+        layers = []
+        for i in range(shape.layers):
+            b = f"blk.{i}."
+            layers.append(LayerWeights(
+                attn_norm=_dense(tensors[b + "attn_norm.weight"], torch.bfloat16),
+                qkv=linear(b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"),
+                out=linear(b + "attn_output.weight"),
+                mlp_norm=_dense(tensors[b + "ffn_norm.weight"], torch.bfloat16),
+                gate_up=linear(b + "ffn_gate.weight", b + "ffn_up.weight"),
+                down=linear(b + "ffn_down.weight"),
+            ))
+        token_embd = tensors["token_embd.weight"]
+        embed: Q8Rows | torch.Tensor
+        if token_embd.kind == "Q8_0":
+            raw = torch.from_numpy(token_embd.data).view(token_embd.rows, token_embd.cols // GROUP, _Q8_0_BYTES)
+            embed = Q8Rows(raw)
+        else:
+            embed = _dense(token_embd, torch.bfloat16)
+        head = _head(tensors.get("output.weight") or token_embd, head_format)
+        norm = _dense(tensors["output_norm.weight"], torch.bfloat16)
+    except KeyError as e:
+        raise ModelLoadError(f"{path}: tensor {e} missing for a llama model") from e
+    except (ValueError, NotImplementedError) as e:
+        raise ModelLoadError(f"{path}: a tensor type this engine cannot read: {e}") from e
+    return LlamaWeights(shape, embed, layers, norm, head)
+
+
+def _head(tensor: GgufTensor, head_format: str) -> Head:
+    """The output projection in ``head_format`` (int8 rows, int4 groups, or bf16), from any GGUF matrix type."""
+    if head_format == "bf16":
+        return BF16Linear(_dense(tensor, torch.bfloat16))
+    if head_format == "int4":
+        q, d, m = _groups(tensor)
+        return int4_from_groups(q, d, m, keep_dense=False)
+    if head_format != "int8":
+        raise ModelLoadError(f"unknown output head format {head_format!r} (use one of {', '.join(HEAD_FORMATS)})")
+    parts = []
+    for start in range(0, tensor.rows, 4096):  # a slice of rows at a time: no float32 copy of the whole matrix
+        count = min(4096, tensor.rows - start)
+        rows = GgufTensor(tensor.name, tensor.kind, count, tensor.cols, tensor.path,
+                          tensor.offset + start * tensor.row_bytes, tensor.row_bytes)
+        parts.append(int8_rows(_dense(rows, torch.float32).reshape(count, tensor.cols)))
+    return Int8Linear(torch.cat([p.weight for p in parts]), torch.cat([p.scales for p in parts]))
