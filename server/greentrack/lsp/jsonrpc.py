@@ -94,7 +94,8 @@ class FrameReader:
         self._buffer = bytearray()
 
     def _fill(self, want_bytes: int = 0) -> bool:
-        data = os.read(self.fd, max(self.chunk_bytes, want_bytes))
+        # os.read allocates what it is asked for: a large body is read in pieces of at most 1 MiB
+        data = os.read(self.fd, max(self.chunk_bytes, min(want_bytes, 1 << 20)))
         self._buffer += data
         return bool(data)
 

@@ -313,16 +313,18 @@ def serve_stdio(settings: Settings) -> int:
     logging.getLogger("greentrack").addHandler(client_handler)
     logging.getLogger("pygls").setLevel(logging.WARNING)
     server.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
+    status = 0
     try:
         lost = asyncio.run(serve(server.protocol, FrameReader(sys.stdin.fileno())))
+        if lost is not None:
+            log.error("stopping: the message stream from the client is broken (%s); the editor restarts the server",
+                      lost)
+            status = 1
     except SystemExit as e:  # the exit notification: 0 after shutdown, else 1 (pygls decides)
-        return e.code if isinstance(e.code, int) else 1
+        status = e.code if isinstance(e.code, int) else 1
     except BrokenPipeError:
         log.error("the client closed the connection; stopping")
-        return 1
+        status = 1
     finally:
         server.close()
-    if lost is not None:
-        log.error("stopping: the message stream from the client is broken (%s); the editor restarts the server", lost)
-        return 1
-    return 0
+    return status
