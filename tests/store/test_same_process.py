@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from tests.store.store_records import make_record
 
+from greentrack.report.command import build_reports
 from greentrack.report.query import prepare_file
 from greentrack.store import Store, inspect_file
 
@@ -62,11 +63,16 @@ def _inspect(path: Path) -> None:
     assert inspect_file(path) > 0
 
 
+def _report(path: Path) -> None:  # what GET /v1/greentrack/report runs in the server's process
+    assert len(build_reports([path], week="2026-W47", all_developers=True, tz="UTC")) == 1
+
+
 INTRUDERS: dict[str, Callable[[Path], None]] = {
     "second store": _second_store,
     "read-only store": _readonly_store,
     "inspect_file": _inspect,
     "report's prepare_file": prepare_file,
+    "the whole report": _report,
 }
 
 
