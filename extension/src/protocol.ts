@@ -14,7 +14,7 @@ export const ACCEPT_COMMAND = 'greentrack.accept';
 export type OpenString<Known extends string> = Known | (string & Record<never, never>);
 
 export type EnergyMethod = 'measured' | 'attributed' | 'estimated';
-export type Outcome = 'shown' | 'empty' | 'cancelled' | 'error';
+export type Outcome = 'shown' | 'empty' | 'cancelled' | 'error' | 'cached';
 
 /** `greentrack/energy`: one completion request that reached the model. Units: J, ms, g. */
 export interface EnergyParams {

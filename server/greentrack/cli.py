@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from greentrack import __version__
+from greentrack.bench.command import bench as bench_command
 from greentrack.config import Settings
 from greentrack.errors import GreentrackError, UsageError
 from greentrack.logs import configure_logging
@@ -256,6 +257,7 @@ def calibrate(
 
 
 app.command("serve")(serve_command)
+app.command("bench")(bench_command)
 app.add_typer(token_app, name="token")
 
 

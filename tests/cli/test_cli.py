@@ -17,7 +17,7 @@ from typer.main import get_command
 from greentrack.cli import app
 
 SHAPES = str(Path(__file__).resolve().parents[2] / "examples" / "shapes.py")
-COMMANDS = ["lsp", "complete", "report", "doctor", "calibrate", "serve", "token"]
+COMMANDS = ["lsp", "complete", "report", "doctor", "calibrate", "serve", "token", "bench"]
 
 
 def greentrack(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
