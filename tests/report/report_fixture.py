@@ -89,7 +89,10 @@ EXPECTED_ALICE: dict[str, Any] = {
     "completions": 6,
     "accepted": 2,
     "acceptance_rate": 0.3333,
-    "energy_j": {"total": 7.875, "prefill": 1.875, "decode": 6.0, "wasted": 2.875},
+    "energy_j": {"total": 7.875, "prefill": 1.875, "decode": 6.0, "wasted": 2.875,
+                 # the rows carry neither an interval nor a bound (uncertainty_j None): no interval can be stated
+                 "interval": {"low": None, "high": None, "coverage": None,
+                              "basis": "unknown: 6 of 6 completions have neither an interval nor a bound"}},
     "j_per_completion": 1.3125,
     "j_per_accepted": 3.9375,
     "co2e_g": 0.000875,  # 7.875 J / 3.6e6 J/kWh * 400 g/kWh

@@ -9,6 +9,7 @@ from tests.store.store_records import make_record
 from greentrack.report.query import (
     AGG_KEYS,
     AGG_VALUES,
+    INTERVAL_VALUES,
     Range,
     Source,
     aggregate_sql,
@@ -36,7 +37,8 @@ def _db(tmp_path: Path) -> Path:
 
 def test_the_statements_end_in_a_select_whose_columns_are_the_names() -> None:
     for statements, names in (
-        (aggregate_sql("t", WEEK, DAYS), ["day", *(k for k, _ in AGG_KEYS), *(v for v, _ in AGG_VALUES)]),
+        (aggregate_sql("t", WEEK, DAYS), ["day", *(k for k, _ in AGG_KEYS), *(v for v, _ in AGG_VALUES),
+                                          *(v for v, _ in INTERVAL_VALUES)]),
         (previous_sql("t", WEEK), ["developer", "accepted", "n", "total_j"]),
         (bins_sql("t", WEEK), ["developer", "model", "device", "in_bin", "out_bin", "n", "total_j"]),
     ):
@@ -63,5 +65,10 @@ def test_facts_decode_every_figure_by_name(tmp_path: Path) -> None:
         rows = source.sums(upsert_sums_sql(source.table, WEEK, table="t2", keys=[("who", "developer")],
                                            values=[("j", "COALESCE(total_j, 0)"), ("n", "1")]))
         assert sorted((r["who"], r["n"], r["j"]) for r in rows) == [("a", 2, 5.0), ("b", 1, 5.0)]
+        # a value named in min_values keeps the smallest, the others still add up
+        rows = source.sums(upsert_sums_sql(source.table, WEEK, table="t3", keys=[("who", "developer")],
+                                           values=[("j", "COALESCE(total_j, 0)"), ("least", "COALESCE(total_j, 0)")],
+                                           min_values=frozenset({"least"})))
+        assert sorted((r["who"], r["j"], r["least"]) for r in rows) == [("a", 5.0, 2.0), ("b", 5.0, 5.0)]
     finally:
         source.close()

@@ -45,7 +45,7 @@ def test_json_figures_are_exact(db: Path) -> None:
                 "j_per_completion", "j_per_accepted", "co2e_g", "carbon_intensity_g_per_kwh", "method_share",
                 "by_day", "by_model", "by_language", "previous_week", "tips"):
         assert key in report
-    assert set(report["energy_j"]) == {"total", "prefill", "decode", "wasted"}
+    assert set(report["energy_j"]) == {"total", "prefill", "decode", "wasted", "interval"}
     text = render([report], "json", as_list=False)
     assert json.loads(text) == EXPECTED_ALICE
 
@@ -57,7 +57,9 @@ def test_all_developers_and_one_with_nothing_accepted(db: Path) -> None:
     bob = reports[1]
     assert (bob["completions"], bob["accepted"], bob["acceptance_rate"]) == (1, 0, 0.0)
     assert bob["j_per_accepted"] is None and bob["j_per_completion"] == 1.0
-    assert bob["energy_j"] == {"total": 1.0, "prefill": 0.25, "decode": 0.75, "wasted": 1.0}
+    assert bob["energy_j"] == {"total": 1.0, "prefill": 0.25, "decode": 0.75, "wasted": 1.0, "interval": {
+        "low": None, "high": None, "coverage": None,
+        "basis": "unknown: 1 of 1 completions have neither an interval nor a bound"}}
     assert bob["previous_week"] is None
     assert bob["tips"][0].startswith("100.0% of this week's energy (1.00 J) went to 1 suggestion(s) never accepted")
     assert json.loads(render(reports, "json")) == reports
@@ -68,7 +70,7 @@ def test_empty_week(db: Path) -> None:
     assert report["completions"] == 0 and report["accepted"] == 0
     assert report["acceptance_rate"] is None and report["j_per_completion"] is None
     assert report["j_per_accepted"] is None
-    assert report["energy_j"] == {"total": 0.0, "prefill": 0.0, "decode": 0.0, "wasted": 0.0}
+    assert report["energy_j"] == {"total": 0.0, "prefill": 0.0, "decode": 0.0, "wasted": 0.0, "interval": None}
     assert [d["completions"] for d in report["by_day"]] == [0] * 7
     assert report["by_model"] == [] and report["tips"] == [] and report["previous_week"] is None
     assert build_reports([db], all_developers=True, week="2026-W30", tz="Europe/Berlin") == []
@@ -85,6 +87,7 @@ def test_markdown(db: Path) -> None:
         "# greentrack report — alice@example.com — 2026-W47",
         "| Completions | 6 (2 accepted, 33.3%) |",
         "| Energy | 7.88 J (prefill 1.88 J, decode 6.00 J) |",
+        "| Interval | unknown: 6 of 6 completions have neither an interval nor a bound |",
         "| Wasted | 2.88 J on suggestions never accepted |",
         "| Per completion | 1.31 J |",
         "| Per accepted | 3.94 J |",

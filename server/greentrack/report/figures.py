@@ -9,6 +9,7 @@ Units: J for energy, g for CO2e, gCO2e/kWh for intensity; shares are fractions i
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date
@@ -33,6 +34,36 @@ def rshare(value: float) -> float:
 
 def _sum(groups: Sequence[Group], attr: str) -> float:
     return float(sum(getattr(g, attr) for g in groups))
+
+
+def week_interval(groups: Sequence[Group]) -> dict[str, Any] | None:
+    """Where the week's true energy lies: ``{low, high, coverage, basis}`` (J), None without completions.
+
+    Each completion's interval is summed linearly, as errors of one cause (``energy.interval.sum_intervals``):
+    under that assumption the ends of quantile intervals add to the sum's quantiles, so the sum holds for at least
+    the smallest stated coverage. That coverage is stated only when every completion has a stated-coverage
+    interval (an exact figure, a cached suggestion's 0 J, counts as one); otherwise the week's interval is the sum
+    of every completion's worst-case bound (``uncertainty_j``), labelled so with no coverage; where a completion
+    has no bound either, the ends are null and ``basis`` says how many.
+    """
+    n = sum(g.completions for g in groups)
+    if n == 0:
+        return None
+    parts = [g.interval for g in groups]
+    stated = sum(p.stated for p in parts)
+    bounded = sum(p.bounded for p in parts)
+    if stated == n:
+        coverage = min(p.coverage for p in parts)
+        return {"low": rj(math.fsum(p.low_j for p in parts)), "high": rj(math.fsum(p.high_j for p in parts)),
+                "coverage": coverage,
+                "basis": f"{round(100 * coverage)} % intervals summed linearly (errors of one cause)"}
+    missing = f"{n - stated} of {n} completions have no stated-coverage interval"
+    if bounded == n:
+        return {"low": rj(math.fsum(p.bound_low_j for p in parts)),
+                "high": rj(math.fsum(p.bound_high_j for p in parts)), "coverage": None,
+                "basis": f"worst-case bound: {missing}"}
+    return {"low": None, "high": None, "coverage": None,
+            "basis": f"unknown: {n - bounded} of {n} completions have neither an interval nor a bound"}
 
 
 def summarize(
@@ -117,7 +148,8 @@ def summarize(
         "completions": n,
         "accepted": accepted,
         "acceptance_rate": rshare(accepted / n) if n else None,
-        "energy_j": {"total": rj(total_j), "prefill": rj(prefill_j), "decode": rj(decode_j), "wasted": rj(wasted_j)},
+        "energy_j": {"total": rj(total_j), "prefill": rj(prefill_j), "decode": rj(decode_j), "wasted": rj(wasted_j),
+                     "interval": week_interval(this)},
         "j_per_completion": rj(total_j / n) if n else None,
         "j_per_accepted": rj(total_j / accepted) if accepted else None,
         "co2e_g": float(f"{co2e_grams(total_j, carbon_intensity_g_per_kwh):.9g}"),

@@ -112,6 +112,27 @@ AGG_VALUES: tuple[tuple[str, str], ...] = (
     *((f"gap{d}_j", f"(CASE WHEN next_gap_ms < {d} THEN COALESCE(total_j, 0) ELSE 0 END)")
       for d in DEBOUNCE_CANDIDATES_MS),
 )
+
+# -- the energy interval (docs/interfaces.md "Report"; energy/interval.py) ------------------------------------
+#: A row whose total has an interval with a stated coverage (schema v5).
+_STATED = "(interval_coverage IS NOT NULL AND interval_low_j IS NOT NULL AND interval_high_j IS NOT NULL)"
+#: A row whose worst-case bound is zero wide (a cached suggestion: exactly 0 J): its figure holds at any coverage.
+_EXACT = "(uncertainty_j = 0)"
+#: Per group: rows whose interval states a coverage (or is exact), the sums of their ends, the smallest coverage
+#: (1 where none is stated, so that MIN ignores those rows); rows with a worst-case bound and its summed ends.
+#: Summed linearly (errors of one cause), as ``energy.interval.sum_intervals`` does.
+INTERVAL_VALUES: tuple[tuple[str, str], ...] = (
+    ("iv_n", f"(CASE WHEN {_STATED} OR {_EXACT} THEN 1 ELSE 0 END)"),
+    ("iv_low_j", f"(CASE WHEN {_STATED} THEN interval_low_j WHEN {_EXACT} THEN COALESCE(total_j, 0) ELSE 0 END)"),
+    ("iv_high_j", f"(CASE WHEN {_STATED} THEN interval_high_j WHEN {_EXACT} THEN COALESCE(total_j, 0) ELSE 0 END)"),
+    ("iv_coverage", f"(CASE WHEN {_STATED} THEN interval_coverage ELSE 1.0 END)"),
+    ("bound_n", "(CASE WHEN uncertainty_j IS NOT NULL THEN 1 ELSE 0 END)"),
+    ("bound_low_j",
+     "(CASE WHEN uncertainty_j IS NOT NULL THEN MAX(0, COALESCE(total_j, 0) - uncertainty_j) ELSE 0 END)"),
+    ("bound_high_j", "(CASE WHEN uncertainty_j IS NOT NULL THEN COALESCE(total_j, 0) + uncertainty_j ELSE 0 END)"),
+)
+#: Values combined by MIN rather than summed.
+MIN_VALUES: frozenset[str] = frozenset({"iv_coverage"})
 AGG_KEYS: tuple[tuple[str, str], ...] = (
     ("developer", "developer"),
     ("model", "COALESCE(model, '')"),
@@ -124,12 +145,13 @@ AGG_KEYS: tuple[tuple[str, str], ...] = (
 
 def upsert_sums_sql(
     src: str, rng: Range, *, table: str, keys: Sequence[tuple[str, str]], values: Sequence[tuple[str, str]],
-    params: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None, min_values: frozenset[str] = frozenset(),
 ) -> list[tuple[str, dict[str, Any]]]:
     """Sums of ``values`` per group of ``keys`` (each a ``(name, per-row expression)``) over the rows of ``src`` in
     ``rng``, as statements: (re)create a temporary table keyed by the group, fill it with one ``INSERT … ON
     CONFLICT DO UPDATE`` pass over the rows (a tree lookup per row into the small table, no sort of the whole
-    range), read it. ``params``: those the expressions already use. The last statement's columns are the names.
+    range), read it. ``params``: those the expressions already use; ``min_values``: values kept as the smallest
+    rather than summed. The last statement's columns are the names.
     """
     params = dict(params or {})
     where = rng.where(params)
@@ -141,7 +163,9 @@ def upsert_sums_sql(
         f"INSERT INTO {table} ({columns}) "
         f"SELECT {', '.join(e for _, e in keys)}, {', '.join(e for _, e in values)} "
         f"FROM {src} WHERE {where} "
-        f"ON CONFLICT DO UPDATE SET {', '.join(f'{v} = {v} + excluded.{v}' for v in value_names)}"
+        "ON CONFLICT DO UPDATE SET "
+        + ", ".join(f"{v} = MIN({v}, excluded.{v})" if v in min_values else f"{v} = {v} + excluded.{v}"
+                    for v in value_names)
     )
     return [(f"DROP TABLE IF EXISTS temp.{table}", {}), (create, {}), (insert, params),
             (f"SELECT {columns} FROM {table}", {})]
@@ -153,11 +177,13 @@ def aggregate_sql(
     """Sums per developer, local day, model, language, method, acceptance and outcome (``upsert_sums_sql``).
 
     Also summed: computed prompt tokens (and those beyond each of ``CONTEXT_CAPS``) and, for the debounce tip,
-    the rows whose ``next_gap_ms`` is under each of ``DEBOUNCE_CANDIDATES_MS`` and their energy.
+    the rows whose ``next_gap_ms`` is under each of ``DEBOUNCE_CANDIDATES_MS`` and their energy, and the
+    interval sums of ``INTERVAL_VALUES``.
     """
     params: dict[str, Any] = {}
     day = day_index_sql(boundaries, params)
-    return upsert_sums_sql(src, rng, table=table, keys=[("day", day), *AGG_KEYS], values=AGG_VALUES, params=params)
+    return upsert_sums_sql(src, rng, table=table, keys=[("day", day), *AGG_KEYS],
+                           values=[*AGG_VALUES, *INTERVAL_VALUES], params=params, min_values=MIN_VALUES)
 
 
 #: The week before: completions and energy per developer and acceptance.
@@ -199,6 +225,24 @@ def rows_sql(src: str, rng: Range) -> tuple[str, dict[str, Any]]:
 
 
 @dataclass(frozen=True)
+class IntervalSums:
+    """The interval parts of a group's completions (``INTERVAL_VALUES``). Units: J.
+
+    ``stated``: completions whose total has an interval with a stated coverage (or is exact), ``low_j``/``high_j``
+    the sums of those intervals' ends, ``coverage`` the smallest stated (1.0 when none); ``bounded``: completions
+    with a worst-case bound, ``bound_low_j``/``bound_high_j`` the sums of its ends.
+    """
+
+    stated: int = 0
+    low_j: float = 0.0
+    high_j: float = 0.0
+    coverage: float = 1.0
+    bounded: int = 0
+    bound_low_j: float = 0.0
+    bound_high_j: float = 0.0
+
+
+@dataclass(frozen=True)
 class Group:
     """One aggregate row of ``aggregate_sql``. Units: J, tokens (prompt tokens computed: prompt − reused)."""
 
@@ -217,6 +261,7 @@ class Group:
     beyond_cap: dict[int, float] = field(default_factory=dict)
     #: debounce ms → (rows whose next request came sooner, their energy J)
     superseded_within: dict[int, tuple[int, float]] = field(default_factory=dict)
+    interval: IntervalSums = field(default_factory=IntervalSums)
 
 
 @dataclass(frozen=True)
@@ -274,6 +319,11 @@ def group_of(row: dict[str, Any]) -> Group:
         computed_prompt_tokens=float(row["computed_tokens"]),
         beyond_cap={cap: float(row[f"beyond_{cap}"]) for cap in CONTEXT_CAPS},
         superseded_within={d: (int(row[f"gap{d}_n"]), float(row[f"gap{d}_j"])) for d in DEBOUNCE_CANDIDATES_MS},
+        interval=IntervalSums(
+            stated=int(row["iv_n"]), low_j=float(row["iv_low_j"]), high_j=float(row["iv_high_j"]),
+            coverage=float(row["iv_coverage"]), bounded=int(row["bound_n"]), bound_low_j=float(row["bound_low_j"]),
+            bound_high_j=float(row["bound_high_j"]),
+        ),
     )
 
 

@@ -18,6 +18,20 @@ def fmt_opt_pct(value: float | None) -> str:
     return "—" if value is None else fmt_pct(value)
 
 
+def interval_text(interval: dict[str, Any] | None) -> str:
+    """The week's energy interval in words: "90 % interval 6.50 J – 9.25 J (basis)", the worst-case bound
+    without a coverage, or why there is none (``figures.week_interval``)."""
+    if interval is None:
+        return "—"
+    low, high, coverage, basis = interval["low"], interval["high"], interval["coverage"], interval["basis"]
+    if low is None or high is None:
+        return str(basis)
+    if coverage is None:
+        return f"{fmt_energy(low)} – {fmt_energy(high)} ({basis})"
+    return (f"{round(100 * coverage)} % interval {fmt_energy(low)} – {fmt_energy(high)} "
+            "(completions' intervals summed linearly: errors of one cause)")
+
+
 def summary_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, text) for each headline figure of one report (``figures.summarize``'s object)."""
     e = r["energy_j"]
@@ -26,6 +40,7 @@ def summary_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
     lines = [
         ("Completions", f"{r['completions']} ({r['accepted']} accepted, {fmt_opt_pct(r['acceptance_rate'])})"),
         ("Energy", f"{fmt_energy(e['total'])} (prefill {fmt_energy(e['prefill'])}, decode {fmt_energy(e['decode'])})"),
+        ("Interval", interval_text(e.get("interval"))),
         ("Wasted", f"{fmt_energy(e['wasted'])} on suggestions never accepted"),
         ("Per completion", fmt_opt_energy(r["j_per_completion"])),
         ("Per accepted", fmt_opt_energy(r["j_per_accepted"])),
