@@ -215,7 +215,7 @@ def test_corrupt_and_foreign_files_fail_cleanly_untouched(tmp_path: Path, db: Pa
 
 
 def test_older_schema_is_migrated_and_reported(tmp_path: Path) -> None:
-    from tests.store.test_store import V1_SQL
+    from tests.store.frozen import V1_SQL
 
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)
