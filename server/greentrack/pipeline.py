@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from greentrack.config import Settings
 from greentrack.energy.interval import completion_interval
@@ -116,7 +116,8 @@ class Pipeline:
     batches (``batches``): then ``ledger`` attributes each engine step's energy to the requests in it.
 
     ``store_idle``: store the ledger's idle energy (``Store.record_idle``) in windows of ``IDLE_WINDOW_S``; off by
-    default, for a caller that accounts idle time itself.
+    default, for a caller that accounts idle time itself. ``on_idle`` is told of every idle window stored
+    (``greentrack serve``'s metrics); ``store_idle_energy`` stores one now.
     """
 
     def __init__(
@@ -137,6 +138,8 @@ class Pipeline:
         self._next_calibration_read_s = 0.0
         self.batches = bool(getattr(backend, "batches", False))
         self.store_idle = False
+        self.on_idle: Callable[[IdleWindow], None] | None = None
+        self._idle_lock = threading.Lock()  # a window is taken and stored as one step (``store_idle_energy``)
         self.ledger: StepLedger | None = self._open_ledger() if self.batches else None
         #: What the user types into a suggestion still shown is served from here (None: off, as benchmarks' naive run).
         self.suggestion_cache: SuggestionCache | None = SuggestionCache()
@@ -262,7 +265,7 @@ class Pipeline:
                 log.warning("cannot read today's total: %s", e)
             self._read_calibration_late()
         if self.ledger is not None and self.store_idle:
-            self._store_idle(self.ledger.take_idle(min_window_s=IDLE_WINDOW_S))
+            self.store_idle_energy(min_window_s=IDLE_WINDOW_S)
         return record
 
     def _phase_energy(self, result: EngineResult) -> list[PhaseEnergy]:
@@ -282,6 +285,14 @@ class Pipeline:
         """The step ledger's idle energy since the last take (None without a ledger or when too short)."""
         return self.ledger.take_idle(min_window_s=min_window_s) if self.ledger is not None else None
 
+    def store_idle_energy(self, *, min_window_s: float = 0.0) -> IdleWindow | None:
+        """Take the step ledger's idle energy since the last take and store it (``Store.record_idle``); the
+        window, or None without a ledger or when shorter than ``min_window_s``."""
+        with self._idle_lock:
+            window = self.take_idle_energy(min_window_s=min_window_s)
+            self._store_idle(window)
+            return window
+
     def _store_idle(self, window: IdleWindow | None) -> None:
         if window is None or self.store is None:
             return
@@ -294,6 +305,9 @@ class Pipeline:
             )
         except (GreentrackError, sqlite3.Error, OSError) as e:
             log.warning("idle energy %.3f J not stored: %s", window.energy_j, e)
+            return
+        if self.on_idle is not None:
+            self.on_idle(window)
 
     def _read_calibration_late(self) -> None:
         """Once the database answers, take the stored calibration that could not be read at start: the monitor
@@ -342,6 +356,10 @@ class Pipeline:
 
         return self._finalizer.submit(job)
 
+    def drain(self, timeout_s: float = 30.0) -> None:
+        """Wait until every record handed to ``finalize_later`` so far is stored."""
+        self._finalizer.submit(lambda: None).result(timeout=timeout_s)
+
     def accept(self, completion_id: str) -> bool:
         """Mark a completion accepted (the ``greentrack.accept`` command). Waits for pending records."""
         self._finalizer.submit(lambda: None).result(timeout=10)
@@ -359,7 +377,7 @@ class Pipeline:
             try:
                 self.ledger.flush()
                 if self.store_idle:
-                    self._store_idle(self.ledger.take_idle())
+                    self.store_idle_energy()
             except Exception as e:
                 log.warning("while closing the step ledger: %s", e)
         try:
@@ -380,8 +398,15 @@ def open_store(settings: Settings) -> Store:
     return Store(settings.db_path)
 
 
-def open_pipeline(settings: Settings, *, store: Store | None = None, strict_device: bool = False) -> Pipeline:
+def open_pipeline(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    strict_device: bool = False,
+    backend_kwargs: dict[str, Any] | None = None,
+) -> Pipeline:
     """Load the model, start the energy monitor (calibrated when a calibration exists), open the store.
+    ``backend_kwargs`` go to the backend (``greentrack serve``: vLLM's parallel sizes).
 
     Whatever the database's state (locked, read-only, on a full disk), the model loads and serves: rows spool
     and the calibration is read when the database answers (``Pipeline._read_calibration_late``).
@@ -394,7 +419,7 @@ def open_pipeline(settings: Settings, *, store: Store | None = None, strict_devi
             store = open_store(settings)  # opens whatever the file's state, unless it is not ours
         except OSError as e:
             raise StoreError(f"cannot open the database {settings.db_path}: {e}") from e
-    backend = open_backend(settings)
+    backend = open_backend(settings, **(backend_kwargs or {}))
     calibration, answered = read_stored_calibration(store, backend)
     gpu_indices = _gpu_indices(backend.device)
     monitor = open_monitor(

@@ -73,3 +73,63 @@ def test_idle_gaps_are_the_complement_of_the_phases() -> None:
     assert idle_gaps(0.0, 10.0, [(2.0, 3.0), (2.5, 4.0), (8.0, 12.0)]) == [(0.0, 2.0), (4.0, 8.0)]
     assert idle_gaps(5.0, 10.0, [(1.0, 6.0)]) == [(6.0, 10.0)]
     assert idle_gaps(0.0, 1.0, [(0.0, 1.0)]) == []
+
+
+def test_several_slots_run_at_once_and_a_burst_gets_only_its_share() -> None:
+    """vLLM: 4 slots, alice bursts 6 first; once bob arrives, each may hold 4 // 2 = 2 slots."""
+    scheduler = FairScheduler(slots=4)
+    running: set[str] = set()
+    peak: dict[str, int] = {}
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def job(name: str) -> EngineResult:
+        with lock:
+            running.add(name)
+            for dev in ("a", "b"):
+                peak[dev] = max(peak.get(dev, 0), sum(1 for n in running if n.startswith(dev)))
+        release.wait(5)
+        with lock:
+            running.discard(name)
+        return _result(name)
+
+    alice = [scheduler.submit("alice", functools.partial(job, f"a{i}"), CancelToken()) for i in range(6)]
+    deadline = time.monotonic() + 5
+    while scheduler.running < 4 and time.monotonic() < deadline:  # alice alone: all four slots
+        time.sleep(0.01)
+    assert scheduler.running == 4 and peak["a"] == 4
+    bob = [scheduler.submit("bob", functools.partial(job, f"b{i}"), CancelToken()) for i in range(3)]
+    time.sleep(0.1)
+    assert peak.get("b", 0) == 0  # every slot is taken: bob waits for one to free
+    release.set()
+    for j in alice + bob:
+        assert j.future.result(timeout=5) is not None
+    assert all(j.queue_s >= 0 for j in alice + bob)
+    scheduler.close()
+
+
+def test_a_developer_at_their_cap_lets_another_through() -> None:
+    scheduler = FairScheduler(slots=2)
+    started: list[str] = []
+    gates = {name: threading.Event() for name in ("a0", "a1", "a2", "b0")}
+
+    def job(name: str) -> EngineResult:
+        started.append(name)
+        gates[name].wait(5)
+        return _result(name)
+
+    jobs = {"a0": scheduler.submit("alice", lambda: job("a0"), CancelToken())}
+    time.sleep(0.05)
+    jobs["b0"] = scheduler.submit("bob", lambda: job("b0"), CancelToken())
+    jobs["a1"] = scheduler.submit("alice", lambda: job("a1"), CancelToken())
+    time.sleep(0.1)
+    assert started == ["a0", "b0"]  # alice holds 1 = 2 slots // 2 developers: bob's comes first
+    gates["b0"].set()
+    jobs["b0"].future.result(timeout=5)
+    time.sleep(0.1)
+    assert started == ["a0", "b0", "a1"]  # bob gone: alice may hold both slots
+    for gate in gates.values():
+        gate.set()
+    for j in jobs.values():
+        j.future.result(timeout=5)
+    scheduler.close()

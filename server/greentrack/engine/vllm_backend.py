@@ -40,7 +40,7 @@ from greentrack.engine.tokenizer import LockedTokenizer
 from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 from greentrack.engine.vllm_engine import EngineThread, Job
 from greentrack.engine.vllm_healing import EXTRA_ARG, HealEntry, processor_class, register, unregister
-from greentrack.engine.vllm_setup import default_vllm_env, engine_args, engine_device, import_vllm
+from greentrack.engine.vllm_setup import default_vllm_env, engine_args, engine_device, engine_gpus, import_vllm
 from greentrack.engine.vllm_steps import StepSink
 from greentrack.errors import BadInput, GreentrackError, ModelLoadError
 
@@ -76,16 +76,22 @@ class VllmBackend:
         suffix_share: float | None = None,
         warmup: bool = True,
         engine_kwargs: Mapping[str, Any] | None = None,
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
     ) -> None:
         self.model_id = model or EMBEDDED_MODEL
         vl = import_vllm()
         self._vllm = vl
-        self.device = engine_device(device, vl)
+        self.device = engine_device(device, vl)  # a build for another device fails before the model loads
         self.folder = loading.materialize_hf_folder(loading.resolve_model(self.model_id))
         self.engine_args = engine_args(
             self.folder, vl, max_model_len=max_model_len, max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
             dtype=dtype, logits_processors=[processor_class()] if healing else [], engine_kwargs=engine_kwargs,
+            tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
         )
+        self.device = engine_device(device, vl, gpus=engine_gpus(self.engine_args))
+        #: How many requests the engine batches at most (``greentrack serve`` admits that many at once).
+        self.concurrency = int(self.engine_args["max_num_seqs"]) * int(self.engine_args.get("data_parallel_size", 1))
         self._seq = 0
         self._seq_lock = threading.Lock()
         t0 = time.monotonic()

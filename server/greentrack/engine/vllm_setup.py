@@ -127,9 +127,11 @@ def import_vllm() -> VllmModules:
                        str(getattr(current_platform, "device_type", "cpu")))
 
 
-def engine_device(device: str, vl: VllmModules) -> str:
+def engine_device(device: str, vl: VllmModules, *, gpus: int = 1) -> str:
     """The backend's device name for the ``device`` asked for ("auto", "cpu", "cuda:N"), or
-    ``BackendUnavailable`` when this vLLM build runs elsewhere."""
+    ``BackendUnavailable`` when this vLLM build runs elsewhere. On GPUs it names every GPU the engine uses:
+    vLLM takes the first ``gpus`` (tensor × data parallel size) CUDA ordinals, so ``cuda:0,1`` for two; the energy
+    monitor meters those (``pipeline._gpu_indices``; ``CUDA_VISIBLE_DEVICES`` maps them to NVML's indices)."""
     want = (device or "auto").lower()
     if want.startswith("cuda") and vl.device_type != "cuda":
         raise BackendUnavailable(
@@ -138,7 +140,9 @@ def engine_device(device: str, vl: VllmModules) -> str:
         )
     if want == "cpu" and vl.device_type != "cpu":
         raise BackendUnavailable(f"device cpu requested, but this vLLM build runs on {vl.device_type}")
-    return "cuda:0" if vl.device_type == "cuda" else vl.device_type
+    if vl.device_type != "cuda":
+        return vl.device_type
+    return "cuda:" + ",".join(str(i) for i in range(max(1, gpus)))
 
 
 def engine_args(
@@ -151,8 +155,12 @@ def engine_args(
     dtype: str | None,
     logits_processors: Sequence[type],
     engine_kwargs: Mapping[str, Any] | None,
+    tensor_parallel_size: int = 1,
+    data_parallel_size: int = 1,
 ) -> dict[str, Any]:
     """The keyword arguments of ``EngineArgs``: prefix caching on, greedy and seeded, per-request stats on.
+    ``tensor_parallel_size``/``data_parallel_size`` (``greentrack serve --tensor-parallel-size N
+    --data-parallel-size M``) are passed when above 1: the engine then uses N × M GPUs.
 
     Defaults: on CPU bfloat16 where the CPU has bf16 instructions (else float32) and eager mode; on GPUs the
     model's dtype and compiled. ``engine_kwargs`` override, except the stats (no stats: no spans).
@@ -170,8 +178,19 @@ def engine_args(
         "enforce_eager": vl.device_type == "cpu" if enforce_eager is None else enforce_eager,
         "seed": 0,
     }
+    if tensor_parallel_size < 1 or data_parallel_size < 1:
+        raise ValueError("tensor and data parallel sizes are at least 1")
+    if tensor_parallel_size > 1:
+        kwargs["tensor_parallel_size"] = tensor_parallel_size
+    if data_parallel_size > 1:
+        kwargs["data_parallel_size"] = data_parallel_size
     if logits_processors:
         kwargs["logits_processors"] = list(logits_processors)
     kwargs.update(engine_kwargs or {})
     kwargs["disable_log_stats"] = False  # without stats, vLLM keeps no per-request timestamps: no spans
     return kwargs
+
+
+def engine_gpus(kwargs: Mapping[str, Any]) -> int:
+    """How many GPUs an engine with these ``EngineArgs`` keywords uses: tensor × data parallel size."""
+    return int(kwargs.get("tensor_parallel_size", 1) or 1) * int(kwargs.get("data_parallel_size", 1) or 1)

@@ -157,7 +157,8 @@ def build_app(service: CompletionService, auth: Authenticator) -> FastAPI:
             "status": "error" if problem else "ok", "reason": problem, "version": __version__,
             "model": service.model_id, "backend": service.pipeline.backend.name,
             "device": service.pipeline.backend.device, "meter": monitor.meter_name, "method": monitor.method,
-            "queue_depth": service.scheduler.depth,
+            "queue_depth": service.scheduler.depth, "running": service.scheduler.running,
+            "slots": service.scheduler.slots,
         }
         return JSONResponse(body, 503 if problem else 200)
 
@@ -169,6 +170,8 @@ def build_app(service: CompletionService, auth: Authenticator) -> FastAPI:
     @app.get("/metrics")
     async def metrics(who: Admin) -> Response:
         service.metrics.queue_depth.set(service.scheduler.depth)
+        service.metrics.running.set(service.scheduler.running)
+        await asyncio.to_thread(service.energy_totals)  # the idle energy up to now, stored first
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE)
 
     # -- completions ----------------------------------------------------------------------------------------

@@ -51,6 +51,15 @@ def serve(
     graceful: Annotated[
         float, typer.Option("--graceful", min=0.0, help="Seconds in-flight requests get to finish on SIGTERM.")
     ] = 10.0,
+    tensor_parallel_size: Annotated[
+        int, typer.Option("--tensor-parallel-size", min=1, help="vLLM: GPUs one model is split over.")
+    ] = 1,
+    data_parallel_size: Annotated[
+        int, typer.Option("--data-parallel-size", min=1, help="vLLM: model replicas (each on its own GPUs).")
+    ] = 1,
+    max_num_seqs: Annotated[
+        int | None, typer.Option("--max-num-seqs", min=1, help="vLLM: requests batched at most (default 8).")
+    ] = None,
 ) -> None:
     """Serve completions over HTTP (OpenAI-compatible and greentrack-native), metered per developer."""
     from greentrack.serve.run import ServeOptions
@@ -64,7 +73,9 @@ def serve(
         logging.getLogger(name).setLevel(logging.INFO)
     settings = Settings.from_env(db_path=db, model=model, backend=backend, device=device)
     options = ServeOptions(host=host, port=port, idle_period_s=idle_period, max_body_bytes=max_body,
-                           body_timeout_s=body_timeout, graceful_s=graceful, strict_device=device not in (None, "auto"))
+                           body_timeout_s=body_timeout, graceful_s=graceful, strict_device=device not in (None, "auto"),
+                           tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
+                           max_num_seqs=max_num_seqs)
     run_server(settings, options)
 
 

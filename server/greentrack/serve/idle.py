@@ -1,14 +1,22 @@
-"""The server's idle energy: what the meter counts while no completion's phases run.
+"""The server's idle energy: what the meter counts that no completion was given, stored apart, adding up exactly.
 
-Place in the flow: the service tells ``IdleMeter`` when a generation starts (``begin``) and which phase spans it
-ran (``end``); a daemon thread ``cut``s every ``period_s``: the time since the last cut, up to a moment when no
-phase is running, minus the finished phases, is a set of idle gaps whose energy the monitor attributes
-(``EnergyMonitor.window_energy``, a pure time window, per gap) and the sink stores (``Store.record_idle``, one
-row per gap). Summed with the completions' phases, it accounts for what the counter measured: Σ completions +
-idle ≈ counter delta (the two are attributed in separate calls, so they agree to within the attribution's
-uncertainty, not exactly).
-With one generation at a time (transformers), the gaps are simply the time between requests' phases,
-including the server's own bookkeeping between them (prompt building, HTTP).
+Place in the flow: the service opens one ``IdleAccounts`` for the pipeline (``idle_accounts``) and reports to it
+when a generation starts (``begin``), which phases it ran (``end``) and what energy its stored record got
+(``attributed``); a daemon thread ``account``s every ``period_s`` and the sink stores each ``IdleEnergy``
+(``Store.record_idle``) and counts it in the metrics. Two implementations, one per engine kind:
+
+- ``LedgerIdle`` (a batching backend whose pipeline has a step ledger: vLLM). The ledger already splits every
+  counter interval into the requests' shares and idle (``energy.step_ledger``); this stores its idle windows
+  through ``Pipeline.store_idle_energy``. Σ stored completions + stored idle = the counter's delta over the
+  ledger's window.
+- ``IdleMeter`` (one generation at a time: transformers). Each completion is attributed alone, from its own
+  spans, on the counter's knots. A *cut* is a knot that no completion's spans straddle and before which every
+  completion is attributed; the idle energy between two cuts is the counter's delta between them less the
+  completions attributed in between, so Σ completions + idle = the counter's delta from the first cut to the last
+  by construction (a completion whose figure was extrapolated past the counter moves that error into idle, never
+  out of the sum). Without a counter (a calibration's model), idle is the calibration's idle power × idle time.
+
+``totals`` gives the meter's delta over the accounted window, the completions' and the idle part of it (``/metrics``).
 """
 
 from __future__ import annotations
@@ -19,10 +27,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from greentrack.energy.attribution import Knot, find_knots
 from greentrack.energy.monitor import EnergyMonitor
 from greentrack.energy.types import Method, PhaseSpan
 from greentrack.errors import GreentrackError
+
+if TYPE_CHECKING:
+    from greentrack.energy.step_attribution import IdleWindow
+    from greentrack.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +46,8 @@ SETTLE_S = 0.5
 
 @dataclass(frozen=True)
 class IdleEnergy:
-    """The energy of one idle gap. Units: J, s; ``start_s``/``end_s`` on ``time.monotonic()``'s clock."""
+    """The server's energy while no completion ran, over ``[start_s, end_s]`` (``time.monotonic()``). Units: J, s.
+    ``idle_s``: how long no completion ran in it."""
 
     start_s: float
     end_s: float
@@ -41,6 +56,18 @@ class IdleEnergy:
     method: Method
     meter: str
     uncertainty_j: float | None
+
+
+@dataclass(frozen=True)
+class EnergyTotals:
+    """What was accounted since the server started. Units: J, s. ``meter_j`` is the counter's delta over
+    ``window_s``; ``completions_j + idle_j == meter_j`` (to rounding) once every completion in it is stored."""
+
+    meter_j: float
+    completions_j: float
+    idle_j: float
+    window_s: float
+    idle_s: float
 
 
 def idle_gaps(start_s: float, end_s: float, busy: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -60,8 +87,120 @@ def idle_gaps(start_s: float, end_s: float, busy: Sequence[tuple[float, float]])
     return gaps
 
 
-class IdleMeter:
-    """Accumulates the energy of the time no completion's phases run; hands each period to ``sink``."""
+class IdleAccounts:
+    """The interface the service uses; the thread that accounts every ``period_s``. Subclasses do the work."""
+
+    def __init__(self, sink: Callable[[list[IdleEnergy]], None], *, period_s: float) -> None:
+        self.sink = sink
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def begin(self, key: str, now_s: float | None = None) -> None:
+        """A generation ``key`` reaches the engine."""
+
+    def end(self, key: str, spans: Sequence[PhaseSpan]) -> None:
+        """The generation ``key`` finished; ``spans`` are its phases."""
+
+    def attributed(self, key: str, energy_j: float, uncertainty_j: float | None) -> None:
+        """The record of ``key`` was stored with ``energy_j`` (0 for one that could not be stored)."""
+
+    def account(self) -> list[IdleEnergy]:
+        """Account (and hand to the sink) the idle energy up to the latest moment that can be accounted."""
+        raise NotImplementedError
+
+    def totals(self) -> EnergyTotals:
+        raise NotImplementedError
+
+    def start(self) -> IdleAccounts:
+        self._thread = threading.Thread(target=self._run, name="greentrack-idle", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.account()
+            except Exception:  # the meter must never take the server down
+                log.exception("idle energy accounting failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def close(self) -> None:
+        """Stop the thread and account the last period."""
+        self.stop()
+
+
+class LedgerIdle(IdleAccounts):
+    """Idle energy from the pipeline's step ledger (``Pipeline.store_idle_energy``; the pipeline also stores a
+    window at least every ``IDLE_WINDOW_S`` on its own, and the last one when it closes). The pipeline stores every
+    window: ``sink`` is only told of them (metrics)."""
+
+    def __init__(self, pipeline: Pipeline, sink: Callable[[list[IdleEnergy]], None], *, period_s: float) -> None:
+        super().__init__(sink, period_s=period_s)
+        if pipeline.ledger is None:
+            raise ValueError("LedgerIdle needs a pipeline with a step ledger")
+        self.pipeline = pipeline
+        self.ledger = pipeline.ledger
+        self._lock = threading.Lock()
+        self.stored_idle_j = 0.0
+        self.stored_idle_s = 0.0
+        pipeline.store_idle = True
+        pipeline.on_idle = self._stored
+
+    def _energy(self, window: IdleWindow) -> IdleEnergy:
+        from greentrack.pipeline import STEPS_METER_SUFFIX
+
+        monitor = self.pipeline.monitor
+        return IdleEnergy(window.start_s, window.end_s, window.idle_s, window.energy_j, monitor.method,
+                          monitor.meter_name + STEPS_METER_SUFFIX, window.uncertainty_j)
+
+    def _stored(self, window: IdleWindow) -> None:
+        """The pipeline stored ``window`` (any thread): the sink only observes it (metrics), never stores it."""
+        with self._lock:
+            self.stored_idle_j += window.energy_j
+            self.stored_idle_s += window.idle_s
+        self.sink([self._energy(window)])
+
+    def account(self) -> list[IdleEnergy]:
+        window = self.pipeline.store_idle_energy()
+        return [] if window is None else [self._energy(window)]
+
+    def totals(self) -> EnergyTotals:
+        t = self.ledger.totals()
+        with self._lock:
+            idle_s = self.stored_idle_s
+        return EnergyTotals(t.window_j, t.requests_j, t.idle_j, max(0.0, t.end_s - t.start_s), idle_s)
+
+    def close(self) -> None:
+        self.stop()  # the pipeline stores the last window when it closes (after flushing the ledger)
+
+
+@dataclass
+class _Done:
+    """A finished generation: where its phases lie and, once stored, its energy. Units: s, J."""
+
+    first_s: float
+    last_s: float
+    energy_j: float | None = None
+    uncertainty_j: float | None = None
+
+
+@dataclass
+class _Sums:
+    meter_j: float = 0.0
+    completions_j: float = 0.0
+    idle_j: float = 0.0
+    window_s: float = 0.0
+    idle_s: float = 0.0
+
+
+class IdleMeter(IdleAccounts):
+    """Idle energy for a backend that runs one generation at a time: counter delta between cuts less the
+    completions attributed between them (see the module docstring)."""
 
     def __init__(
         self,
@@ -71,91 +210,146 @@ class IdleMeter:
         period_s: float = 30.0,
         start_s: float | None = None,
     ) -> None:
+        super().__init__(sink, period_s=period_s)
         self.monitor = monitor
-        self.sink = sink
-        self.period_s = period_s
         self._lock = threading.Lock()
-        self._cut_s = time.monotonic() if start_s is None else start_s  # everything before is accounted for
-        self._active_since: dict[int, float] = {}
-        self._busy: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.total_j = 0.0
-        self.total_idle_s = 0.0
+        self.created_s = time.monotonic() if start_s is None else start_s
+        self._cut: Knot | None = None  # the last cut: everything before it is accounted
+        self._cut_s = self.created_s  # without a counter: the last cut's time
+        self._active: dict[str, float] = {}
+        self._done: dict[str, _Done] = {}
+        self._sums = _Sums()
 
     # -- what the service reports ---------------------------------------------------------------------
-    def begin(self, key: int, now_s: float | None = None) -> None:
-        """A generation starts (``key`` identifies it until ``end``)."""
+    def begin(self, key: str, now_s: float | None = None) -> None:
         with self._lock:
-            self._active_since[key] = time.monotonic() if now_s is None else now_s
+            self._active[key] = time.monotonic() if now_s is None else now_s
 
-    def end(self, key: int, spans: Sequence[PhaseSpan]) -> None:
-        """The generation ``key`` finished; ``spans`` are its phases (energy that belongs to the completion)."""
+    def end(self, key: str, spans: Sequence[PhaseSpan]) -> None:
         with self._lock:
-            self._active_since.pop(key, None)
-            self._busy.extend((s.start_s, s.end_s) for s in spans)
+            self._active.pop(key, None)
+            if spans:
+                self._done[key] = _Done(min(s.start_s for s in spans), max(s.end_s for s in spans))
 
-    # -- the periodic cut -----------------------------------------------------------------------------
-    def cut(self, now_s: float | None = None) -> list[IdleEnergy]:
-        """Account the idle gaps up to ``now_s - SETTLE_S`` (or the start of a running generation): one
-        ``IdleEnergy`` per gap, each handed to the sink."""
+    def attributed(self, key: str, energy_j: float, uncertainty_j: float | None) -> None:
+        with self._lock:
+            done = self._done.get(key)
+            if done is not None:
+                done.energy_j, done.uncertainty_j = energy_j, uncertainty_j
+
+    # -- the cut ----------------------------------------------------------------------------------------
+    def account(self, now_s: float | None = None) -> list[IdleEnergy]:
+        """Account up to the last clean cut before ``now_s - SETTLE_S``: one ``IdleEnergy`` (or none)."""
         now = time.monotonic() if now_s is None else now_s
         with self._lock:
-            end_s = min([now - SETTLE_S, *self._active_since.values()])
-            start_s = self._cut_s
-            if end_s <= start_s:
-                return []
-            busy = [(b0, b1) for b0, b1 in self._busy if b0 < end_s]
-            self._busy = [(b0, b1) for b0, b1 in self._busy if b1 > end_s]
-            self._cut_s = end_s
-        gaps = [g for g in idle_gaps(start_s, end_s, busy) if g[1] > g[0]]
-        periods = [p for p in (self._measure(g0, g1) for g0, g1 in gaps) if p is not None]
-        for period in periods:
-            self.total_j += period.energy_j
-            self.total_idle_s += period.idle_s
+            period = self._cut_by_knots(now) if self.monitor.counter is not None else self._cut_by_time(now)
+        if period is None:
+            return []
         try:
-            self.sink(periods)
+            self.sink([period])
         except (GreentrackError, OSError) as e:
-            log.warning("idle energy %.3f J (%d gaps) not stored: %s", math.fsum(p.energy_j for p in periods),
-                        len(periods), e)
-        return periods
+            log.warning("idle energy %.3f J not stored: %s", period.energy_j, e)
+        return [period]
 
-    def _measure(self, start_s: float, end_s: float) -> IdleEnergy | None:
-        """The energy of one idle gap: the counter's (a time window), or a calibration's idle power."""
-        monitor = self.monitor
-        idle_s = end_s - start_s
-        if monitor.counter is None:
-            if monitor.calibration is None:
+    def _limit_s(self, now: float) -> float:
+        """The latest moment a cut may lie at: settled, before any running or not yet attributed generation."""
+        pending = [d.first_s for d in self._done.values() if d.energy_j is None]
+        return min([now - SETTLE_S, *self._active.values(), *pending])
+
+    def _cut_by_knots(self, now: float) -> IdleEnergy | None:
+        counter, sampler = self.monitor.counter, self.monitor.sampler
+        assert counter is not None and sampler is not None
+        since_s = self._cut.t_s if self._cut is not None else self.created_s
+        samples = sampler.samples_between(since_s - self.monitor.lookback_s, math.inf)
+        knots = find_knots(samples, update_period_s=counter.update_period_s, timing_slack_s=counter.timing_slack_s,
+                           lag_s=counter.lag_s)
+        if self._cut is None:
+            before = [k for k in knots if k.t_s <= self.created_s]
+            first = before[-1] if before else (knots[0] if knots else None)
+            if first is None:
                 return None
-            return IdleEnergy(start_s, end_s, idle_s, monitor.calibration.idle_w * idle_s, "estimated",
-                              monitor.meter_name, None)
-        try:
-            part = monitor.window_energy(start_s, end_s)
-        except GreentrackError as e:
-            log.warning("idle energy of %.1f s not measured: %s", idle_s, e)
+            self._cut = first
+            for key in [k for k, d in self._done.items() if d.first_s < first.t_s]:
+                del self._done[key]  # before the accounted window (the meter had no knot yet)
+        start = self._cut
+        limit = self._limit_s(now)
+        done = [d for d in self._done.values() if d.energy_j is not None]
+        end: Knot | None = None
+        for k in knots:
+            if k.t_s <= start.t_s or k.t_s > limit:
+                continue
+            if any(d.first_s < k.t_s < d.last_s for d in done):
+                continue  # inside a completion's phases: its energy would be split between two windows
+            end = k
+        if end is None:
             return None
-        return IdleEnergy(start_s, end_s, idle_s, part.energy_j, part.method, part.meter, part.uncertainty_j)
+        inside = {key: d for key, d in self._done.items() if d.energy_j is not None and d.last_s <= end.t_s}
+        for key in inside:
+            del self._done[key]
+        self._cut = end
+        meter_j = end.energy_j - start.energy_j
+        completions_j = math.fsum(d.energy_j or 0.0 for d in inside.values())
+        idle_j = meter_j - completions_j
+        window_s = end.t_s - start.t_s
+        busy_s = window_s - sum(b - a for a, b in idle_gaps(start.t_s, end.t_s,
+                                                             [(d.first_s, d.last_s) for d in inside.values()]))
+        meter = self.monitor.meter_info()
+        uncertainties = [d.uncertainty_j for d in inside.values()]
+        uncertainty: float | None = None
+        if all(u is not None for u in uncertainties):
+            uncertainty = (math.fsum(u or 0.0 for u in uncertainties) + 2.0 * meter.resolution_j
+                           + meter.relative_uncertainty * abs(idle_j))
+        if idle_j < 0.0:
+            log.warning("idle energy %.3f J over %.1f s is negative: the completions in it were given more than the "
+                        "counter measured (a figure extrapolated past the counter)", idle_j, window_s)
+        s = self._sums
+        s.meter_j += meter_j
+        s.completions_j += completions_j
+        s.idle_j += idle_j
+        s.window_s += window_s
+        s.idle_s += max(0.0, window_s - busy_s)
+        return IdleEnergy(start.t_s, end.t_s, max(0.0, window_s - busy_s), idle_j, self.monitor.method,
+                          self.monitor.meter_name, uncertainty)
 
-    # -- the thread -------------------------------------------------------------------------------------
-    def start(self) -> IdleMeter:
-        self._thread = threading.Thread(target=self._run, name="greentrack-idle", daemon=True)
-        self._thread.start()
-        return self
+    def _cut_by_time(self, now: float) -> IdleEnergy | None:
+        """No counter: the calibration's idle power over the time no completion ran."""
+        calibration = self.monitor.calibration
+        start_s, end_s = self._cut_s, self._limit_s(now)
+        if end_s <= start_s:
+            return None
+        inside = {key: d for key, d in self._done.items() if d.energy_j is not None and d.last_s <= end_s}
+        if any(d.first_s < end_s < d.last_s for d in self._done.values()):
+            return None
+        for key in inside:
+            del self._done[key]
+        self._cut_s = end_s
+        idle_s = sum(b - a for a, b in idle_gaps(start_s, end_s, [(d.first_s, d.last_s) for d in inside.values()]))
+        s = self._sums
+        completions_j = math.fsum(d.energy_j or 0.0 for d in inside.values())
+        s.completions_j += completions_j
+        s.window_s += end_s - start_s
+        s.idle_s += idle_s
+        if calibration is None:
+            return None
+        idle_j = calibration.idle_w * idle_s
+        s.idle_j += idle_j
+        s.meter_j += idle_j + completions_j
+        return IdleEnergy(start_s, end_s, idle_s, idle_j, "estimated", self.monitor.meter_name, None)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            try:
-                self.cut()
-            except Exception:  # the meter must never take the server down
-                log.exception("idle energy accounting failed")
+    def totals(self) -> EnergyTotals:
+        with self._lock:
+            s = self._sums
+            return EnergyTotals(s.meter_j, s.completions_j, s.idle_j, s.window_s, s.idle_s)
 
     def close(self) -> None:
         """Stop the thread and account the last period (waits for the counter to cover it)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        self.stop()
+        if self.monitor.sampler is not None:
+            cover = getattr(self.monitor.sampler, "cover", None)
+            if cover is not None:
+                cover(time.monotonic())
         time.sleep(SETTLE_S)
         try:
-            self.cut()
+            self.account()
         except Exception:
             log.exception("idle energy accounting failed at shutdown")

@@ -1,7 +1,8 @@
 """Prometheus metrics of the server (``GET /metrics``), in a registry of its own (no process-global state).
 
 Place in the flow: the service calls ``observe_record`` when a completion's record is stored (energy known),
-``observe_accept`` on acceptance and ``observe_idle`` for each idle period; the app renders ``exposition()``.
+``observe_accept`` on acceptance, ``observe_idle`` for each idle period stored and ``observe_totals`` with the
+meter's delta over the accounted window (``/metrics`` asks for it first); the app renders ``exposition()``.
 Units are in the metric names (joules, seconds), as Prometheus' naming rules ask.
 """
 
@@ -11,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from greentrack.record import CompletionRecord
-from greentrack.serve.idle import IdleEnergy
+from greentrack.serve.idle import EnergyTotals, IdleEnergy
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -43,6 +44,16 @@ class ServerMetrics:
                                  ["model"], registry=r,
                                  buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0))
         self.queue_depth = Gauge("greentrack_queue_depth", "Completions waiting for the engine.", registry=r)
+        self.running = Gauge("greentrack_running", "Completions holding an engine slot now.", registry=r)
+        self.meter_energy = Gauge(
+            "greentrack_meter_energy_joules",
+            "The energy meter's delta since the server started, up to the last accounted instant; equals stored "
+            "completions + stored idle energy once no completion is in flight. Units: J.", registry=r)
+        self.accounted_time = Gauge("greentrack_accounted_seconds", "The window the meter's delta covers. Units: s.",
+                                    registry=r)
+        self.utilisation = Gauge("greentrack_utilisation",
+                                 "Share of the accounted window in which a completion ran (1 - idle share).",
+                                 registry=r)
         self.rejected = Counter("greentrack_http_errors", "Requests answered with an error, by status.",
                                 ["status"], registry=r)
 
@@ -61,6 +72,12 @@ class ServerMetrics:
     def observe_idle(self, period: IdleEnergy) -> None:
         self.idle_energy.labels(period.method).inc(max(0.0, period.energy_j))
         self.idle_time.inc(max(0.0, period.idle_s))
+
+    def observe_totals(self, totals: EnergyTotals) -> None:
+        self.meter_energy.set(totals.meter_j)
+        self.accounted_time.set(totals.window_s)
+        if totals.window_s > 0:
+            self.utilisation.set(max(0.0, min(1.0, 1.0 - totals.idle_s / totals.window_s)))
 
     def observe_error(self, status: int) -> None:
         self.rejected.labels(str(status)).inc()

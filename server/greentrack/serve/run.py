@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from greentrack.config import Settings
 from greentrack.errors import StoreError, UsageError
@@ -35,6 +36,26 @@ class ServeOptions:
     max_connections: int = 256
     max_queued_per_developer: int = 16
     strict_device: bool = False
+    #: vLLM only: GPUs per model replica (tensor parallel), replicas (data parallel), requests batched at most.
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    max_num_seqs: int | None = None
+
+    def backend_kwargs(self, backend: str) -> dict[str, Any]:
+        """What the vLLM backend gets (``engine.vllm_setup.engine_args``); a ``UsageError`` for the
+        transformers backend with parallel sizes."""
+        if backend != "vllm":
+            if self.tensor_parallel_size > 1 or self.data_parallel_size > 1 or self.max_num_seqs is not None:
+                raise UsageError("--tensor-parallel-size, --data-parallel-size and --max-num-seqs need --backend vllm")
+            return {}
+        kwargs: dict[str, Any] = {}
+        if self.tensor_parallel_size > 1:
+            kwargs["tensor_parallel_size"] = self.tensor_parallel_size
+        if self.data_parallel_size > 1:
+            kwargs["data_parallel_size"] = self.data_parallel_size
+        if self.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = self.max_num_seqs
+        return kwargs
 
 
 def serve(settings: Settings, options: ServeOptions) -> None:
@@ -47,8 +68,9 @@ def serve(settings: Settings, options: ServeOptions) -> None:
     from greentrack.serve.auth import Authenticator, LockedStore, is_loopback
     from greentrack.serve.metrics import ServerMetrics
     from greentrack.serve.scheduler import FairScheduler
-    from greentrack.serve.service import CompletionService
+    from greentrack.serve.service import CompletionService, backend_slots
 
+    backend_kwargs = options.backend_kwargs(settings.backend)  # refused before anything loads
     loopback = is_loopback(options.host)
     try:
         store = open_store(settings)
@@ -58,14 +80,16 @@ def serve(settings: Settings, options: ServeOptions) -> None:
         store.close()
         raise UsageError(f"refusing to serve on {options.host} without tokens: anyone could use it. Issue one per "
                          f"developer first (`greentrack token add EMAIL --db {settings.db_path}`), or bind 127.0.0.1")
-    pipeline = open_pipeline(settings, store=store, strict_device=options.strict_device)
+    pipeline = open_pipeline(settings, store=store, strict_device=options.strict_device,
+                             backend_kwargs=backend_kwargs)
     # The pipeline's own Store: a second Store on the same file in this process would drop SQLite's POSIX locks
     # when it closes its file (fcntl locks are per process), and another process could then delete the WAL.
     own_store = LockedStore(store)
     metrics = ServerMetrics()
     service = CompletionService(
         pipeline, own_store, metrics, idle_period_s=options.idle_period_s,
-        scheduler=FairScheduler(max_queued_per_developer=options.max_queued_per_developer),
+        scheduler=FairScheduler(max_queued_per_developer=options.max_queued_per_developer,
+                                slots=backend_slots(pipeline.backend)),
     )
     auth = Authenticator(own_store, local_developer=settings.developer, loopback=loopback)
     app = BodyLimit(build_app(service, auth), max_body_bytes=options.max_body_bytes,
@@ -77,9 +101,9 @@ def serve(settings: Settings, options: ServeOptions) -> None:
         server_header=False,
     )
     who = "tokens required" if store.has_tokens() else f"no tokens: serving {settings.developer} on loopback"
-    log.info("serving %s (%s on %s; energy: %s) on http://%s:%d (%s)", pipeline.backend.model_id,
-             pipeline.backend.name, pipeline.backend.device, pipeline.monitor.meter_name, options.host,
-             options.port, who)
+    log.info("serving %s (%s on %s, %d at once; energy: %s%s) on http://%s:%d (%s)", pipeline.backend.model_id,
+             pipeline.backend.name, pipeline.backend.device, service.scheduler.slots, pipeline.monitor.meter_name,
+             ", by engine step" if pipeline.ledger is not None else "", options.host, options.port, who)
     try:
         uvicorn.Server(config).run()  # the app's lifespan closes the service on a signal
     finally:

@@ -1,10 +1,13 @@
-"""The fair scheduler for a backend that generates one completion at a time (transformers).
+"""The fair scheduler: admits generations to the engine up to its concurrency, round-robin across developers.
 
-Place in the flow: an HTTP handler ``submit``s a job for its caller's developer; one worker thread takes jobs
-round-robin across developers (each developer's own jobs in arrival order), runs them and resolves their
-futures. A developer's burst waits behind itself, never in front of another developer: with k developers
-waiting, each gets one generation in every k. A job whose ``CancelToken`` is set while it waits never reaches
-the model (its future resolves to None).
+Place in the flow: an HTTP handler ``submit``s a job for its caller's developer; ``slots`` worker threads take
+jobs round-robin across developers (each developer's own jobs in arrival order), run them and resolve their
+futures. One slot (the transformers backend, one generation at a time): a developer's burst waits behind
+itself, never in front of another developer: with k developers waiting, each gets one generation in every k.
+Several slots (vLLM: ``max_num_seqs``, requests batched by the engine): up to ``slots`` jobs run at once, and a
+developer holds at most ``slots // active developers`` of them (at least one; ``per_developer_cap``), so one
+burst cannot fill the batch while others wait. A job whose ``CancelToken`` is set while it waits never reaches
+the model (its future resolves to None). ``Job.queue_s`` is the wait for a slot.
 """
 
 from __future__ import annotations
@@ -52,16 +55,29 @@ class Job:
 
 
 class FairScheduler:
-    """One worker thread; per-developer FIFO queues served round-robin. Thread-safe."""
+    """``slots`` worker threads; per-developer FIFO queues served round-robin. Thread-safe."""
 
-    def __init__(self, *, max_queued_per_developer: int = DEFAULT_MAX_QUEUED_PER_DEVELOPER) -> None:
+    def __init__(
+        self,
+        *,
+        max_queued_per_developer: int = DEFAULT_MAX_QUEUED_PER_DEVELOPER,
+        slots: int = 1,
+        per_developer_cap: int | None = None,
+    ) -> None:
+        if slots < 1:
+            raise ValueError("the scheduler needs at least one slot")
         self.max_queued_per_developer = max_queued_per_developer
+        self.slots = slots
+        #: At most this many running jobs per developer (None: ``slots`` shared by the active developers).
+        self.per_developer_cap = per_developer_cap
         self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
         self._cond = threading.Condition()
         self._closing = False
-        self._running: Job | None = None
-        self._thread = threading.Thread(target=self._work, name="greentrack-scheduler", daemon=True)
-        self._thread.start()
+        self._running: list[Job] = []
+        self._threads = [threading.Thread(target=self._work, name=f"greentrack-scheduler-{i}", daemon=True)
+                         for i in range(slots)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, developer: str, run: Callable[[], EngineResult], cancel: CancelToken) -> Job:
         """Queue ``run`` for ``developer``. Raises ``QueueFull`` or ``SchedulerClosed``."""
@@ -86,35 +102,59 @@ class FairScheduler:
             return sum(len(q) for q in self._queues.values())
 
     @property
-    def running_since_s(self) -> float | None:
-        """When the job holding the engine started (monotonic s), None when the engine is free."""
+    def running(self) -> int:
+        """Jobs holding a slot now."""
         with self._cond:
-            return self._running.started_s if self._running is not None else None
+            return len(self._running)
 
-    def _next(self) -> Job:
-        """The head job of the first developer in the rotation; that developer moves to the rotation's end."""
-        developer, queue = next(iter(self._queues.items()))
-        job = queue.popleft()
-        if queue:
-            self._queues.move_to_end(developer)
-        else:
-            del self._queues[developer]
-        return job
+    @property
+    def running_since_s(self) -> float | None:
+        """When the oldest job holding a slot started (monotonic s), None when the engine is free."""
+        with self._cond:
+            starts = [job.started_s for job in self._running if job.started_s is not None]
+            return min(starts) if starts else None
+
+    def cap(self) -> int:
+        """How many slots one developer may hold now. Call with ``_cond`` held."""
+        if self.per_developer_cap is not None:
+            return max(1, self.per_developer_cap)
+        active = set(self._queues) | {job.developer for job in self._running}
+        return max(1, self.slots // max(1, len(active)))
+
+    def _next(self) -> Job | None:
+        """The head job of the first developer in the rotation under their cap (that developer moves to the
+        rotation's end); a job cancelled while waiting comes first whatever the cap (it only resolves). None
+        when every waiting developer is at their cap."""
+        cap = self.cap()
+        held: dict[str, int] = {}
+        for job in self._running:
+            held[job.developer] = held.get(job.developer, 0) + 1
+        for developer, queue in self._queues.items():
+            if not queue[0].cancel.cancelled and held.get(developer, 0) >= cap:
+                continue
+            job = queue.popleft()
+            if queue:
+                self._queues.move_to_end(developer)
+            else:
+                del self._queues[developer]
+            return job
+        return None
 
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._queues and not self._closing:
+                while True:
+                    job = self._next() if self._queues else None
+                    if job is not None or (self._closing and not self._queues):
+                        break
                     self._cond.wait()
-                if not self._queues:
+                if job is None:
                     return
-                job = self._next()
                 if not job.cancel.cancelled:
                     job.started_s = time.monotonic()
-                    self._running = job
+                    self._running.append(job)
             if not job.future.set_running_or_notify_cancel():  # its waiter gave up on it
-                with self._cond:
-                    self._running = None
+                self._release(job)
                 continue
             if job.started_s is None:  # cancelled while waiting: never reaches the model
                 job.future.set_result(None)
@@ -122,24 +162,32 @@ class FairScheduler:
             try:
                 result = job.run()
             except BaseException as e:  # the future carries it to the waiting handler
-                with self._cond:
-                    self._running = None
+                self._release(job)
                 job.future.set_exception(e)
             else:
-                with self._cond:
-                    self._running = None
+                self._release(job)
                 job.future.set_result(result)
 
+    def _release(self, job: Job) -> None:
+        with self._cond:
+            if job in self._running:
+                self._running.remove(job)
+            self._cond.notify_all()  # a developer under their cap again, or a freed slot
+
     def close(self, timeout_s: float = 30.0) -> None:
-        """Take no new jobs, cancel the waiting ones, let the running one finish (its callbacks run)."""
+        """Take no new jobs, cancel the waiting ones, let the running ones finish (their callbacks run)."""
         with self._cond:
             self._closing = True
             waiting = [job for queue in self._queues.values() for job in queue]
             self._cond.notify_all()
         for job in waiting:
             job.cancel.cancel()
+        with self._cond:
+            self._cond.notify_all()  # cancelled jobs pass any cap: the workers resolve them and leave
         if waiting:
             log.info("shutting down: %d waiting completion(s) cancelled before reaching the model", len(waiting))
-        self._thread.join(timeout=timeout_s)
-        if self._thread.is_alive():
-            log.warning("shutting down: the running completion did not finish within %.0f s", timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self._threads):
+            log.warning("shutting down: the running completions did not finish within %.0f s", timeout_s)

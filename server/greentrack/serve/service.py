@@ -1,13 +1,15 @@
 """The server's one room where HTTP requests meet the pipeline: generate, cancel, accept, look records up.
 
 Place in the flow: handlers (``app``) authenticate, build a ``CompletionRequest`` (``models``) and await
-``CompletionService.generate``; it queues the generation on the ``FairScheduler`` (the transformers backend
-runs one at a time), races it against the client's disconnection, and, once the engine is done, hands the
-result to ``Pipeline.finalize_later`` with the caller's developer. The answer never waits for the energy: the
-record arrives later (``record_view`` long-polls for it), is counted in the metrics, and the idle meter learns
-which time belonged to completions. A disconnected client or ``cancel`` stops the engine within one step; what
-it spent is stored with outcome ``cancelled``. A request cancelled while it waits never reaches the model and
-leaves no record (as in-process).
+``CompletionService.generate``; it queues the generation on the ``FairScheduler``, which admits up to the
+backend's concurrency (``backend_slots``: one for transformers, ``max_num_seqs`` for vLLM, whose engine batches
+the admitted requests and shares its prefix cache among all developers), fairly across developers; races it
+against the client's disconnection, and, once the engine is done, hands the result to ``Pipeline.finalize_later``
+with the caller's developer. The answer never waits for the energy: the record arrives later (``record_view``
+long-polls for it) and is counted in the metrics. Idle energy (``idle``): from the pipeline's step ledger when
+it has one (vLLM), else the idle meter learns which time and energy belonged to completions. A disconnected
+client or ``cancel`` stops the engine within one step; what it spent is stored with outcome ``cancelled``. A
+request cancelled while it waits never reaches the model and leaves no record (as in-process).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from greentrack.errors import BadInput, GreentrackError
 from greentrack.pipeline import Pipeline, RequestContext, host_name, wall_clock_iso
 from greentrack.record import CompletionRecord
 from greentrack.serve.auth import Caller, LockedStore
-from greentrack.serve.idle import IdleEnergy, IdleMeter
+from greentrack.serve.idle import EnergyTotals, IdleAccounts, IdleEnergy, IdleMeter, LedgerIdle
 from greentrack.serve.metrics import ServerMetrics
 from greentrack.serve.models import record_view
 from greentrack.serve.scheduler import FairScheduler
@@ -50,6 +52,24 @@ class Conflict(GreentrackError):
 
 class ClientGone(GreentrackError):
     """The client disconnected before its completion was ready; the generation was cancelled."""
+
+
+def backend_slots(backend: object) -> int:
+    """How many generations the backend runs at once: its ``concurrency`` when it batches (vLLM: the engine's
+    ``max_num_seqs``), else one."""
+    if not getattr(backend, "batches", False):
+        return 1
+    concurrency = getattr(backend, "concurrency", 1)
+    return max(1, int(concurrency)) if isinstance(concurrency, int) else 1
+
+
+def engine_queue_s(result: EngineResult) -> float:
+    """How long the request waited inside the engine before its first step (vLLM's queue), 0 where unknown.
+    Units: s."""
+    queued, scheduled = result.extras.get("queued_s"), result.extras.get("scheduled_s")
+    if isinstance(queued, float) and isinstance(scheduled, float):
+        return max(0.0, scheduled - queued)
+    return 0.0
 
 
 @dataclass
@@ -76,7 +96,7 @@ class Generation:
 
 
 class CompletionService:
-    """Holds the pipeline, the scheduler, the HTTP layer's store connection, the metrics and the idle meter."""
+    """Holds the pipeline, the scheduler, the HTTP layer's store connection, the metrics and the idle accounts."""
 
     def __init__(
         self,
@@ -90,9 +110,13 @@ class CompletionService:
         self.pipeline = pipeline
         self.store = store
         self.metrics = metrics
-        self.scheduler = scheduler or FairScheduler()
+        self.scheduler = scheduler or FairScheduler(slots=backend_slots(pipeline.backend))
         self.host = host_name()
-        self.idle = IdleMeter(pipeline.monitor, self._store_idle, period_s=idle_period_s)
+        self.idle: IdleAccounts
+        if pipeline.ledger is not None:  # the ledger splits idle from the requests; the pipeline stores it
+            self.idle = LedgerIdle(pipeline, self._observe_idle, period_s=idle_period_s)
+        else:
+            self.idle = IdleMeter(pipeline.monitor, self._store_idle, period_s=idle_period_s)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._live: dict[str, tuple[str, CancelToken]] = {}
@@ -118,8 +142,15 @@ class CompletionService:
             self._closed = True
         log.info("shutting down: finishing in-flight completions and storing their records")
         self.scheduler.close()
+        try:
+            self.pipeline.drain()  # every record stored: the idle meter knows every completion's energy
+        except Exception as e:
+            log.warning("shutting down: records still being stored: %s", e)
         self.idle.close()
-        self.pipeline.close()  # drains the finalizer (every record stored), then closes the store
+        self.pipeline.close()  # stores the ledger's last idle window, then closes the store
+        totals = self.idle.totals()
+        log.info("energy over %.1f s: meter %.6f J = completions %.6f J + idle %.6f J", totals.window_s,
+                 totals.meter_j, totals.completions_j, totals.idle_j)
 
     # -- generation -------------------------------------------------------------------------------------
     async def generate(
@@ -156,15 +187,14 @@ class CompletionService:
         context = RequestContext(uri, request.language_id, received_s, developer=caller.developer)
 
         def run() -> EngineResult:
-            key = id(request)
-            self.idle.begin(key)
+            self.idle.begin(cid)
             spans: list[PhaseSpan] = []
             try:
                 result = self.pipeline.run(request, cancel)
                 spans = result.spans
                 return result
             finally:
-                self.idle.end(key, spans)
+                self.idle.end(cid, spans)
 
         try:
             job = self.scheduler.submit(caller.developer, run, cancel)
@@ -194,6 +224,7 @@ class CompletionService:
         queue_ms = job.queue_s * 1000.0
         if result is None:
             return Generation(cid, None, queue_ms, (time.monotonic() - received_s) * 1000.0, None)
+        queue_ms += engine_queue_s(result) * 1000.0  # a slot was free, but the engine's batch was not yet
         latency_ms = max(0.0, (result.ended_s - received_s) * 1000.0)
         return Generation(cid, result, queue_ms, latency_ms, entry.record)
 
@@ -221,10 +252,12 @@ class CompletionService:
     def _finalize_failed(self, future: Future[CompletionRecord], cid: str, entry: _Entry) -> None:
         if (error := future.exception()) is not None:
             log.error("could not log completion %s: %s", cid, error)
+            self.idle.attributed(cid, 0.0, None)  # nothing stored: what it spent stays in the idle energy
             entry.dropped = True
             self._signal(entry)
 
     def _stored(self, entry: _Entry, record: CompletionRecord) -> None:
+        self.idle.attributed(record.completion_id, record.total_j, record.uncertainty_j)
         entry.record = record
         self.metrics.observe_record(record)
         log.info("completion %s (%s): %s, %d+%d tokens, %.3f J %s", record.completion_id, record.developer,
@@ -314,9 +347,20 @@ class CompletionService:
         return self.store.call(find)
 
     # -- idle energy ------------------------------------------------------------------------------------
-    def _store_idle(self, periods: list[IdleEnergy]) -> None:
+    def energy_totals(self) -> EnergyTotals:
+        """Account the idle energy up to now (stored), then the totals: the meter's delta over the accounted
+        window, the completions' and the idle part of it. Blocking: call it off the event loop."""
+        self.idle.account()
+        totals = self.idle.totals()
+        self.metrics.observe_totals(totals)
+        return totals
+
+    def _observe_idle(self, periods: list[IdleEnergy]) -> None:
         for period in periods:
             self.metrics.observe_idle(period)
+
+    def _store_idle(self, periods: list[IdleEnergy]) -> None:
+        self._observe_idle(periods)
 
         def write(store: Any) -> None:
             for p in periods:

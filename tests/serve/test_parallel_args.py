@@ -1,0 +1,63 @@
+"""``greentrack serve --tensor-parallel-size N --data-parallel-size M``: the sizes reach vLLM's engine arguments, the
+backend names every GPU the engine uses, and the energy monitor meters those GPUs (through CUDA_VISIBLE_DEVICES).
+No GPU here: vLLM's modules are not needed for the arithmetic (a ``VllmModules`` of a CUDA build, without classes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.serve.support import greentrack
+
+from greentrack.energy.nvml import cuda_to_nvml_ids
+from greentrack.engine.vllm_setup import VllmModules, engine_args, engine_device, engine_gpus
+from greentrack.errors import UsageError
+from greentrack.pipeline import _gpu_indices
+from greentrack.serve.run import ServeOptions
+
+CUDA_BUILD = VllmModules("0.26.0", None, None, None, None, "cuda")
+
+
+def _args(options: ServeOptions) -> dict[str, object]:
+    """What ``VllmBackend(**options.backend_kwargs("vllm"))`` hands ``engine_args`` (its defaults beside)."""
+    kwargs = options.backend_kwargs("vllm")
+    return engine_args(Path("/models/m"), CUDA_BUILD, max_model_len=4096, max_num_seqs=kwargs.pop("max_num_seqs", 8),
+                       enforce_eager=None, dtype=None, logits_processors=[], engine_kwargs=None, **kwargs)
+
+
+def test_one_gpu_by_default() -> None:
+    args = _args(ServeOptions())
+    assert "tensor_parallel_size" not in args and "data_parallel_size" not in args
+    assert engine_gpus(args) == 1
+    assert engine_device("auto", CUDA_BUILD, gpus=engine_gpus(args)) == "cuda:0"
+    assert _gpu_indices("cuda:0") == [0]
+
+
+def test_tensor_parallel_two_meters_gpus_zero_and_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = _args(ServeOptions(tensor_parallel_size=2, max_num_seqs=32))
+    assert args["tensor_parallel_size"] == 2 and args["max_num_seqs"] == 32 and "data_parallel_size" not in args
+    device = engine_device("auto", CUDA_BUILD, gpus=engine_gpus(args))
+    assert device == "cuda:0,1"
+    assert _gpu_indices(device) == [0, 1]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert cuda_to_nvml_ids(_gpu_indices(device) or []) == [0, 1]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # the GPUs the engine sees are NVML's 2 and 3
+    assert cuda_to_nvml_ids(_gpu_indices(device) or []) == [2, 3]
+
+
+def test_tensor_and_data_parallel_use_their_product() -> None:
+    args = _args(ServeOptions(tensor_parallel_size=2, data_parallel_size=2))
+    assert (args["tensor_parallel_size"], args["data_parallel_size"]) == (2, 2)
+    assert engine_gpus(args) == 4
+    assert _gpu_indices(engine_device("cuda", CUDA_BUILD, gpus=4)) == [0, 1, 2, 3]
+
+
+def test_parallel_sizes_need_the_vllm_backend() -> None:
+    with pytest.raises(UsageError, match="need --backend vllm"):
+        ServeOptions(tensor_parallel_size=2).backend_kwargs("transformers")
+    assert ServeOptions().backend_kwargs("transformers") == {}
+    done = greentrack("serve", "--backend", "transformers", "--tensor-parallel-size", "2", "--port", "1",
+                      "--db", "/nonexistent/never-opened.db")
+    assert done.returncode == 2 and "need --backend vllm" in done.stderr and "Traceback" not in done.stderr
+    zero = greentrack("serve", "--backend", "vllm", "--data-parallel-size", "0")
+    assert zero.returncode == 2 and "--data-parallel-size" in zero.stderr
