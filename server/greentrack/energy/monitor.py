@@ -1,6 +1,7 @@
 """``EnergyMonitor``: what the pipeline uses. A counter, its background sampler, and the attributor.
 
-Flow: ``open_monitor(device)`` picks the best meter (NVML for ``cuda``, RAPL for ``cpu``, else the calibrated
+Flow: ``open_monitor(device)`` picks the best meter (NVML, then AMD's amdsmi for ``cuda``; Apple Silicon's
+IOReport for ``mps``; Apple Silicon, then RAPL for ``cpu``; all in that order for ``auto``; else the calibrated
 model or the CPU-time estimate; Zeus's order) and starts its sampler. The engine records ``PhaseSpan``s
 (timestamps only: no counter read on the critical path); after the completion, off the critical path, the
 pipeline calls ``phase_energy(spans)``, which waits for the counter to step past the phases and attributes
@@ -23,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from greentrack.energy.amd import AmdSmiCounter, probe_amd, visible_hip_ids
+from greentrack.energy.apple import AppleSiliconCounter, is_apple_silicon, probe_apple
 from greentrack.energy.attribution import Attribution, MeterInfo, PhaseWeights, attribute
 from greentrack.energy.calibration import Calibration, calibrated_phase_energy
 from greentrack.energy.counter import Counter, MeterStatus
@@ -232,12 +235,14 @@ def open_monitor(
     period_s: float | None = None,
     on_demand: bool = False,
 ) -> EnergyMonitor:
-    """The best monitor for ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+    """The best monitor for ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``).
 
-    ``cuda*``: NVML over ``gpu_indices`` (CUDA ordinals; default the device's, or all GPUs). ``cpu``: RAPL.
-    ``auto``: NVML, then RAPL. Without a counter: ``calibration``'s model when given, else the CPU-time
-    estimate. Never fails for lack of a counter unless ``strict`` (the user named a device whose meter is
-    missing): then ``MeterUnavailable`` says why. ``on_demand``: sample only around work (see the module doc).
+    ``cuda*``: NVML over ``gpu_indices`` (CUDA ordinals; default the device's, or all GPUs), else amdsmi over the
+    same ordinals (ROCm names AMD GPUs ``cuda`` too). ``mps``: Apple Silicon. ``cpu``: Apple Silicon (the whole
+    SoC, on a Mac), else RAPL. ``auto``: NVML, AMD, Apple, RAPL. Without a counter: ``calibration``'s model when
+    given, else the CPU-time estimate. Never fails for lack of a counter unless ``strict`` (the user named a device
+    whose meter is missing): then ``MeterUnavailable`` says why. ``on_demand``: sample only around work (see the
+    module doc).
     """
     dev = device.strip().lower()
     counter: Counter | None = None
@@ -247,7 +252,19 @@ def open_monitor(
         try:
             counter = NvmlCounter(cuda_to_nvml_ids(ordinals) if ordinals is not None else None)
         except MeterUnavailable as e:
-            if strict and dev.startswith("cuda"):
+            reasons.append(str(e))
+        if counter is None:
+            try:
+                counter = AmdSmiCounter(visible_hip_ids(ordinals) if ordinals is not None else None)
+            except MeterUnavailable as e:
+                if strict and dev.startswith("cuda"):
+                    raise MeterUnavailable(f"no energy counter for {device}: {'; '.join([*reasons, str(e)])}") from e
+                reasons.append(str(e))
+    if counter is None and dev in ("mps", "cpu", "auto") and (dev == "mps" or is_apple_silicon()):
+        try:
+            counter = AppleSiliconCounter()
+        except MeterUnavailable as e:
+            if strict and dev == "mps":
                 raise MeterUnavailable(f"no energy counter for {device}: {e}") from e
             reasons.append(str(e))
     if counter is None and (dev == "cpu" or dev == "auto"):
@@ -272,5 +289,6 @@ def open_monitor(
 
 
 def probe_meters(sysfs_root: Path | str = DEFAULT_SYSFS_ROOT) -> list[MeterStatus]:
-    """NVML, RAPL and the estimate: whether each works here, and why not. Opens and closes each."""
-    return [probe_nvml(), probe_rapl(sysfs_root), probe_estimate()]
+    """NVML, AMD, Apple Silicon, RAPL and the estimate (``open_monitor``'s order): whether each works here, and
+    why not. Opens and closes each."""
+    return [probe_nvml(), probe_amd(), probe_apple(), probe_rapl(sysfs_root), probe_estimate()]
