@@ -13,7 +13,8 @@ docs/benchmarks.md ("Team capacity"). Definitions (per level, over its window):
   suggestions (the first-line oracle, ``bench.script.accepted_length``).
 * ``gross_j_per_completion``: the GPU counter's delta over the window (idle included) / answered requests.
 * ``idle_energy_share``: the server's idle energy / (idle + requests) from ``/metrics`` deltas;
-  ``idle_time_share``: its idle seconds / the window.
+  ``idle_time_share``: its idle seconds / the time between the two ``/metrics`` reads (the window, the
+  records' long-polls and a settling pause: the server's idle meter stores a period after it ends).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b > 0 else None
 
 
-def _round(x: float | None, digits: int = 4) -> float | None:
+def _round(x: float | None, digits: int = 6) -> float | None:
     return None if x is None else round(x, digits)
 
 
@@ -122,6 +123,7 @@ def summarize_level(
     metrics_before: Mapping[str, float] | None = None,
     metrics_after: Mapping[str, float] | None = None,
     gpu: Mapping[str, Any] | None = None,
+    metrics_span_s: float | None = None,
 ) -> dict[str, Any]:
     """One level's figures (see the module's docstring). ``records``: the server's rows of this level's requests."""
     keystrokes = len(requests)
@@ -167,7 +169,7 @@ def summarize_level(
         "j_per_accepted": _round(_ratio(energy_j, len(accepted))),
         "idle_energy_j": _round(idle_j, 3),
         "idle_energy_share": _round(_ratio(idle_j, idle_j + energy_j) if idle_j is not None else None),
-        "idle_time_share": _round(_ratio(idle_s, window_s) if idle_s is not None else None),
+        "idle_time_share": _round(_ratio(idle_s, metrics_span_s or window_s) if idle_s is not None else None),
         "gpu_energy_j": _round(gpu_j, 3),
         "gross_j_per_completion": _round(_ratio(gpu_j, len(answered)) if gpu_j is not None else None),
         "gpu_utilization_mean_pct": _round(_num(gpu, "utilization_mean_pct") if gpu and gpu.get(
