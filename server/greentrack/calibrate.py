@@ -5,34 +5,69 @@ et al., ACL 2025) under the best meter available, in long windows; ``energy.cali
 joules per prompt token, per decoded token and per second; ``run_calibrate`` stores the fit keyed by (host,
 device, model). Later completions on a machine without a counter use it as their estimate; on a machine with
 one, its per-phase powers weight attribution.
+
+On a backend that batches (vLLM), ``run_batched_calibration`` also runs batched windows (``BATCH_SIZES`` ×
+``BATCHED_PROMPT_BINS`` × ``BATCHED_OUTPUT_BINS``: every request of a round prefills P tokens and decodes O, B at
+once), records every engine step's work through the backend's step hook (``attach_step_sink``) and fits the
+per-step fixed cost, J per prefill token and J per decode token as a function of context over the windows'
+counter energy (``energy.calibration.fit_step_costs``); the fit is stored in the same calibration document
+(``step_*`` fields), where ``energy.step_attribution.StepCosts.from_calibration`` finds it.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from greentrack.config import Settings
-from greentrack.energy.calibration import Calibration, CalibrationPoint, fit_calibration
+from greentrack.energy.calibration import Calibration, CalibrationPoint, StepWindow, fit_calibration, fit_step_costs
 from greentrack.energy.monitor import EnergyMonitor, open_monitor
+from greentrack.energy.step_attribution import StepRecord
 from greentrack.energy.types import PhaseSpan
 from greentrack.errors import GreentrackError, MeterUnavailable
 from greentrack.pipeline import host_name, open_store
 
 PROMPT_SIZES = (32, 64, 128, 256, 512)
 OUTPUT_SIZES = (8, 16, 32)
+#: The batched grid (Fernandez et al., ACL 2025, bin prompts in powers of two 32–8192 and outputs 8–512).
+BATCH_SIZES = (1, 8, 64)
+BATCHED_PROMPT_BINS = (32, 512, 2048)
+BATCHED_OUTPUT_BINS = (8, 64)
 
 
-def run_calibrate(settings: Settings, *, repeats: int, allow_estimate: bool) -> None:
+def parse_sizes(text: str | None, default: Sequence[int]) -> tuple[int, ...]:
+    """``"1,8,64"`` → (1, 8, 64); None or "" → ``default``. Raises ``ValueError`` on a size < 1."""
+    if not text:
+        return tuple(default)
+    sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"sizes must be positive integers, not {text!r}")
+    return sizes
+
+
+def run_calibrate(settings: Settings, *, repeats: int, allow_estimate: bool, batched: bool | None = None,
+                  batch_sizes: Sequence[int] = BATCH_SIZES, prompt_bins: Sequence[int] = BATCHED_PROMPT_BINS,
+                  output_bins: Sequence[int] = BATCHED_OUTPUT_BINS) -> None:
+    """``batched`` None: batched windows too when the backend batches."""
     from greentrack.engine.factory import open_backend
 
     console = Console(stderr=True)
     store = open_store(settings)
-    backend = open_backend(settings)
+    kwargs: dict[str, Any] = {}
+    if (settings.backend or "transformers") == "vllm" and batched is not False:
+        needed = settings.context_tokens + settings.max_tokens + 64
+        kwargs = {"max_num_seqs": max(batch_sizes),
+                  "max_model_len": max(needed, max(prompt_bins) + max(output_bins) + 64, 4096)}
+    backend = open_backend(settings, **kwargs)
+    if batched is None:
+        batched = bool(getattr(backend, "batches", False))
     run_synthetic = getattr(backend, "run_synthetic", None)
     if run_synthetic is None:
         raise GreentrackError(f"the {backend.name} backend cannot run calibration phases yet")
@@ -49,6 +84,10 @@ def run_calibrate(settings: Settings, *, repeats: int, allow_estimate: bool) -> 
                     run_synthetic, monitor, PROMPT_SIZES, OUTPUT_SIZES, repeats=repeats,
                     host=host_name(), device=backend.device, model=backend.model_id,
                 )
+            if batched:
+                with console.status(f"batched windows: batch sizes {', '.join(map(str, batch_sizes))}…"):
+                    calibration = run_batched_calibration(backend, monitor, calibration, batch_sizes, prompt_bins,
+                                                          output_bins, repeats=max(1, repeats // 5))
         data = calibration.to_dict()
         store.save_calibration(data)
     finally:
@@ -58,6 +97,8 @@ def run_calibrate(settings: Settings, *, repeats: int, allow_estimate: bool) -> 
     table.add_column("field")
     table.add_column("value", justify="right")
     for key, value in data.items():
+        if isinstance(value, list):
+            value = f"{len(value)} measured"
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
     Console().print(table)
 
@@ -145,3 +186,93 @@ def run_calibration(
             ))
     return fit_calibration(points, idle_w=idle_w, source_meter=monitor.meter_name,
                            host=host, device=device, model=model)
+
+
+class StepCollector:
+    """A step sink (``engine.vllm_steps.StepSink``) that keeps every step record, for the batched calibration."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.steps: list[StepRecord] = []
+
+    def engine_busy(self) -> float:
+        return time.monotonic()
+
+    def add_step(self, step: StepRecord) -> None:
+        with self._lock:
+            self.steps.append(step)
+
+    def request_done(self, request_id: str) -> None:
+        pass
+
+    def engine_idle(self, since_s: float) -> None:
+        pass
+
+    def window(self, start_s: float, end_s: float) -> list[StepRecord]:
+        with self._lock:
+            return [s for s in self.steps if s.start_s >= start_s - 1e-6 and s.end_s <= end_s + 1e-6]
+
+
+def step_window(steps: Sequence[StepRecord], duration_s: float, energy_j: float, *, batch_size: int = 0,
+                prompt_tokens: int = 0, output_tokens: int = 0) -> StepWindow:
+    """What the window's steps computed, summed (``decode_context_tokens``: Σ decode tokens × their context)."""
+    return StepWindow(
+        duration_s=duration_s, energy_j=energy_j, steps=len(steps),
+        busy_s=math.fsum(s.duration_s for s in steps),
+        prefill_tokens=float(sum(w.prefill_tokens for s in steps for w in s.requests.values())),
+        decode_tokens=float(sum(w.decode_tokens for s in steps for w in s.requests.values())),
+        decode_context_tokens=float(sum(w.decode_tokens * w.context_tokens for s in steps
+                                        for w in s.requests.values())),
+        batch_size=batch_size, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+    )
+
+
+def run_batched_calibration(
+    backend: Any,
+    monitor: EnergyMonitor,
+    calibration: Calibration,
+    batch_sizes: Sequence[int],
+    prompt_bins: Sequence[int],
+    output_bins: Sequence[int],
+    *,
+    repeats: int = 1,
+    min_window_s: float = 2.0,
+) -> Calibration:
+    """Batched windows on ``backend`` (``run_synthetic`` from B threads at once: the engine batches them) with
+    every step recorded, then ``fit_step_costs`` with the per-phase calibration's idle power. A window repeats its
+    round (B requests of P prompt and O output tokens) for at least ``repeats`` rounds and ``min_window_s``."""
+    attach = getattr(backend, "attach_step_sink", None)
+    if attach is None:
+        raise GreentrackError(f"the {backend.name} backend records no engine steps: no batched calibration")
+    collector = StepCollector()
+    why = attach(collector)
+    if why is not None:
+        raise GreentrackError(f"engine steps cannot be recorded ({why}): no batched calibration")
+    windows: list[StepWindow] = []
+    seq = 0
+    try:
+        with ThreadPoolExecutor(max_workers=max(batch_sizes), thread_name_prefix="calibrate") as pool:
+            def one_round(b: int, p: int, o: int) -> None:
+                nonlocal seq
+                seq += 1
+                futures = [pool.submit(backend.run_synthetic, p, o, f"calibrate-{seq}-{i}") for i in range(b)]
+                for f in futures:
+                    f.result()
+
+            one_round(min(batch_sizes), min(prompt_bins), max(2, min(output_bins)))  # warm-up
+            for b in batch_sizes:
+                for p in prompt_bins:
+                    for o in output_bins:
+                        start = time.monotonic()
+                        rounds = 0
+                        while rounds < repeats or time.monotonic() - start < min_window_s:
+                            one_round(b, p, o)
+                            rounds += 1
+                        end = time.monotonic()
+                        energy_j = monitor.window_energy(start, end).energy_j
+                        windows.append(step_window(collector.window(start, end), end - start, energy_j,
+                                                   batch_size=b, prompt_tokens=p, output_tokens=o))
+    finally:
+        attach(None)
+    fit = fit_step_costs(windows, calibration.idle_w)
+    return calibration.with_step_fit(fit, windows)

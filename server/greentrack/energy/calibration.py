@@ -9,13 +9,18 @@ device, model). Then:
 
 * with a counter, ``monitor`` uses ``prefill_w``/``decode_w``/``idle_w`` as attribution weights;
 * without one, ``calibrated_phase_energy`` estimates each phase from its token count (method ``estimated``).
+
+A *batched* calibration (``greentrack calibrate`` on a backend that batches: vLLM) adds per-step costs fitted by
+``fit_step_costs`` from ``StepWindow``s — windows of batched work (batch sizes 1–64, prompt and output bins as
+Fernandez et al. bin them) with the counter's energy and what their engine steps computed — into the ``step_*``
+fields that ``energy.step_attribution.StepCosts.from_calibration`` reads.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +42,40 @@ class CalibrationPoint:
     prefill_j: float
     decode_j: float
     output_tokens: int = 0  # what was asked (decode_tokens + the first token, which prefill yields)
+
+
+@dataclass(frozen=True)
+class StepWindow:
+    """One window of batched work. Units: s, J (whole device), tokens.
+
+    ``energy_j``: the counter over the window; ``busy_s``: the time engine steps ran in it; ``steps``: how many;
+    ``prefill_tokens``/``decode_tokens``: what they computed; ``decode_context_tokens``: Σ over decode tokens of
+    the context each attended to.
+    """
+
+    duration_s: float
+    energy_j: float
+    steps: int
+    busy_s: float
+    prefill_tokens: float
+    decode_tokens: float
+    decode_context_tokens: float
+    batch_size: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class StepFit:
+    """``fit_step_costs``' result. Units: J, J per token, J per token per context token; ``fit_error`` is the RMS
+    relative residual over the windows' energy above idle."""
+
+    fixed_j: float
+    j_per_prompt_token: float
+    j_per_decode_token: float
+    j_per_decode_token_per_context: float
+    fit_error: float
+    n_windows: int
 
 
 @dataclass
@@ -62,11 +101,26 @@ class Calibration:
     prefill_fixed_j: float = 0.0
     decode_fixed_j: float = 0.0
     points: list[CalibrationPoint] = field(default_factory=list)
+    # A batched calibration's per-step costs (None: not measured); ``energy.step_attribution.StepCosts``.
+    step_fixed_j: float | None = None
+    step_j_per_prompt_token: float | None = None
+    step_j_per_decode_token: float | None = None
+    step_j_per_decode_token_per_context: float | None = None
+    step_fit_error: float | None = None
+    step_windows: list[StepWindow] = field(default_factory=list)
+
+    def with_step_fit(self, fit: StepFit, windows: Sequence[StepWindow]) -> Calibration:
+        """This calibration with a batched fit's per-step costs."""
+        return replace(self, step_fixed_j=fit.fixed_j, step_j_per_prompt_token=fit.j_per_prompt_token,
+                       step_j_per_decode_token=fit.j_per_decode_token,
+                       step_j_per_decode_token_per_context=fit.j_per_decode_token_per_context,
+                       step_fit_error=fit.fit_error, step_windows=list(windows))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data for the store; whoever reads it back (the report's tips) uses ``from_dict``."""
         out = asdict(self)
         out["points"] = [asdict(p) for p in self.points]
+        out["step_windows"] = [asdict(w) for w in self.step_windows]
         return out
 
     @classmethod
@@ -85,6 +139,10 @@ class Calibration:
             return f
 
         points = [CalibrationPoint(**p) for p in data.get("points", [])]
+
+        def optional(key: str) -> float | None:
+            return num(key) if data.get(key) is not None else None
+
         return cls(
             source_meter=str(data["source_meter"]),
             device=str(data["device"]),
@@ -101,6 +159,12 @@ class Calibration:
             prefill_fixed_j=num("prefill_fixed_j", default=0.0),
             decode_fixed_j=num("decode_fixed_j", default=0.0),
             points=points,
+            step_fixed_j=optional("step_fixed_j"),
+            step_j_per_prompt_token=optional("step_j_per_prompt_token"),
+            step_j_per_decode_token=optional("step_j_per_decode_token"),
+            step_j_per_decode_token_per_context=optional("step_j_per_decode_token_per_context"),
+            step_fit_error=optional("step_fit_error"),
+            step_windows=[StepWindow(**w) for w in data.get("step_windows") or []],
         )
 
     @property
@@ -194,3 +258,62 @@ def fit_calibration(
         fit_error=fit_error, n_points=len(points),
         prefill_fixed_j=b_pre, decode_fixed_j=b_dec, points=list(points),
     )
+
+
+def _solve(matrix: list[list[float]], rhs: list[float]) -> list[float] | None:
+    """Gaussian elimination with partial pivoting; None when singular."""
+    n = len(rhs)
+    a = [[*row, rhs[i]] for i, row in enumerate(matrix)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
+        if abs(a[pivot][col]) < 1e-300:
+            return None
+        a[col], a[pivot] = a[pivot], a[col]
+        for r in range(n):
+            if r != col:
+                f = a[r][col] / a[col][col]
+                for c in range(col, n + 1):
+                    a[r][c] -= f * a[col][c]
+    return [a[i][n] / a[i][i] for i in range(n)]
+
+
+def nonnegative_least_squares(rows: Sequence[Sequence[float]], ys: Sequence[float],
+                              weights: Sequence[float]) -> list[float]:
+    """Weighted least squares with every coefficient ≥ 0 (an active set: a negative coefficient is fixed at 0 and
+    the rest refitted), for a handful of unknowns; coefficients no row exercises are 0."""
+    k = len(rows[0]) if rows else 0
+    scale = [max((abs(r[j]) for r in rows), default=0.0) or 1.0 for j in range(k)]  # columns of like size
+    rows = [[r[j] / scale[j] for j in range(k)] for r in rows]
+    free = [j for j in range(k) if any(abs(r[j]) > 0 for r in rows)]
+    while free:
+        ata = [[math.fsum(w * r[i] * r[j] for r, w in zip(rows, weights, strict=True)) for j in free] for i in free]
+        aty = [math.fsum(w * r[i] * y for r, y, w in zip(rows, ys, weights, strict=True)) for i in free]
+        solution = _solve(ata, aty)
+        if solution is None:  # collinear columns: drop the last free one
+            free = free[:-1]
+            continue
+        worst = min(range(len(free)), key=lambda i: solution[i])
+        if solution[worst] < 0.0:
+            free = [j for i, j in enumerate(free) if i != worst]
+            continue
+        out = [0.0] * k
+        for i, j in enumerate(free):
+            out[j] = solution[i] / scale[j]
+        return out
+    return [0.0] * k
+
+
+def fit_step_costs(windows: Sequence[StepWindow], idle_w: float) -> StepFit:
+    """Fit ``energy − idle_w × (duration − busy) ≈ steps × fixed + prefill × a + decode × b + decode_context × c``
+    over the windows (least squares on relative error, every cost ≥ 0). The fixed cost carries what a step costs
+    whatever it computes (weights read once per step, the idle draw while it runs, launch overheads)."""
+    usable = [w for w in windows if w.steps > 0 and w.energy_j > 0]
+    if not usable:
+        raise ValueError("a batched calibration needs at least one window with engine steps")
+    rows = [[float(w.steps), w.prefill_tokens, w.decode_tokens, w.decode_context_tokens] for w in usable]
+    ys = [max(1e-9, w.energy_j - idle_w * max(0.0, w.duration_s - w.busy_s)) for w in usable]
+    weights = [1.0 / (y * y) for y in ys]
+    fixed, pre, dec, ctx = nonnegative_least_squares(rows, ys, weights)
+    residuals = [(fixed * r[0] + pre * r[1] + dec * r[2] + ctx * r[3] - y) / y for r, y in zip(rows, ys, strict=True)]
+    fit_error = math.sqrt(math.fsum(e * e for e in residuals) / len(residuals))
+    return StepFit(fixed, pre, dec, ctx, fit_error, len(usable))
