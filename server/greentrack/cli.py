@@ -249,11 +249,25 @@ def calibrate(
         bool,
         typer.Option("--allow-estimate", help="Calibrate even without an energy counter (fits the CPU-time estimate)."),
     ] = False,
+    batched: Annotated[bool | None, typer.Option(
+        "--batched/--no-batched", help="Also fit per-step costs from batched windows (default: when the backend "
+        "batches, i.e. vllm).")] = None,
+    batch_sizes: Annotated[str | None, typer.Option("--batch-sizes", help="Batched: e.g. 1,8,64.")] = None,
+    prompt_bins: Annotated[str | None, typer.Option("--prompt-bins", help="Batched: e.g. 32,512,2048.")] = None,
+    output_bins: Annotated[str | None, typer.Option("--output-bins", help="Batched: e.g. 8,64.")] = None,
 ) -> None:
     """Measure this machine's per-phase energy model for the model and store it."""
-    from greentrack.calibrate import run_calibrate
+    from greentrack import calibrate as calibration
 
-    run_calibrate(_settings(db, model, backend, device), repeats=repeats, allow_estimate=allow_estimate)
+    try:
+        grid = (calibration.parse_sizes(batch_sizes, calibration.BATCH_SIZES),
+                calibration.parse_sizes(prompt_bins, calibration.BATCHED_PROMPT_BINS),
+                calibration.parse_sizes(output_bins, calibration.BATCHED_OUTPUT_BINS))
+    except ValueError as e:
+        _fail(f"--batch-sizes/--prompt-bins/--output-bins: {e}", 2)
+    calibration.run_calibrate(_settings(db, model, backend, device), repeats=repeats,
+                              allow_estimate=allow_estimate, batched=batched, batch_sizes=grid[0],
+                              prompt_bins=grid[1], output_bins=grid[2])
 
 
 app.command("serve")(serve_command)
