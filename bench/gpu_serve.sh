@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Issues 11 and 12 on one GPU, in one command: the batched calibration and the validation against marginal energy
+# (one engine, in-process: bench/gpu_validate_batching.py), then `greentrack serve --backend vllm` with that
+# calibration and the load sweep against it (bench/load.py; its N=16 and N=1 levels of 60 s are issue 11's run).
+# On the device machine, after the two-call vLLM install (../shared/gpu-vllm/README.md), from the repo root:
+#   source .vx/c2/install.sh && bash bench/gpu_serve.sh "$OUT"
+# Budget: GT_BUDGET_S (default 540 s from this script's start; lower it when the install runs in the same call).
+# Later parts shrink or are dropped when time runs short; every part writes its JSON as it goes. Files in $OUT:
+# env.txt, validate_batching.json, load_sweep.json, serve_log.txt, run_log.txt (≤ 8, flat).
+set -uo pipefail
+out="${1:?output folder}"
+t0=$SECONDS
+budget=${GT_BUDGET_S:-540}
+left() { echo $(( budget - (SECONDS - t0) )); }
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/server" XDG_CACHE_HOME=/tmp/gt-cache \
+  GREENTRACK_DEVELOPER=gpu-bench@example.com PYTHONUNBUFFERED=1
+log="$out/run_log.txt"
+say() { echo "[$(( SECONDS - t0 ))s] $*" | tee -a "$log"; }
+{ nvidia-smi --query-gpu=name,driver_version,power.limit,memory.total --format=csv,noheader
+  python3 -c "import torch, transformers, vllm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__)"
+  nproc; uptime; } > "$out/env.txt" 2>&1
+model=/tmp/qwen-shape
+db=/tmp/gt-serve/serve.db
+mkdir -p /tmp/gt-serve
+[ -d "$model" ] || { say "making the model"; python3 bench/gpu_make_model.py "$model" >> "$log" 2>&1 || exit 1; }
+
+# (b) + (c): calibration (per-phase + batched) and validation, one engine. Windows: A, A+B1, A+B2 (A2 if time).
+validate_s=${GT_VALIDATE_S:-30}
+skip=A2
+[ "$(left)" -gt 520 ] && skip=""
+say "validate + calibrate (window ${validate_s}s, skip '${skip}'), $(left)s left"
+timeout $(( $(left) - 200 )) python3 bench/gpu_validate_batching.py --model "$model" --device cuda --db "$db" \
+  --out "$out/validate_batching.json" --calibrate --window-s "$validate_s" --skip "$skip" >> "$log" 2>&1
+say "validate rc=$?"
+
+# (a) + (d): the server with the stored calibration, then the sweep.
+port=8765
+python3 -m greentrack serve --backend vllm --device cuda --model "$model" --db "$db" --port $port \
+  --idle-period 5 --max-num-seqs 128 > "$out/serve_log.txt" 2>&1 &
+server=$!
+for _ in $(seq 1 180); do
+  python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null && break
+  kill -0 $server 2>/dev/null || break
+  sleep 1
+done
+say "server up? $(python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$port/health', timeout=5).read()[:300])" 2>&1 | tail -1)"
+# Levels in priority order (issue 11's 16 and 1 developers for 60 s first); each costs its duration + ~10 s.
+levels=""
+room=$(( $(left) - 25 ))
+for level in ${GT_LEVELS:-16:60 1:60 64:30 128:30 4:30}; do
+  cost=$(( ${level#*:} + 10 ))
+  if [ $cost -le $room ]; then levels="${levels:+$levels,}$level"; room=$(( room - cost )); fi
+done
+say "sweep levels: ${levels:-none}"
+if [ -n "$levels" ]; then
+  timeout $(( $(left) - 10 )) python3 bench/load.py --server "http://127.0.0.1:$port" --mint-db "$db" \
+    --levels "$levels" --out "$out/load_sweep.json" >> "$log" 2>&1
+  say "sweep rc=$?"
+fi
+kill -TERM $server 2>/dev/null; wait $server 2>/dev/null
+say "done"
