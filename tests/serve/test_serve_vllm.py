@@ -167,3 +167,22 @@ def test_the_openai_client_once(team: tuple[Server, dict[str, str]]) -> None:
     with server.client(tokens[DEVELOPERS[2]]) as raw:
         record = raw.get(f"/v1/greentrack/completions/{done.id}", params={"wait": 10}).json()
     assert record["energy_final"] and record["meter"].endswith("/steps")
+
+
+def test_the_team_report_has_the_servers_figures(team: tuple[Server, dict[str, str]]) -> None:
+    server, tokens = team
+    with server.client(tokens[DEVELOPERS[0]]) as developer:
+        assert developer.get("/v1/greentrack/report", params={"server": "true"}).status_code == 403
+    with server.client(tokens[ADMIN]) as admin:
+        response = admin.get("/v1/greentrack/report", params={"server": "true"})
+        assert isinstance(admin.get("/v1/greentrack/report").json(), list)  # without ?server: the list, as before
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert {d["developer"] for d in body["developers"]} == set(DEVELOPERS)
+    week, since = body["server"]["week"], body["server"]["since_start"]
+    assert week["developer_hours"] >= len(DEVELOPERS) and week["idle_j"] > 0
+    assert week["j_per_developer_hour"] == pytest.approx(week["energy_j"] / week["developer_hours"])
+    report_j = sum(d["energy_j"]["total"] for d in body["developers"])  # the report rounds to µJ
+    assert abs(week["completions_j"] - report_j) <= 1e-6 * len(body["developers"])
+    assert 0.0 < since["utilisation"] < 1.0 and since["window_s"] > 0
+    assert abs(since["conservation_error_j"]) <= 1e-9 * since["meter_j"]

@@ -40,6 +40,7 @@ from greentrack.serve.models import (
 from greentrack.serve.reports import weekly_report
 from greentrack.serve.scheduler import QueueFull, SchedulerClosed
 from greentrack.serve.service import ClientGone, CompletionService, Conflict, Generation, NotFound
+from greentrack.serve.team import server_figures
 
 log = logging.getLogger(__name__)
 
@@ -252,12 +253,18 @@ def build_app(service: CompletionService, auth: Authenticator) -> FastAPI:
         week: str | None = None,
         tz: str | None = None,
         team: Annotated[bool | None, Query(alias="all")] = None,
+        server: bool = False,
     ) -> Response:
         everyone = who.admin if team is None else team
-        if everyone and not who.admin:
+        if (everyone or server) and not who.admin:
             raise Forbidden("the team's report needs an administrator's token")
         payload = await weekly_report(settings.db_path, developer=None if everyone else who.developer, week=week,
                                       tz=tz, carbon_intensity=settings.carbon_intensity)
+        if server:  # the team's list beside the server's own figures (idle energy, utilisation, J per dev-hour)
+            developers = payload if isinstance(payload, list) else [payload]
+            totals = await asyncio.to_thread(service.energy_totals)
+            figures = await asyncio.to_thread(server_figures, service.store, developers, totals)
+            return JSONResponse({"developers": developers, "server": figures})
         return JSONResponse(payload)
 
     return app
