@@ -112,44 +112,83 @@ def _cut_at_stop_string(text: str) -> tuple[str, bool]:
 
 
 def check_stop(text: str, ctx: StopContext) -> StopDecision | None:
-    """Decide, after each token, whether ``text`` (everything generated so far, healing removed) is complete."""
+    """Decide, after each token, whether ``text`` (everything generated so far, healing removed) is complete.
+
+    Steps: a stop string or a fence at a line start ends any mode; nothing ends before the first newline; line
+    mode ends there; block mode walks the complete lines (``_BlockWalk``).
+    """
     text, hit = _cut_at_stop_string(text)
     if hit:
         return StopDecision(text, "stop_token")
-    fence = text.find(FENCE)
-    if fence != -1 and (fence == 0 or text[fence - 1] == "\n"):
+    fence = _line_start_fence(text)
+    if fence != -1:
         return StopDecision(text[:fence], "fence")
     if "\n" not in text:
         return None
-    lines = text.split("\n")
-    complete = lines[:-1]  # the last element is the line still being generated
+    complete = text.split("\n")[:-1]  # the last element is the line still being generated
     if ctx.mode == "line":
         return StopDecision(complete[0], "newline")
-    kept: list[str] = []
-    seen: list[str] = []
-    suffix_lines = ctx.next_suffix_lines
-    blank_run = 0
-    for i, line in enumerate(complete):
-        full = (ctx.line_before + line) if i == 0 else line
-        stripped = line.strip()
-        if not stripped:
-            blank_run += 1
-            if blank_run >= 2 and kept:
-                return StopDecision("\n".join(kept).rstrip("\n"), "blank_lines")
-            kept.append(line)
-            continue
-        blank_run = 0
-        if not (i == 0 and ctx.opener_is_cursor_line) and _indent(full) <= ctx.base_indent:
-            if (set(stripped) <= CLOSERS) and (not suffix_lines or suffix_lines[0] != stripped):
-                kept.append(line)  # a closing bracket of the block itself
-            return StopDecision("\n".join(kept).rstrip("\n"), "dedent")
-        if suffix_lines and stripped == suffix_lines[0] and len(stripped) > 1:
-            return StopDecision("\n".join(kept).rstrip("\n"), "suffix")
-        if seen and (full == seen[-1] or (len(stripped) > 10 and full in seen)):
-            return StopDecision("\n".join(kept).rstrip("\n"), "repeat")
-        seen.append(full)
-        kept.append(line)
-    return None
+    return _BlockWalk(ctx).stop(complete)
+
+
+def _line_start_fence(text: str) -> int:
+    """Index of the first code fence if it starts a line, else -1."""
+    fence = text.find(FENCE)
+    if fence != -1 and (fence == 0 or text[fence - 1] == "\n"):
+        return fence
+    return -1
+
+
+class _BlockWalk:
+    """Block mode over the complete lines of a suggestion: the lines kept so far, and the first rule that ends it."""
+
+    def __init__(self, ctx: StopContext) -> None:
+        self.ctx = ctx
+        self.kept: list[str] = []
+        self.seen: list[str] = []
+        self.suffix_lines = ctx.next_suffix_lines
+        self.blank_run = 0
+
+    def stop(self, complete: list[str]) -> StopDecision | None:
+        """The decision at the first line that ends the block, keeping the lines before it; None if none does."""
+        for i, line in enumerate(complete):
+            full = (self.ctx.line_before + line) if i == 0 else line
+            stripped = line.strip()
+            reason = self._blank_line(line) if not stripped else self._code_line(i, line, full, stripped)
+            if reason is not None:
+                return StopDecision("\n".join(self.kept).rstrip("\n"), reason)
+        return None
+
+    def _blank_line(self, line: str) -> StopRuleReason | None:
+        """The second blank line in a row ends the block (once something is kept)."""
+        self.blank_run += 1
+        if self.blank_run >= 2 and self.kept:
+            return "blank_lines"
+        self.kept.append(line)
+        return None
+
+    def _code_line(self, i: int, line: str, full: str, stripped: str) -> StopRuleReason | None:
+        """A non-blank line ends the block by dedenting, by repeating the suffix's next line, or by repeating."""
+        self.blank_run = 0
+        if self._dedents(i, full):
+            if self._closes_block(stripped):
+                self.kept.append(line)  # a closing bracket of the block itself
+            return "dedent"
+        if self.suffix_lines and stripped == self.suffix_lines[0] and len(stripped) > 1:
+            return "suffix"
+        if self.seen and (full == self.seen[-1] or (len(stripped) > 10 and full in self.seen)):
+            return "repeat"
+        self.seen.append(full)
+        self.kept.append(line)
+        return None
+
+    def _dedents(self, i: int, full: str) -> bool:
+        """The line is indented at or below the opener (the opener's own cursor line excepted)."""
+        return not (i == 0 and self.ctx.opener_is_cursor_line) and _indent(full) <= self.ctx.base_indent
+
+    def _closes_block(self, stripped: str) -> bool:
+        """Only closers, and not the closer the text after the cursor already has."""
+        return (set(stripped) <= CLOSERS) and (not self.suffix_lines or self.suffix_lines[0] != stripped)
 
 
 def budget_stop(tokens: int, elapsed_s: float, max_tokens: int, max_time_s: float) -> BudgetReason | None:
