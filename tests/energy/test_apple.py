@@ -23,7 +23,8 @@ class FakeAppleSilicon:
 
     def __init__(self, metrics: dict[str, Any], *, init_error: str | None = None) -> None:
         self.metrics = dict(metrics)
-        self.module: Any = types.ModuleType("zeus_apple_silicon")
+        module: Any = types.ModuleType("zeus_apple_silicon")
+        self.module = module
         self.reads = 0
         fake = self
 
@@ -38,7 +39,7 @@ class FakeAppleSilicon:
                     "cpu_total_mj", "gpu_mj", "ane_mj", "dram_mj", "gpu_sram_mj", "efficiency_cores_mj",
                     "performance_cores_mj")})
 
-        self.module.AppleEnergyMonitor = AppleEnergyMonitor
+        module.AppleEnergyMonitor = AppleEnergyMonitor
 
 
 def on_a_mac(monkeypatch: pytest.MonkeyPatch, fake: FakeAppleSilicon | None) -> None:
