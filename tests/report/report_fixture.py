@@ -122,6 +122,7 @@ EXPECTED_ALICE: dict[str, Any] = {
         {"outcome": "empty", "completions": 1, "accepted": 0, "energy_j": 0.125},
         {"outcome": "cancelled", "completions": 1, "accepted": 0, "energy_j": 1.0},
         {"outcome": "error", "completions": 1, "accepted": 0, "energy_j": 0.25},
+        {"outcome": "cached", "completions": 0, "accepted": 0, "energy_j": 0.0},
     ],
     "previous_week": {"week": "2026-W46", "completions": 2, "accepted": 1, "energy_j_total": 4.5},
     "tips": [

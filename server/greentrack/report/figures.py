@@ -20,7 +20,7 @@ from greentrack.report.query import Facts, Group
 from greentrack.report.tips import derive_tips
 
 METHODS: tuple[str, ...] = ("measured", "attributed", "estimated")
-OUTCOMES: tuple[str, ...] = ("shown", "empty", "cancelled", "error")
+OUTCOMES: tuple[str, ...] = ("shown", "empty", "cancelled", "error", "cached")
 
 
 def rj(value: float) -> float:
