@@ -79,6 +79,29 @@ class BodyPending:
 ReaderItem: TypeAlias = bytes | BodyPending | FramingError | None
 
 
+def _content_length(line: bytes, length: int | None) -> int | None:
+    """Check one header line; return the body length known after it (``length``, the line's Content-Length)."""
+    name, colon, value = line.partition(b":")
+    if not colon or not _HEADER_NAME.fullmatch(name):
+        raise FramingError(f"a malformed header line ({len(line)} bytes, not 'Name: value')")
+    if name.lower() != b"content-length":
+        return length  # Content-Type and the like
+    found = _byte_count(value.strip())
+    if length is not None and found != length:
+        raise FramingError(f"two different Content-Length headers ({length} and {found})")
+    return found
+
+
+def _byte_count(value: bytes) -> int:
+    """A Content-Length value: digits only, at most ``MAX_BODY_BYTES``."""
+    if not _DIGITS.fullmatch(value):
+        shown = repr(value.decode("ascii", "replace")) if len(value) <= 20 else f"{len(value)} bytes"
+        raise FramingError(f"Content-Length is not a byte count: {shown}")
+    if (found := int(value)) > MAX_BODY_BYTES:
+        raise FramingError(f"Content-Length {found} is over the limit of {MAX_BODY_BYTES} bytes")
+    return found
+
+
 class FrameReader:
     """Cuts a byte stream (a file descriptor) into message bodies by their headers (the LSP base protocol).
 
@@ -117,7 +140,11 @@ class FrameReader:
         return line.removesuffix(b"\r")
 
     def headers(self) -> int | None:
-        """Read one message's headers: the body's length in bytes, or None at the end of the stream."""
+        """Read one message's headers: the body's length in bytes, or None at the end of the stream.
+
+        Steps: stray blank lines before the first header are skipped; each header line is checked and a
+        Content-Length read (``_content_length``); the blank line after them ends the headers.
+        """
         length: int | None = None
         count = 0
         while True:
@@ -135,20 +162,7 @@ class FrameReader:
             count += 1
             if count > MAX_HEADERS:
                 raise FramingError(f"more than {MAX_HEADERS} header lines")
-            name, colon, value = line.partition(b":")
-            if not colon or not _HEADER_NAME.fullmatch(name):
-                raise FramingError(f"a malformed header line ({len(line)} bytes, not 'Name: value')")
-            if name.lower() != b"content-length":
-                continue  # Content-Type and the like
-            value = value.strip()
-            if not _DIGITS.fullmatch(value):
-                shown = repr(value.decode("ascii", "replace")) if len(value) <= 20 else f"{len(value)} bytes"
-                raise FramingError(f"Content-Length is not a byte count: {shown}")
-            if (found := int(value)) > MAX_BODY_BYTES:
-                raise FramingError(f"Content-Length {found} is over the limit of {MAX_BODY_BYTES} bytes")
-            if length is not None and found != length:
-                raise FramingError(f"two different Content-Length headers ({length} and {found})")
-            length = found
+            length = _content_length(line, length)
 
     def body(self, length_bytes: int) -> bytes:
         """Exactly ``length_bytes`` of body; ``FramingError`` when the stream ends before them."""
