@@ -158,49 +158,83 @@ def run_report(
     zeros, with that line on stderr. A named file that does not exist stays an error.
 
     Raises ``UsageError`` for bad options (exit 2) and ``GreentrackError`` for unusable files (exit 1).
+
+    Steps: check the format and resolve the selection; on a first run, say so; read the week (``_read_week``);
+    print the tables, or render and print the text or write it to ``out`` (``_write_report``).
     """
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     sel = select(week=week, developer=developer, all_developers=all_developers, tz=tz)
     intensity = default_carbon_intensity() if carbon_intensity is None else float(carbon_intensity)
+    table_on_screen = out is None and fmt == "table"
     first_run = default_db and len(db_paths) == 1 and not Path(db_paths[0]).expanduser().exists()
     if first_run:
         note = nothing_recorded(Path(db_paths[0]).expanduser())
-        if out is None and fmt == "table":
+        if table_on_screen:
             (console or Console()).print(note, highlight=False, soft_wrap=True)
             return 0
-        if console is not None:
-            console.print(note, highlight=False, soft_wrap=True)
-        else:
-            sys.stderr.write(note + "\n")
-    rows: list[dict[str, Any]] | None = None
-    with _open_or_empty(db_paths, empty=first_run) as source:
-        reports = _reports_from(source, sel, intensity)
-        if fmt == "csv":
-            rows = list(source.iter_rows(sel.this_week()))
-    if out is None and fmt == "table":
-        con = console or Console()
-        for item in table_renderables(reports):
-            con.print(item)
+        _tell(note, console, soft_wrap=True)
+    reports, rows = _read_week(db_paths, sel, intensity, empty=first_run, with_rows=fmt == "csv")
+    if table_on_screen:
+        _print_tables(reports, console)
         return 0
     text = render(reports, fmt, rows=rows, as_list=all_developers)
     if out is None:
-        if console is not None:
-            console.file.write(text)
-        else:
-            sys.stdout.write(text)
+        _print_text(text, console)
         return 0
-    try:
-        out = out.expanduser()
-        if out.parent and not out.parent.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out)
-    except OSError as e:
-        raise GreentrackError(f"cannot write {out}: {e.strerror or e}") from e
-    if console is not None:
-        console.print(f"report written to {out}", highlight=False)
-    else:
-        sys.stderr.write(f"report written to {out}\n")
+    written = _write_report(out, text)
+    _tell(f"report written to {written}", console)
     return 0
+
+
+def _tell(message: str, console: Console | None, *, soft_wrap: bool | None = None) -> None:
+    """A line beside the report: on ``console`` where one is given, else on stderr."""
+    if console is not None:
+        console.print(message, highlight=False, soft_wrap=soft_wrap)
+    else:
+        sys.stderr.write(message + "\n")
+
+
+def _read_week(
+    db_paths: Sequence[Path], sel: Selection, intensity: float, *, empty: bool, with_rows: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The reports of the selection, and (``with_rows``: the CSV export) the week's completions."""
+    rows: list[dict[str, Any]] | None = None
+    with _open_or_empty(db_paths, empty=empty) as source:
+        reports = _reports_from(source, sel, intensity)
+        if with_rows:
+            rows = list(source.iter_rows(sel.this_week()))
+    return reports, rows
+
+
+def _print_tables(reports: list[dict[str, Any]], console: Console | None) -> None:
+    """The table format on the screen (``console``, else a new one on stdout)."""
+    con = console or Console()
+    for item in table_renderables(reports):
+        con.print(item)
+
+
+def _print_text(text: str, console: Console | None) -> None:
+    """A rendered report on ``console``'s file, else on stdout."""
+    if console is not None:
+        console.file.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def _write_report(out: Path, text: str) -> Path:
+    """Write ``text`` to ``out`` (``~`` expanded, folders made) through a temporary file; returns the path written.
+
+    Raises ``GreentrackError`` when it cannot be written.
+    """
+    path = out
+    try:
+        path = out.expanduser()
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        raise GreentrackError(f"cannot write {path}: {e.strerror or e}") from e
+    return path
