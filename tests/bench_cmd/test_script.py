@@ -22,6 +22,7 @@ UPCOMING = "return a + b\n    x = 1\n"
     ("return a + b", 12),  # the planted suggestion: exactly the rest of the line
     ("return a + b\n    x = 1", 22),  # all of it is what the developer types next
     ("return a + b\n    y = 2", 12),  # the first line only, as a partial accept
+    ("return a", 8),  # a suggestion that ends mid-line: what it holds is what comes next
 ])
 def test_the_oracle_accepts_what_the_developer_types_next(suggestion: str, taken: int) -> None:
     assert accepted_length(suggestion, UPCOMING) == taken
@@ -29,7 +30,7 @@ def test_the_oracle_accepts_what_the_developer_types_next(suggestion: str, taken
 
 @pytest.mark.parametrize("suggestion", [
     "return a - b",  # wrong
-    "return a",  # right so far, but the line goes on
+    "return a\n    x = 1",  # Tab would break the developer's line after "return a"
     "return a + b + c",
     "",
     "   ",

@@ -196,7 +196,7 @@ def bench(
                     meter=first.monitor.meter_name, method=first.monitor.method, db=str(db) if db else None)
         targets = list(pipeline_targets)
     try:
-        runs = run_bench(segments, chosen, targets, seed, progress=not as_json)
+        runs = run_bench(segments, chosen, targets, seed, progress=sys.stderr.isatty())
     finally:
         for target in targets:
             target.close()

@@ -79,13 +79,14 @@ def accepted_length(suggestion: str, upcoming: str) -> int:
     """The acceptance oracle: how many characters a Tab on ``suggestion`` types, 0 when the developer would not take it.
 
     Taken when the suggestion's first line (up to the end of its first line that is not blank) is exactly what the
-    developer types next and ends where their line ends. Then the whole suggestion is taken if the developer would
-    type all of it, else that first line (as a partial accept would).
+    developer types next; where the suggestion goes on past that line, the developer's line must end there too
+    (else Tab would break their line). Then the whole suggestion is taken if the developer would type all of it,
+    else that first line (as a partial accept would).
     """
     unit = _first_line(suggestion)
     if not unit.strip() or not upcoming.startswith(unit):
         return 0
-    if upcoming[len(unit):len(unit) + 1] not in ("", "\n"):
+    if len(suggestion) > len(unit) and upcoming[len(unit):len(unit) + 1] not in ("", "\n"):
         return 0
     if len(suggestion) > len(unit) and upcoming.startswith(suggestion):
         return len(suggestion)
