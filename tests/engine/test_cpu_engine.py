@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from greentrack.engine.cpu_decode import CpuLlama, CpuRunner, KvCache
+from greentrack.engine.cpu_decode import RESCORE, CpuLlama, CpuRunner, KvCache
 from greentrack.engine.loading import LoadedModel, load_cpu_model, load_model, resolve_model, use_cpu_engine
 from greentrack.engine.quality import first_line, first_line_agreement, stdlib_points, suggestions
 from greentrack.engine.quantize import GROUP, int4_from_groups, q4_1_groups, read_gguf, read_gguf_llama
@@ -83,7 +83,9 @@ def test_matches_the_transformers_model(cpu_loaded: LoadedModel, loaded: LoadedM
         cache = model.new_cache()
         last = model.forward(ids, cache).float()
         assert int(last.argmax()) == int(reference[-1].argmax())
-        assert (last - reference[-1]).abs().max() < 0.05 * reference[-1].abs().max()
+        top = last.topk(RESCORE).indices  # exact head rows (the other logits are the int4 head's estimates)
+        assert (last[top] - reference[-1][top]).abs().max() < 0.05 * reference[-1].abs().max()
+        assert (last - reference[-1]).abs().max() < 0.25 * reference[-1].abs().max()
         cache = model.new_cache()
         model.forward(ids[:200], cache)
         agree = sum(int(model.forward([ids[i]], cache).argmax()) == int(reference[i].argmax()) for i in range(200, 240))
@@ -126,8 +128,9 @@ def test_runner_reuse_and_backend_output(cpu_backend: TransformersBackend) -> No
         cache = model.new_cache()
         model.forward(prompt.ids[:keep], cache)
         reused = model.forward(prompt.ids[keep:], cache).float()
+    top = full.topk(RESCORE).indices
     assert int(full.argmax()) == int(reused.argmax())
-    assert (full - reused).abs().max() < 0.05 * full.abs().max()
+    assert (full[top] - reused[top]).abs().max() < 0.05 * full.abs().max()
     assert again.extras["runner"] == "cpu-int4" and again.extras["dtype"] == "int4"
     pre = again.span("prefill")
     assert pre is not None and pre.work == again.prompt_tokens - again.reused_prompt_tokens
@@ -162,5 +165,9 @@ def req(text: str, cursor: int, rid: str) -> CompletionRequest:
 
 
 def test_weights_without_dense_copy() -> None:
-    weights = read_gguf_llama(resolve_model("embedded").path, keep_dense=False, head_format="int4")
+    weights = read_gguf_llama(resolve_model("embedded").path, keep_dense=False, head_format="int8")
     assert all(layer.qkv.dense is None for layer in weights.layers)
+    model = CpuLlama(weights)
+    assert not model.rescore  # only an int4 head is re-scored
+    with torch.inference_mode():
+        assert model.forward([1, 2, 3], model.new_cache()).shape == (weights.shape.vocab,)

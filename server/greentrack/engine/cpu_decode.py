@@ -28,10 +28,12 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from greentrack.engine.quantize import LlamaWeights
+from greentrack.engine.quantize import Int4Linear, LlamaWeights
 from greentrack.engine.runners import reusable_tokens
 
 _CACHE_ROUND = 256  # KV capacity grows in multiples of this many tokens
+#: Candidates of the int4 output head whose logits are recomputed exactly (``CpuLlama.forward``).
+RESCORE = 16
 
 
 class KvCache:
@@ -81,6 +83,7 @@ class CpuLlama:
         self.scale = s.head_dim**-0.5
         self.inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, s.head_dim, 2, dtype=torch.float32) / s.head_dim))
         self._rope = torch.empty((0, s.head_dim // 2), dtype=torch.complex64)
+        self.rescore = isinstance(weights.head, Int4Linear) and weights.head_is_embed
 
     def new_cache(self, capacity: int = _CACHE_ROUND) -> KvCache:
         return KvCache(self.shape.layers, self.shape.kv_heads, self.shape.head_dim, capacity)
@@ -127,6 +130,12 @@ class CpuLlama:
         cache.length = end
         last = F.rms_norm(h[-1:], (s.hidden,), self.weights.norm, s.rms_eps)
         logits: torch.Tensor = self.weights.head(last)[0]
+        if self.rescore:
+            # int4 head: the RESCORE best candidates get their exact logits from the embedding's own rows, so the
+            # greedy pick is the exact head's whenever that token is among them (a 4-bit error is far smaller)
+            top = torch.topk(logits, RESCORE).indices
+            exact = (self.weights.embed[top].float() @ last[0].float()).to(logits.dtype)
+            logits.index_copy_(0, top, exact)
         return logits
 
     def _prefill_attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ which ``cpu_decode`` applies as a complex rotation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,8 +175,8 @@ class LayerWeights:
 
 
 Head = Int4Linear | Int8Linear | BF16Linear
-#: The output head's formats (``GREENTRACK_CPU_HEAD``); docs/architecture.md says why int8 is the default.
-HEAD_FORMATS = ("int8", "int4", "bf16")
+#: The output head's formats (``GREENTRACK_CPU_HEAD``); docs/architecture.md says why int4 is the default.
+HEAD_FORMATS = ("int4", "int8", "bf16")
 
 
 @dataclass
@@ -185,6 +186,7 @@ class LlamaWeights:
     layers: list[LayerWeights]
     norm: torch.Tensor  # bf16 [hidden]
     head: Head  # the output projection (the embedding's matrix when tied)
+    head_is_embed: bool = True  # tied: ``embed`` holds the head's exact rows (``cpu_decode`` re-scores with them)
 
 
 # ---------------------------------------------------------------------------------------------- a small GGUF reader
@@ -295,10 +297,11 @@ def _groups(tensor: GgufTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     """A GGUF matrix → 4-bit groups (q, d, m); Q4_1 exactly, other types re-quantized from float."""
     if tensor.kind == "Q4_1":
         return q4_1_groups(tensor.data, tensor.rows, tensor.cols)
-    return min_max_groups(_dense(tensor, torch.float32))
+    return min_max_groups(dense_tensor(tensor, torch.float32))
 
 
-def _dense(tensor: GgufTensor, dtype: torch.dtype) -> torch.Tensor:
+def dense_tensor(tensor: GgufTensor, dtype: torch.dtype) -> torch.Tensor:
+    """A GGUF tensor dequantized (float32 arithmetic) into ``dtype``: a matrix [N, K] or a vector [K]."""
     n, k = tensor.rows, tensor.cols
     if tensor.kind == "Q8_0":
         return q8_0_dense(tensor.data, n, k, dtype)
@@ -316,7 +319,7 @@ def _dense(tensor: GgufTensor, dtype: torch.dtype) -> torch.Tensor:
     return shaped.to(dtype)
 
 
-def read_gguf_llama(path: Path, keep_dense: bool = True, head_format: str = "int8") -> LlamaWeights:
+def read_gguf_llama(path: Path, keep_dense: bool = True, head_format: str = "int4") -> LlamaWeights:
     """Read a llama GGUF into ``LlamaWeights`` (one tensor at a time; the file is memory-mapped)."""
     try:
         meta, tensors = read_gguf(path)
@@ -336,10 +339,10 @@ def read_gguf_llama(path: Path, keep_dense: bool = True, head_format: str = "int
         for i in range(shape.layers):
             b = f"blk.{i}."
             layers.append(LayerWeights(
-                attn_norm=_dense(tensors[b + "attn_norm.weight"], torch.bfloat16),
+                attn_norm=dense_tensor(tensors[b + "attn_norm.weight"], torch.bfloat16),
                 qkv=linear(b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"),
                 out=linear(b + "attn_output.weight"),
-                mlp_norm=_dense(tensors[b + "ffn_norm.weight"], torch.bfloat16),
+                mlp_norm=dense_tensor(tensors[b + "ffn_norm.weight"], torch.bfloat16),
                 gate_up=linear(b + "ffn_gate.weight", b + "ffn_up.weight"),
                 down=linear(b + "ffn_down.weight"),
             ))
@@ -349,29 +352,36 @@ def read_gguf_llama(path: Path, keep_dense: bool = True, head_format: str = "int
             raw = torch.from_numpy(token_embd.data).view(token_embd.rows, token_embd.cols // GROUP, _Q8_0_BYTES)
             embed = Q8Rows(raw)
         else:
-            embed = _dense(token_embd, torch.bfloat16)
-        head = _head(tensors.get("output.weight") or token_embd, head_format)
-        norm = _dense(tensors["output_norm.weight"], torch.bfloat16)
+            embed = dense_tensor(token_embd, torch.bfloat16)
+        output = tensors.get("output.weight")
+        head = _head(output or token_embd, head_format)
+        norm = dense_tensor(tensors["output_norm.weight"], torch.bfloat16)
     except KeyError as e:
         raise ModelLoadError(f"{path}: tensor {e} missing for a llama model") from e
     except (ValueError, NotImplementedError) as e:
         raise ModelLoadError(f"{path}: a tensor type this engine cannot read: {e}") from e
-    return LlamaWeights(shape, embed, layers, norm, head)
+    return LlamaWeights(shape, embed, layers, norm, head, head_is_embed=output is None)
+
+
+def _row_chunks(tensor: GgufTensor, rows: int = 4096) -> Iterator[GgufTensor]:
+    """``tensor`` as slices of ``rows`` rows (a multiple of 64: the int4 packing of row slices then equals that
+    of the whole matrix), so no float32 copy of a large matrix is ever whole in memory."""
+    for start in range(0, tensor.rows, rows):
+        count = min(rows, tensor.rows - start)
+        yield GgufTensor(tensor.name, tensor.kind, count, tensor.cols, tensor.path,
+                         tensor.offset + start * tensor.row_bytes, tensor.row_bytes)
 
 
 def _head(tensor: GgufTensor, head_format: str) -> Head:
-    """The output projection in ``head_format`` (int8 rows, int4 groups, or bf16), from any GGUF matrix type."""
+    """The output projection in ``head_format`` (int4 groups, int8 rows, or bf16), from any GGUF matrix type."""
     if head_format == "bf16":
-        return BF16Linear(_dense(tensor, torch.bfloat16))
+        return BF16Linear(dense_tensor(tensor, torch.bfloat16))
     if head_format == "int4":
-        q, d, m = _groups(tensor)
-        return int4_from_groups(q, d, m, keep_dense=False)
+        parts = [int4_from_groups(*_groups(chunk), keep_dense=False) for chunk in _row_chunks(tensor)]
+        return Int4Linear(torch.cat([p.packed for p in parts]), torch.cat([p.scales_zeros for p in parts], dim=1),
+                          None, tensor.rows, tensor.cols)
     if head_format != "int8":
         raise ModelLoadError(f"unknown output head format {head_format!r} (use one of {', '.join(HEAD_FORMATS)})")
-    parts = []
-    for start in range(0, tensor.rows, 4096):  # a slice of rows at a time: no float32 copy of the whole matrix
-        count = min(4096, tensor.rows - start)
-        rows = GgufTensor(tensor.name, tensor.kind, count, tensor.cols, tensor.path,
-                          tensor.offset + start * tensor.row_bytes, tensor.row_bytes)
-        parts.append(int8_rows(_dense(rows, torch.float32).reshape(count, tensor.cols)))
-    return Int8Linear(torch.cat([p.weight for p in parts]), torch.cat([p.scales for p in parts]))
+    int8_parts = [int8_rows(dense_tensor(chunk, torch.float32).reshape(chunk.rows, chunk.cols))
+                  for chunk in _row_chunks(tensor)]
+    return Int8Linear(torch.cat([p.weight for p in int8_parts]), torch.cat([p.scales for p in int8_parts]))
