@@ -16,8 +16,8 @@ from rich.table import Table
 from greentrack.report.html import CSS
 from greentrack.units import fmt_duration_ms, fmt_energy, fmt_pct
 
-COLUMNS = ("configuration", "J / accepted", "accepted", "wasted", "p50", "p95", "J / token",
-           "prompt computed / reused", "generated", "vs naive")
+COLUMNS = ("configuration", "energy", "J / accepted", "accepted", "wasted", "p50", "p95", "J / token",
+           "prompt computed / reused", "generated", "energy vs naive")
 
 
 def fmt_figure(figure: dict[str, Any] | None) -> str:
@@ -38,6 +38,7 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
         tokens = c["tokens"]
         rows.append([
             c["name"],
+            fmt_figure(c["energy"]),
             fmt_figure(c["j_per_accepted"]),
             f"{c['accepted']}/{c['shown']} ({_share(c['acceptance_rate'])})",
             _share(c["wasted"]["share"]),
@@ -46,7 +47,7 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
             fmt_figure(c["j_per_generated_token"]),
             f"{tokens['prompt_computed']} / {tokens['prompt_reused']}",
             str(tokens["generated"]),
-            _share(c["vs_naive"]["j_per_accepted"]),
+            _share(c["vs_naive"]["energy"]),
         ])
     return rows
 
@@ -63,7 +64,8 @@ def finding_lines(summary: dict[str, Any]) -> list[str]:
         published = f["published_reduction"]
         span = (f"−{published['low'] * 100:.0f}–{published['high'] * 100:.0f} %" if published["low"] > 0
                 else f"up to −{published['high'] * 100:.0f} %")
-        measured = "n/a" if f["energy_reduction"] is None else f"{-f['energy_reduction'] * 100:+.0f} %"
+        measured = ("n/a" if f["energy_reduction"] is None
+                    else f"{-f['energy_reduction'] * 100:+.0f} %".replace("-", "−"))
         verdict = {True: "reproduced", False: "not reproduced", None: "not measured"}[f["reproduced"]]
         lines.append(f"{f['name']}: {measured} energy on the same typing ({f['configuration']} vs naive); "
                      f"{f['source']}: {span} — {verdict}")
@@ -102,7 +104,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
 # -- HTML ---------------------------------------------------------------------------------------------------
 
 BENCH_CSS = """
-.bar-jpa { fill: #2f8f46; } .bar-p50 { fill: #4f7fb8; } .bar-p95 { fill: #a9c1e0; }
+.bar-jpa { fill: #2f8f46; } .bar-total { fill: #8cc79a; } .bar-p50 { fill: #4f7fb8; } .bar-p95 { fill: #a9c1e0; }
 .whisker { stroke: #1b2a1f; stroke-width: 1.2; } .goal { stroke: #c0392b; stroke-dasharray: 4 3; }
 """
 
@@ -171,6 +173,10 @@ def render_html(summary: dict[str, Any]) -> str:
             f'{escape(str(meta.get("date", "")))}; {escape(str(meta.get("command", "")))}</p>',
             _html_table(COLUMNS, table_rows(summary)),
             f"<p>{escape(method_line(summary))}</p>",
+            "<h2>Energy on the same typing</h2>",
+            '<p class="legend"><span style="background:#8cc79a"></span>every completion of the replay (± bound)</p>',
+            _bar_chart("chart-total", names, [("bar-total", [c["energy"]["value_j"] for c in configs])], fmt_energy,
+                       errors=[c["energy"]["uncertainty_j"] for c in configs]),
             "<h2>Energy per accepted suggestion</h2>",
             '<p class="legend"><span style="background:#2f8f46"></span>J per accepted suggestion (± bound); '
             "dashed: the goal, 10 % of the naive baseline's</p>",
