@@ -175,6 +175,9 @@ def inspect_file(path: Path, *, timeout_s: float = 5.0) -> int:
     and closing any descriptor of the file drops them all, those of this process's other connections included
     (another process then takes itself for the last user and deletes the ``-wal`` they still write to). SQLite
     keeps the descriptor of a file that others in the process hold locks on open until they are released.
+
+    Steps: the size (an empty file is new); the schema through SQLite (``_read_schema_of``); its version and
+    tables checked against ours (``_checked_version``).
     """
     try:
         size_bytes = path.stat().st_size
@@ -182,25 +185,35 @@ def inspect_file(path: Path, *, timeout_s: float = 5.0) -> int:
         raise StoreUnwritable(f"cannot read the database {path}: {e.strerror or e}") from e
     if size_bytes == 0:
         return 0
-    found: tuple[int, dict[str, set[str]]] | None = None
+    version, columns = _read_schema_of(path, timeout_s)
+    return _checked_version(path, version, columns)
+
+
+def _read_schema_of(path: Path, timeout_s: float) -> tuple[int, dict[str, set[str]]]:
+    """``_read_schema`` through the first of ``_inspection_uris`` that opens; ``_unreadable`` when none reads."""
     failure: sqlite3.Error | None = None
     for uri in _inspection_uris(path):
         try:
-            found = _read_schema(uri, timeout_s)
-            break
+            return _read_schema(uri, timeout_s)
         except sqlite3.Error as e:
             failure = e
             if _code(e) != sqlite3.SQLITE_CANTOPEN:
                 break
-    if found is None:
-        assert failure is not None
-        if _code(failure) == sqlite3.SQLITE_NOTADB:
-            raise StoreError(f"{path} is not an SQLite database (corrupt or another kind of file); "
-                             "left untouched") from failure
-        if _is_unwritable(failure):
-            raise StoreUnwritable(f"cannot read the database {path} now: {failure}") from failure
-        raise StoreError(f"{path} is a damaged SQLite database ({failure}); left untouched") from failure
-    version, columns = found
+    assert failure is not None
+    raise _unreadable(path, failure) from failure
+
+
+def _unreadable(path: Path, failure: sqlite3.Error) -> StoreError:
+    """Why SQLite could not read ``path``: not a database, not now (``StoreUnwritable``), or damaged."""
+    if _code(failure) == sqlite3.SQLITE_NOTADB:
+        return StoreError(f"{path} is not an SQLite database (corrupt or another kind of file); left untouched")
+    if _is_unwritable(failure):
+        return StoreUnwritable(f"cannot read the database {path} now: {failure}")
+    return StoreError(f"{path} is a damaged SQLite database ({failure}); left untouched")
+
+
+def _checked_version(path: Path, version: int, columns: dict[str, set[str]]) -> int:
+    """``version`` if the file's tables fit it: not newer than ours, no foreign tables at 0, none lacking."""
     if version > schema.SCHEMA_VERSION:
         raise StoreError(
             f"{path} has schema version {version}, newer than this greentrack knows "
@@ -211,6 +224,12 @@ def inspect_file(path: Path, *, timeout_s: float = 5.0) -> int:
             raise StoreError(f"{path} is an SQLite database of another program (tables: "
                              f"{', '.join(sorted(columns))}); left untouched")
         return 0
+    _check_tables(path, version, columns)
+    return version
+
+
+def _check_tables(path: Path, version: int, columns: dict[str, set[str]]) -> None:
+    """``StoreError`` when a table or column that schema ``version`` has is missing from ``columns``."""
     expected = schema.tables_at(version)
     missing = sorted(set(expected) - set(columns))
     if missing:
@@ -221,7 +240,6 @@ def inspect_file(path: Path, *, timeout_s: float = 5.0) -> int:
         if lacking:
             raise StoreError(f"{path} claims schema version {version} but its table {table} lacks column(s) "
                              f"{', '.join(lacking)}: not a greentrack database; left untouched")
-    return version
 
 
 def _jsonable(rec: CompletionRecord | Mapping[str, Any]) -> dict[str, Any]:
@@ -468,11 +486,12 @@ class Store:
 
         Returns the first statement's row count. Raises ``StoreUnwritable`` past the retries (at once, after one
         short try, while the database has not been answering).
+
+        Steps: refuse a store that cannot write (``_check_writable``); while the database has not been answering,
+        one try with the probe's short busy timeout; each try is ``_execute_write``; a busy database is tried
+        again after a backoff; a read-only or full one, or the last try, marks the store unavailable.
         """
-        if self.readonly:
-            raise StoreUnwritable(f"the database {self.path} was opened read-only")
-        if not self._ready_to_write():
-            raise StoreUnwritable(f"the database {self.path} cannot be written now ({self.unavailable})")
+        self._check_writable()
         conn, db = self.conn, self.db
         answering = self._answering
         if not answering:
@@ -481,22 +500,14 @@ class Store:
         try:
             for attempt in range((self.retries if answering else 0) + 1):
                 try:
-                    if then:
-                        with db.atomic():
-                            count = int(conn.execute(sql, params).rowcount)
-                            for extra_sql, extra_params in then:
-                                conn.execute(extra_sql, extra_params)
-                    else:
-                        count = int(conn.execute(sql, params).rowcount)
+                    count = self._execute_write(conn, db, sql, params, then)
                     self._answering = True
                     self._set_unavailable(None)
                     return count
                 except sqlite3.IntegrityError:
                     raise
                 except sqlite3.Error as e:
-                    if not _is_unwritable(e):
-                        raise StoreError(f"database {self.path}: {e}") from e
-                    last = e
+                    last = self._unwritable_or_raise(e)
                     if not _is_busy(e):
                         break  # read-only or full: waiting will not help
                     time.sleep(min(0.05 * 2**attempt, 0.5))
@@ -506,6 +517,33 @@ class Store:
         self._answering = False
         self._set_unavailable(last)
         raise StoreUnwritable(f"cannot write the database {self.path}: {last}") from last
+
+    def _check_writable(self) -> None:
+        """``StoreUnwritable`` for a read-only store, or one whose database cannot be opened for writing now."""
+        if self.readonly:
+            raise StoreUnwritable(f"the database {self.path} was opened read-only")
+        if not self._ready_to_write():
+            raise StoreUnwritable(f"the database {self.path} cannot be written now ({self.unavailable})")
+
+    @staticmethod
+    def _execute_write(
+        conn: sqlite3.Connection, db: sqlite_utils.Database, sql: str, params: Mapping[str, Any],
+        then: tuple[tuple[str, Mapping[str, Any]], ...],
+    ) -> int:
+        """One try of a write: ``sql`` alone, or with ``then`` in one transaction. Returns ``sql``'s row count."""
+        if not then:
+            return int(conn.execute(sql, params).rowcount)
+        with db.atomic():
+            count = int(conn.execute(sql, params).rowcount)
+            for extra_sql, extra_params in then:
+                conn.execute(extra_sql, extra_params)
+        return count
+
+    def _unwritable_or_raise(self, e: sqlite3.Error) -> sqlite3.Error:
+        """``e`` when it says the database cannot be written now (locked, read-only, full); else ``StoreError``."""
+        if not _is_unwritable(e):
+            raise StoreError(f"database {self.path}: {e}") from e
+        return e
 
     def _spool(self, entry: dict[str, Any], why: str) -> None:
         """Keep a write the database did not take. Raises ``StoreError`` only if the spool cannot be written."""
