@@ -75,40 +75,52 @@ def import_graph(root: Path = PACKAGE_ROOT) -> dict[str, set[str]]:
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan), each as one cycle through them."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[list[str]] = []
-    counter = 0
-
-    def visit(v: str) -> None:
-        nonlocal counter
-        index[v] = low[v] = counter
-        counter += 1
-        stack.append(v)
-        on_stack.add(v)
-        for w in sorted(graph.get(v, ())):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component: list[str] = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                components.append(sorted(component))
-
+    tarjan = _Tarjan(graph)
     for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return [_one_cycle(graph, c) for c in sorted(components)]
+        if v not in tarjan.index:
+            tarjan.visit(v)
+    return [_one_cycle(graph, c) for c in sorted(tarjan.components)]
+
+
+class _Tarjan:
+    """Tarjan's algorithm over ``graph``: depth-first numbers, the stack of open modules, the components found."""
+
+    def __init__(self, graph: dict[str, set[str]]) -> None:
+        self.graph = graph
+        self.index: dict[str, int] = {}
+        self.low: dict[str, int] = {}
+        self.stack: list[str] = []
+        self.on_stack: set[str] = set()
+        #: The components of more than one module, each sorted.
+        self.components: list[list[str]] = []
+        self.counter = 0
+
+    def visit(self, v: str) -> None:
+        """Number ``v``, visit what it imports, and close its component when ``v`` is the component's root."""
+        self.index[v] = self.low[v] = self.counter
+        self.counter += 1
+        self.stack.append(v)
+        self.on_stack.add(v)
+        for w in sorted(self.graph.get(v, ())):
+            if w not in self.index:
+                self.visit(w)
+                self.low[v] = min(self.low[v], self.low[w])
+            elif w in self.on_stack:
+                self.low[v] = min(self.low[v], self.index[w])
+        if self.low[v] == self.index[v]:
+            self._close_component(v)
+
+    def _close_component(self, root: str) -> None:
+        """Pop the stack down to ``root``; what was above it is one component, kept when it is a cycle."""
+        component: list[str] = []
+        while True:
+            w = self.stack.pop()
+            self.on_stack.discard(w)
+            component.append(w)
+            if w == root:
+                break
+        if len(component) > 1:
+            self.components.append(sorted(component))
 
 
 def _one_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str]:
