@@ -95,11 +95,27 @@ def lsp(
     stdio: Annotated[
         bool, typer.Option("--stdio", help="Accepted for LSP clients that pass it; stdio is the only transport.")
     ] = False,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", help="Remote mode: completions from this `greentrack serve` (e.g. "
+                     "http://127.0.0.1:8765); no model loads here. The token: $GREENTRACK_TOKEN or --token-file."),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="Remote mode: a file holding the bearer token (else $GREENTRACK_TOKEN)."),
+    ] = None,
 ) -> None:
-    """Run the language server over stdio (what the VS Code extension starts)."""
-    from greentrack.lsp.server import serve_stdio
+    """Run the language server over stdio (what the extension starts); with --server, in remote mode."""
+    from greentrack.lsp.server import RemoteOptions, exit_now, serve_stdio
 
-    raise typer.Exit(serve_stdio(_settings(db, model, backend, device)))
+    remote = None
+    if server is not None:
+        from greentrack.remote import read_token, server_url
+
+        remote = RemoteOptions(server_url(server), read_token(token_file))
+    elif token_file is not None:
+        raise UsageError("--token-file goes with --server")
+    exit_now(serve_stdio(_settings(db, model, backend, device), remote))
 
 
 def _position_to_offset(text: str, line: int, col: int) -> int:

@@ -12,6 +12,8 @@ from lsprotocol import types
 ACCEPT_COMMAND = "greentrack.accept"
 ENERGY_NOTIFICATION = "greentrack/energy"
 STATUS_NOTIFICATION = "greentrack/status"
+#: How a ``greentrack/status`` error's message starts when, in remote mode, the server cannot be reached.
+UNREACHABLE_PREFIX = "server unreachable"
 
 #: Settings whose change needs the model reloaded; the others apply to the next request.
 RELOAD_FIELDS: tuple[str, ...] = ("model", "backend", "device")

@@ -1,20 +1,22 @@
 """The language server (pygls 2): inline completions with energy, acceptance and cancellation.
 
-Thin handlers over ``greentrack.pipeline``. The model loads on a background thread after ``initialized``
-(``greentrack/status``: starting → ready | error); the event loop never blocks: generation runs on one
-worker thread (one generation at a time), energy attribution and storage on another, and the
-``greentrack/energy`` notification follows each completion that reached the model.
+Thin handlers over a ``CompletionSource`` (``lsp/sources.py``): in-process, the pipeline, which loads on a
+background thread after ``initialized`` (``greentrack/status``: starting → ready | error); in remote mode
+(``greentrack lsp --server URL``), a ``greentrack serve`` server (``lsp/remote.py``; no model loads here). The
+event loop never blocks; the ``greentrack/energy`` notification follows each completion that reached the model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sys
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from lsprotocol import types
@@ -23,9 +25,9 @@ from pygls.lsp.server import LanguageServer
 
 from greentrack import __version__
 from greentrack.config import Settings, read_client_settings
-from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
+from greentrack.engine.types import CancelToken, CompletionRequest
 from greentrack.errors import BadInput, GreentrackError
-from greentrack.logs import OneLineFormatter, configure_logging, log_package_info, tracebacks_enabled
+from greentrack.logs import configure_logging, log_package_info
 from greentrack.lsp.jsonrpc import FrameReader, GreentrackProtocol, serve
 from greentrack.lsp.protocol import (
     ACCEPT_COMMAND,
@@ -34,29 +36,38 @@ from greentrack.lsp.protocol import (
     STATUS_NOTIFICATION,
     completion_position_error,
 )
-from greentrack.pipeline import Pipeline, RequestContext, open_pipeline
+from greentrack.lsp.sources import CompletionSource, LocalSource
+from greentrack.pipeline import RequestContext, open_pipeline
 from greentrack.record import CompletionRecord
 
 log = logging.getLogger("greentrack.lsp")
 
 
+@dataclass(frozen=True)
+class RemoteOptions:
+    """Remote mode: the server's base URL and the bearer token (None: a loopback server without tokens)."""
+
+    url: str
+    token: str | None = None
+
+
 class GreentrackServer(LanguageServer):
-    """pygls server holding the settings, the pipeline (once loaded) and the per-document cancel tokens."""
+    """pygls server holding the settings, the completion source (once ready) and the per-document cancel tokens."""
 
     protocol: GreentrackProtocol
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, remote: RemoteOptions | None = None) -> None:
         super().__init__(
             "greentrack", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
             protocol_cls=GreentrackProtocol,
         )
         self.settings = settings
-        self.pipeline: Pipeline | None = None
+        self.remote = remote
+        self.source: CompletionSource | None = None
         self.state = "starting"
         self.state_message = "loading the model"
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tokens: dict[str, CancelToken] = {}
-        self._model_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="greentrack-model")
         self._load_lock = threading.Lock()
         self._load_generation = 0
 
@@ -75,7 +86,23 @@ class GreentrackServer(LanguageServer):
         self.state, self.state_message = state, message
         self.send(STATUS_NOTIFICATION, {"state": state, "message": message})
 
-    # -- model lifecycle -------------------------------------------------------------------------------
+    def notify_energy(self, record: CompletionRecord) -> None:
+        self.send(ENERGY_NOTIFICATION, record.energy_fields())
+
+    # -- source lifecycle ------------------------------------------------------------------------------
+    def start_source(self) -> None:
+        """After ``initialized``: connect to the server (remote mode), else load the model."""
+        if self.remote is None:
+            self.load_in_background()
+            return
+        from greentrack.lsp.remote import RemoteSource
+        from greentrack.remote import RemoteClient
+
+        source = RemoteSource(RemoteClient(self.remote.url, self.remote.token), self.settings, self.set_status,
+                              self.notify_energy)
+        self.source = source
+        source.start()
+
     def load_in_background(self) -> None:
         """(Re)load the pipeline for the current settings on a thread; status tells the client."""
         with self._load_lock:
@@ -99,9 +126,9 @@ class GreentrackServer(LanguageServer):
                 if generation != self._load_generation:  # settings changed meanwhile: drop this one
                     pipeline.close()
                     return
-                old, self.pipeline = self.pipeline, pipeline
-            if old is not None:
-                self._model_worker.submit(old.close)
+                old, self.source = self.source, LocalSource(pipeline, self.notify_energy)
+            if isinstance(old, LocalSource):
+                old.retire()
             self.set_status(
                 "ready",
                 f"{pipeline.backend.model_id} on {pipeline.backend.device}; energy: {pipeline.monitor.meter_name}",
@@ -111,19 +138,30 @@ class GreentrackServer(LanguageServer):
 
     def apply_settings(self, new: Settings) -> None:
         old, self.settings = self.settings, new
-        if self.pipeline is not None:
-            self.pipeline.settings = new
-        if any(getattr(old, f) != getattr(new, f) for f in RELOAD_FIELDS):
+        if self.source is not None:
+            self.source.apply_settings(new)
+        if self.remote is None and any(getattr(old, f) != getattr(new, f) for f in RELOAD_FIELDS):
             self.load_in_background()
 
-    def close(self) -> None:
-        """After the last message: finish the generation in flight, write pending records, close the model."""
+    def _take_source(self) -> CompletionSource | None:
         with self._load_lock:
             self._load_generation += 1  # a load still running closes what it loaded
-            pipeline, self.pipeline = self.pipeline, None
-        self._model_worker.shutdown(wait=True)
-        if pipeline is not None:
-            pipeline.close()
+            source, self.source = self.source, None
+        for token in self._tokens.values():
+            token.cancel()
+        return source
+
+    async def shutdown_source(self) -> None:
+        """On ``shutdown``: stop the completion in flight, store what is pending, release the model."""
+        source = self._take_source()
+        if source is not None:
+            await source.aclose()
+
+    def close(self) -> None:
+        """After the last message: the same, for a client that left without ``shutdown``."""
+        source = self._take_source()
+        if source is not None:
+            source.close()
 
     # -- completion --------------------------------------------------------------------------------------
     def supersede(self, uri: str) -> CancelToken:
@@ -135,20 +173,10 @@ class GreentrackServer(LanguageServer):
         self._tokens[uri] = token
         return token
 
-    def notify_energy(self, record: CompletionRecord) -> None:
-        self.send(ENERGY_NOTIFICATION, record.energy_fields())
-
-    def finalize_in_background(self, pipeline: Pipeline, result: EngineResult, context: RequestContext) -> None:
-        def done(future: Future[CompletionRecord]) -> None:
-            if (error := future.exception()) is not None:
-                log.error("could not log completion %s: %s", result.request_id, error)
-
-        pipeline.finalize_later(result, context, on_done=self.notify_energy).add_done_callback(done)
-
     async def inline_completion(self, params: types.InlineCompletionParams) -> list[types.InlineCompletionItem]:
         received_s = time.monotonic()
-        pipeline, settings = self.pipeline, self.settings
-        if pipeline is None or not settings.enabled:
+        source, settings = self.source, self.settings
+        if source is None or not settings.enabled:
             return []
         uri = params.text_document.uri
         if uri not in self.workspace.text_documents:
@@ -161,7 +189,7 @@ class GreentrackServer(LanguageServer):
         text = document.source
         offset = document.offset_at_position(params.position)
         token = self.supersede(uri)
-        pipeline.monitor.expect_work()  # the meter starts sampling during the debounce, before the prefill
+        source.expect_work()
         try:
             await asyncio.sleep(settings.debounce_ms / 1000.0)
         except asyncio.CancelledError:
@@ -180,47 +208,23 @@ class GreentrackServer(LanguageServer):
             context_tokens=settings.context_tokens,
         )
         context = RequestContext(uri, request.language_id, received_s)
-
-        def run() -> EngineResult | None:
-            if token.cancelled:  # superseded while queued: it never reaches the model
-                return None
-            return pipeline.run(request, token)
-
-        future = asyncio.get_running_loop().run_in_executor(self._model_worker, run)
         try:
-            result = await asyncio.shield(future)
-        except asyncio.CancelledError:  # $/cancelRequest: stop within one decode step, still log the energy
-            token.cancel()
-            future.add_done_callback(lambda f: self._log_after_cancel(f, pipeline, context))
-            raise
+            suggestion = await source.complete(request, token, context)
         except BadInput as e:
             log.warning("inline completion for %s: %s", uri, e)
             return []
-        if result is None:
-            return []
-        self.finalize_in_background(pipeline, result, context)
         if self._tokens.get(uri) is token:
             del self._tokens[uri]
-        if result.cancelled or not result.text:
+        if suggestion is None:
             return []
         position = params.position
         return [
             types.InlineCompletionItem(
-                insert_text=result.text,
+                insert_text=suggestion.text,
                 range=types.Range(start=position, end=position),
-                command=types.Command(title="Accept", command=ACCEPT_COMMAND, arguments=[result.request_id]),
+                command=types.Command(title="Accept", command=ACCEPT_COMMAND, arguments=[suggestion.completion_id]),
             )
         ]
-
-    def _log_after_cancel(
-        self, future: asyncio.Future[EngineResult | None], pipeline: Pipeline, context: RequestContext
-    ) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return
-        result = future.result()
-        if result is not None:
-            result.cancelled = True
-            self.finalize_in_background(pipeline, result, context)
 
 
 def apply_client_settings(ls: GreentrackServer, options: dict[str, Any]) -> Settings:
@@ -233,9 +237,9 @@ def apply_client_settings(ls: GreentrackServer, options: dict[str, Any]) -> Sett
     return settings
 
 
-def build_server(settings: Settings) -> GreentrackServer:
+def build_server(settings: Settings, remote: RemoteOptions | None = None) -> GreentrackServer:
     """The server with its features registered (separate from I/O so tests can drive it)."""
-    server = GreentrackServer(settings)
+    server = GreentrackServer(settings, remote)
 
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: GreentrackServer, params: types.InitializeParams) -> None:
@@ -246,7 +250,7 @@ def build_server(settings: Settings) -> GreentrackServer:
     @server.feature(types.INITIALIZED)
     def on_initialized(ls: GreentrackServer, params: types.InitializedParams) -> None:
         ls.loop = asyncio.get_running_loop()
-        ls.load_in_background()
+        ls.start_source()
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_configuration(ls: GreentrackServer, params: types.DidChangeConfigurationParams) -> None:
@@ -261,57 +265,36 @@ def build_server(settings: Settings) -> GreentrackServer:
 
     @server.command(ACCEPT_COMMAND)
     async def on_accept(ls: GreentrackServer, completion_id: str) -> bool:
-        pipeline = ls.pipeline
-        if pipeline is None or not isinstance(completion_id, str):
+        source = ls.source
+        if source is None or not isinstance(completion_id, str):
             return False
-        accepted = await asyncio.get_running_loop().run_in_executor(None, pipeline.accept, completion_id)
+        accepted = await source.accept(completion_id)
         if not accepted:
             log.warning("accept: no completion %s in the database", completion_id)
         return accepted
 
     @server.feature(types.SHUTDOWN)
-    def on_shutdown(ls: GreentrackServer, params: None) -> None:
-        if ls.pipeline is not None:
-            ls.pipeline.close()
-            ls.pipeline = None
+    async def on_shutdown(ls: GreentrackServer, params: None) -> None:
+        await ls.shutdown_source()
 
     return server
 
 
-class _ClientLogHandler(logging.Handler):
-    """Forwards warnings and errors to the client's output channel (``window/logMessage``)."""
-
-    def __init__(self, server: GreentrackServer) -> None:
-        super().__init__(level=logging.INFO)
-        self.server = server
-
-    def emit(self, record: logging.LogRecord) -> None:
-        kind = types.MessageType.Error if record.levelno >= logging.ERROR else (
-            types.MessageType.Warning if record.levelno >= logging.WARNING else types.MessageType.Info
-        )
-        try:
-            self.server.send(
-                types.WINDOW_LOG_MESSAGE, types.LogMessageParams(type=kind, message=self.format(record))
-            )
-        except Exception:  # logging must never fail the server
-            self.handleError(record)
-
-
-def serve_stdio(settings: Settings) -> int:
+def serve_stdio(settings: Settings, remote: RemoteOptions | None = None) -> int:
     """Serve over stdio until the client closes it or sends ``exit``; returns the exit status.
 
     0 at the end of the stream or on ``exit`` after ``shutdown``; 1 on ``exit`` without it, and when the stream
     lost its framing (a bad ``Content-Length``): logged on one line, then the editor restarts the server.
-    Logs (greentrack's INFO and up, one line each) go to stderr and to the client.
+    Logs (greentrack's INFO and up, one line each) go to stderr only: the editor shows stderr (the extension in its
+    output channel, each line at its level), so forwarding them as ``window/logMessage`` too would show each twice.
     """
-    server = build_server(settings)
+    server = build_server(settings, remote)
     if not logging.getLogger().handlers:  # run outside the command line
         configure_logging()
     log_package_info()
-    client_handler = _ClientLogHandler(server)
-    client_handler.setFormatter(OneLineFormatter("%(name)s: %(message)s", tracebacks=tracebacks_enabled()))
-    logging.getLogger("greentrack").addHandler(client_handler)
     logging.getLogger("pygls").setLevel(logging.WARNING)
+    if remote is not None:
+        log.info("remote mode: completions from %s; no model loads here", remote.url)
     server.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
     status = 0
     try:
@@ -328,3 +311,14 @@ def serve_stdio(settings: Settings) -> int:
     finally:
         server.close()
     return status
+
+
+def exit_now(status: int) -> None:
+    """End the process at once with ``status``, once ``serve_stdio`` has returned (every record is stored and the
+    database closed by then). The interpreter's own teardown (collecting the model's objects, joining library
+    threads) took seconds, longer than editors wait after ``exit`` before they kill the server."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed by the client
+            stream.flush()
+    os._exit(status)
