@@ -70,6 +70,7 @@ def test_notification_and_command_names_match_the_server() -> None:
     assert ts["ENERGY_NOTIFICATION"] == protocol.ENERGY_NOTIFICATION
     assert ts["STATUS_NOTIFICATION"] == protocol.STATUS_NOTIFICATION
     assert ts["ACCEPT_COMMAND"] == protocol.ACCEPT_COMMAND
+    assert ts["UNREACHABLE_PREFIX"] == protocol.UNREACHABLE_PREFIX
     # greentrack.accept is the server's command (executeCommandProvider): the client must not declare it.
     contributed = {c["command"] for c in PACKAGE["contributes"]["commands"]}
     assert protocol.ACCEPT_COMMAND not in contributed

@@ -1,5 +1,6 @@
 /**
- * Starts, stops and restarts the language client (`<python> -m greentrack lsp` over stdio).
+ * Starts, stops and restarts the language client (`<python> -m greentrack lsp` over stdio; with
+ * `greentrack.serverUrl` set, `lsp --server URL`, the token from SecretStorage in its environment).
  * Start/stop run one at a time; restart requests that arrive while one is waiting share it, so a burst
  * of setting changes restarts the server once. The server's notifications go to the status bar; its stderr
  * goes to the output channel line by line, each at its own level (stderr.ts: progress is info, not error).
@@ -20,8 +21,9 @@ import { ENERGY_NOTIFICATION, EnergyParams, STATUS_NOTIFICATION, StatusParams } 
 import { PythonNotFoundError, Resolved, resolvePython } from './python';
 import { SerialRunner } from './serial';
 import { StderrLine, StderrLines } from './stderr';
-import { getSettings, LANGUAGES, SECTION, serverOptions } from './settings';
+import { getSettings, LANGUAGES, lspArgs, lspEnv, SECTION, serverOptions, serverUrlProblem } from './settings';
 import type { EnergyStatusBar } from './statusBar';
+import { ServerTokens } from './token';
 
 export class ServerManager implements vscode.Disposable {
   private client: LanguageClient | undefined;
@@ -36,6 +38,7 @@ export class ServerManager implements vscode.Disposable {
     private readonly context: vscode.ExtensionContext,
     private readonly channel: vscode.LogOutputChannel,
     private readonly statusBar: EnergyStatusBar,
+    private readonly tokens: ServerTokens,
   ) {}
 
   /** The interpreter the server runs with (resolved anew when the server is not running). */
@@ -89,7 +92,25 @@ export class ServerManager implements vscode.Disposable {
       return;
     }
     this.resolved = resolved;
-    this.channel.info(`starting: ${resolved.python} -m greentrack lsp (greentrack ${resolved.version}, from ${resolved.source})`);
+    let token: string | undefined;
+    if (settings.serverUrl) {
+      const problem = serverUrlProblem(settings.serverUrl);
+      if (problem) {
+        this.channel.error(problem);
+        this.statusBar.error(problem);
+        return;
+      }
+      this.statusBar.starting(`Connecting to ${settings.serverUrl}…`);
+      token = await this.tokens.getOrAskOnce(settings.serverUrl);
+      if (this.disposed || this.client) {
+        return;
+      }
+    }
+    const args = lspArgs(settings);
+    this.channel.info(
+      `starting: ${resolved.python} -m greentrack ${args.join(' ')} (greentrack ${resolved.version}, from ${resolved.source})` +
+        (settings.serverUrl ? (token ? '; token from secret storage' : '; no token stored') : ''),
+    );
 
     const cwd = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
     const debugpy = process.env.GREENTRACK_DEBUGPY?.trim();
@@ -99,10 +120,11 @@ export class ServerManager implements vscode.Disposable {
     const server: ServerOptions = {
       command: resolved.python,
       // -Xfrozen_modules=off: debugpy warns that breakpoints in frozen stdlib modules may be missed otherwise.
-      args: [...(debugpy ? ['-Xfrozen_modules=off', '-m', 'debugpy', '--connect', debugpy] : []), '-m', 'greentrack', 'lsp'],
+      args: [...(debugpy ? ['-Xfrozen_modules=off', '-m', 'debugpy', '--connect', debugpy] : []), '-m', 'greentrack', ...args],
       // No `transport`: stdio without the `--stdio` argument vscode-languageclient would append.
-      // The extension host's environment (GREENTRACK_DB, GREENTRACK_DEVELOPER, ...) applies to the server.
-      options: { env: { ...process.env, PYTHONUNBUFFERED: '1' }, ...(cwd ? { cwd } : {}) },
+      // The extension host's environment (GREENTRACK_DB, GREENTRACK_DEVELOPER, ...) applies to the server; the
+      // token travels only there (GREENTRACK_TOKEN), never in the arguments.
+      options: { env: lspEnv(process.env, token), ...(cwd ? { cwd } : {}) },
     };
     const clientOptions: LanguageClientOptions = {
       documentSelector: LANGUAGES.flatMap((language) => [

@@ -1,6 +1,6 @@
 /**
  * The commands in the palette (ids in package.json): the weekly report in a webview, enable/disable,
- * logs, doctor, calibrate, restart. `greentrack.accept` is the server's command (registered by the
+ * logs, doctor, calibrate, restart, and the server token (remote mode). `greentrack.accept` is the server's command (registered by the
  * language client from the server's executeCommandProvider), so it is not declared here.
  */
 import * as fs from 'node:fs';
@@ -11,11 +11,13 @@ import type { ServerManager } from './client';
 import { withCsp } from './html';
 import { lastLine, runGreentrack } from './run';
 import { childEnv, cliOptions, Commands, getSettings, SECTION } from './settings';
+import type { ServerTokens } from './token';
 
 export function registerCommands(
   context: vscode.ExtensionContext,
   server: ServerManager,
   channel: vscode.LogOutputChannel,
+  tokens: ServerTokens,
 ): void {
   let reportPanel: vscode.WebviewPanel | undefined;
 
@@ -131,6 +133,27 @@ export function registerCommands(
     }
   };
 
+  const setServerToken = async (): Promise<void> => {
+    const url = getSettings().serverUrl;
+    if (!url) {
+      const open = 'Set greentrack.serverUrl';
+      const choice = await vscode.window.showInformationMessage(
+        'greentrack: no server is set (greentrack.serverUrl); completions run on this machine.',
+        open,
+      );
+      if (choice === open) {
+        await vscode.commands.executeCommand('workbench.action.openSettings', 'greentrack.serverUrl');
+      }
+      return;
+    }
+    const before = await tokens.get(url);
+    const after = await tokens.ask(url);
+    if (after !== before) {
+      channel.info(`server token for ${url} ${after ? 'stored' : 'removed'}`);
+      await server.restart('the server token changed');
+    }
+  };
+
   context.subscriptions.push(
     vscode.commands.registerCommand(Commands.showReport, showReport),
     vscode.commands.registerCommand(Commands.enable, () => setEnabled(true)),
@@ -139,5 +162,6 @@ export function registerCommands(
     vscode.commands.registerCommand(Commands.doctor, doctor),
     vscode.commands.registerCommand(Commands.calibrate, () => calibrate(false)),
     vscode.commands.registerCommand(Commands.restartServer, () => server.restart('asked by the user')),
+    vscode.commands.registerCommand(Commands.setServerToken, setServerToken),
   );
 }

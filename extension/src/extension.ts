@@ -1,13 +1,14 @@
 /**
  * Entry point: wires the output channel, the status bar, the language client and the commands, and
- * reacts to setting changes (pythonPath → restart; enabled → status bar; the rest reach the server live
- * through workspace/didChangeConfiguration).
+ * reacts to setting changes (pythonPath or serverUrl → restart; enabled → status bar; the rest reach the server
+ * live through workspace/didChangeConfiguration).
  */
 import * as vscode from 'vscode';
 import { ServerManager } from './client';
 import { registerCommands } from './commands';
 import { getSettings, SECTION } from './settings';
 import { EnergyStatusBar } from './statusBar';
+import { ServerTokens } from './token';
 
 let server: ServerManager | undefined;
 
@@ -15,15 +16,18 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   const channel = vscode.window.createOutputChannel('greentrack', { log: true });
   const statusBar = new EnergyStatusBar();
   statusBar.setEnabled(getSettings().enabled);
-  server = new ServerManager(context, channel, statusBar);
+  const tokens = new ServerTokens(context);
+  server = new ServerManager(context, channel, statusBar, tokens);
   context.subscriptions.push(channel, statusBar, server);
-  registerCommands(context, server, channel);
+  registerCommands(context, server, channel, tokens);
 
   const manager = server;
   context.subscriptions.push(
     vscode.workspace.onDidChangeConfiguration((e) => {
       if (e.affectsConfiguration(`${SECTION}.pythonPath`)) {
         void manager.restart('greentrack.pythonPath changed');
+      } else if (e.affectsConfiguration(`${SECTION}.serverUrl`)) {
+        void manager.restart('greentrack.serverUrl changed');
       }
       if (e.affectsConfiguration(`${SECTION}.enabled`)) {
         statusBar.setEnabled(getSettings().enabled);

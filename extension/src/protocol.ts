@@ -7,6 +7,9 @@
 export const ENERGY_NOTIFICATION = 'greentrack/energy';
 export const STATUS_NOTIFICATION = 'greentrack/status';
 
+/** How a `greentrack/status` error's message starts when, in remote mode, the server cannot be reached. */
+export const UNREACHABLE_PREFIX = 'server unreachable';
+
 /** Command the server attaches to every inline completion item (it is the server's, not ours). */
 export const ACCEPT_COMMAND = 'greentrack.accept';
 

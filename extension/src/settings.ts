@@ -16,6 +16,7 @@ export const Commands = {
   doctor: 'greentrack.doctor',
   calibrate: 'greentrack.calibrate',
   restartServer: 'greentrack.restartServer',
+  setServerToken: 'greentrack.setServerToken',
 } as const;
 
 /** Languages the server is offered (the same as the `onLanguage:` activation events). */
@@ -30,6 +31,8 @@ export type Device = 'auto' | 'cpu' | 'cuda';
 /** What the user chose. Empty strings and null mean "the server's default". */
 export interface GreentrackSettings {
   pythonPath: string;
+  /** A `greentrack serve` to take completions from (remote mode); empty: the model runs in the server process. */
+  serverUrl: string;
   model: string;
   backend: Backend;
   device: Device;
@@ -45,6 +48,7 @@ export function getSettings(scope?: vscode.ConfigurationScope): GreentrackSettin
   const c = vscode.workspace.getConfiguration(SECTION, scope);
   return {
     pythonPath: c.get<string>('pythonPath', '').trim(),
+    serverUrl: normalizeServerUrl(c.get<string>('serverUrl', '')),
     model: c.get<string>('model', '').trim(),
     backend: c.get<Backend>('backend', 'transformers'),
     device: c.get<Device>('device', 'auto'),
@@ -56,11 +60,66 @@ export function getSettings(scope?: vscode.ConfigurationScope): GreentrackSettin
   };
 }
 
-/** The settings as the server reads them (`settings_from_client`): pythonPath is the client's business. */
-export function serverOptions(s: GreentrackSettings): { greentrack: Omit<GreentrackSettings, 'pythonPath'> } {
-  const { pythonPath: _unused, ...rest } = s;
-  void _unused;
+/** The settings as the server reads them (`settings_from_client`): pythonPath and serverUrl are the client's
+ * (which interpreter starts the server, and whether with `--server`). */
+export function serverOptions(s: GreentrackSettings): {
+  greentrack: Omit<GreentrackSettings, 'pythonPath' | 'serverUrl'>;
+} {
+  const { pythonPath: _python, serverUrl: _server, ...rest } = s;
+  void _python;
+  void _server;
   return { greentrack: rest };
+}
+
+/** `greentrack.serverUrl` as the language server takes it: trimmed, without trailing slashes ('' when unset). */
+export function normalizeServerUrl(url: string | undefined): string {
+  return (url ?? '').trim().replace(/\/+$/, '');
+}
+
+/** Why `url` cannot be a server's base URL (undefined when it can): http(s) with a host, no query or fragment. */
+export function serverUrlProblem(url: string): string | undefined {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return `greentrack.serverUrl "${url}" is not a URL (e.g. http://127.0.0.1:8765)`;
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
+    return `greentrack.serverUrl must start with http:// or https://, not "${parsed.protocol}"`;
+  }
+  if (!parsed.hostname) {
+    return `greentrack.serverUrl "${url}" has no host`;
+  }
+  if (parsed.search || parsed.hash) {
+    return `greentrack.serverUrl is the server's base URL, without ?query or #fragment: "${url}"`;
+  }
+  return undefined;
+}
+
+/** The secret-storage key of the token for one server (tokens are per server: its origin). */
+export function tokenSecretKey(url: string): string {
+  let origin = url;
+  try {
+    origin = new URL(url).origin;
+  } catch {
+    // kept as given: serverUrlProblem reports it
+  }
+  return `greentrack.serverToken:${origin}`;
+}
+
+/** The language server's arguments after `-m greentrack`: `lsp`, and `--server URL` in remote mode. */
+export function lspArgs(s: GreentrackSettings): string[] {
+  return s.serverUrl ? ['lsp', '--server', s.serverUrl] : ['lsp'];
+}
+
+/** The language server's environment: the extension host's, and the token (remote mode) in GREENTRACK_TOKEN, never
+ * on the command line. Without a stored token, a GREENTRACK_TOKEN of the extension host's environment applies. */
+export function lspEnv(base: NodeJS.ProcessEnv, token: string | undefined): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...base, PYTHONUNBUFFERED: '1' };
+  if (token) {
+    env.GREENTRACK_TOKEN = token;
+  }
+  return env;
 }
 
 /** Command-line options for `greentrack <command>` that match the settings (`--model`, `--backend`, `--device`). */

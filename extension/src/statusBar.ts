@@ -1,11 +1,13 @@
 /**
  * The status bar item: "starting" until the server says ready, then the last suggestion's energy
  * (`$(zap) 3.21 J`) with a tooltip of phases, tokens, method, CO2e and today's total; an error state with
- * the server's message. Fed by `greentrack/status` and `greentrack/energy`; clicking opens the report.
+ * the server's message. In remote mode a server that cannot be reached shows as "server unreachable" (a warning:
+ * the language server reconnects by itself, and typing never waits for it) until the server says ready again.
+ * Fed by `greentrack/status` and `greentrack/energy`; clicking opens the report.
  */
 import * as vscode from 'vscode';
 import { energyText, energyTooltip, TodayAccumulator } from './format';
-import type { EnergyParams, StatusParams } from './protocol';
+import { type EnergyParams, type StatusParams, UNREACHABLE_PREFIX } from './protocol';
 import { Commands } from './settings';
 
 /** The item's id; in the DOM it is `greentrack.greentrack.energy` (publisher.name.id). */
@@ -46,6 +48,18 @@ export class EnergyStatusBar implements vscode.Disposable {
     this.item.backgroundColor = new vscode.ThemeColor('statusBarItem.errorBackground');
   }
 
+  /** Remote mode: the server cannot be reached now; the language server keeps trying. */
+  unreachable(message: string): void {
+    this.state = 'unreachable';
+    this.item.text = '$(debug-disconnect) greentrack: server unreachable';
+    const md = new vscode.MarkdownString();
+    md.appendMarkdown('**greentrack: server unreachable**\n\n');
+    md.appendText(message);
+    md.appendMarkdown('\n\nReconnecting by itself; until then there are no suggestions (typing is never held up).');
+    this.item.tooltip = md;
+    this.item.backgroundColor = new vscode.ThemeColor('statusBarItem.warningBackground');
+  }
+
   setEnabled(enabled: boolean): void {
     this.enabled = enabled;
     this.render();
@@ -57,7 +71,11 @@ export class EnergyStatusBar implements vscode.Disposable {
         this.starting(p.message || 'greentrack is loading the model');
         return;
       case 'error':
-        this.error(p.message || 'the server reported an error');
+        if (p.message?.startsWith(UNREACHABLE_PREFIX)) {
+          this.unreachable(p.message);
+        } else {
+          this.error(p.message || 'the server reported an error');
+        }
         return;
       case 'ready':
       case 'busy':
@@ -79,7 +97,7 @@ export class EnergyStatusBar implements vscode.Disposable {
   }
 
   private render(): void {
-    if (this.state === 'starting' || this.state === 'error') {
+    if (this.state === 'starting' || this.state === 'error' || this.state === 'unreachable') {
       return;
     }
     this.item.backgroundColor = undefined;

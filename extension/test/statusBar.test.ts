@@ -58,6 +58,25 @@ describe('EnergyStatusBar', () => {
     assert.equal(item.backgroundColor, undefined);
   });
 
+  it('shows an unreachable server as such, and the last energy again once it is back', () => {
+    const bar = new EnergyStatusBar();
+    const item = state.items[0];
+    bar.onStatus({ state: 'ready', message: 'embedded at http://127.0.0.1:8765' });
+    bar.onEnergy(energy(1.5));
+    bar.onStatus({ state: 'error', message: 'server unreachable: http://127.0.0.1:8765: connection refused' });
+    assert.equal(item.text, '$(debug-disconnect) greentrack: server unreachable');
+    assert.match(markdown(item.tooltip), /connection refused/);
+    assert.match(markdown(item.tooltip), /Reconnecting by itself/);
+    assert.equal((item.backgroundColor as { id: string }).id, 'statusBarItem.warningBackground');
+    bar.onEnergy(energy(2)); // a completion whose energy came late does not hide it
+    assert.match(item.text, /server unreachable/);
+    bar.onStatus({ state: 'ready', message: 'embedded at http://127.0.0.1:8765' });
+    assert.equal(item.text, '$(zap) 2.00 J');
+    assert.equal(item.backgroundColor, undefined);
+    bar.onStatus({ state: 'error', message: 'the server refused the token' }); // other errors stay errors
+    assert.equal(item.text, '$(error) greentrack');
+  });
+
   it('says off while disabled, and shows the last energy again when enabled', () => {
     const bar = new EnergyStatusBar();
     const item = state.items[0];

@@ -21,6 +21,9 @@ export const state = {
   config: {} as Record<string, unknown>,
   workspaceFolders: undefined as { uri: { fsPath: string }; name: string }[] | undefined,
   extensions: {} as Record<string, unknown>,
+  /** Answers `window.showInputBox` gives, in order (undefined: Escape); the options it was shown with. */
+  inputAnswers: [] as (string | undefined)[],
+  inputBoxes: [] as Record<string, unknown>[],
 };
 
 class MarkdownString {
@@ -69,6 +72,10 @@ const fake = {
       return item;
     },
     activeTextEditor: undefined,
+    async showInputBox(options: Record<string, unknown>): Promise<string | undefined> {
+      state.inputBoxes.push(options);
+      return state.inputAnswers.shift();
+    },
   },
   workspace: {
     get workspaceFolders() {

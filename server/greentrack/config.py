@@ -119,6 +119,7 @@ class Settings:
 #: Extension setting (camelCase, package.json) → Settings field. A test checks these match package.json.
 EXTENSION_SETTINGS: dict[str, str] = {
     "pythonPath": "",
+    "serverUrl": "",  # the client's too: it starts the server with ``--server URL`` (remote mode)
     "model": "model",
     "backend": "backend",
     "device": "device",
