@@ -51,7 +51,7 @@ from typing import Any, cast
 from bench.interval_data import cases, interval_of, load_recording, phase_accuracy, summarize
 
 from greentrack.calibrate import run_calibration
-from greentrack.energy.attribution import MeterInfo, PhaseWeights, attribute, find_knots
+from greentrack.energy.attribution import Attribution, Knot, MeterInfo, PhaseWeights, attribute, find_knots
 from greentrack.energy.interval import fit_error_model, shipped_model
 from greentrack.energy.monitor import EnergyMonitor, open_monitor
 from greentrack.energy.types import CounterSample, PhaseSpan
@@ -67,67 +67,19 @@ def log(msg: str) -> None:
 # -- 1. the raw counter ---------------------------------------------------------------------------------------
 
 def counter_characterisation(torch: Any, device: Any, out: Path) -> dict[str, Any]:
+    """Step 1: the read cost, a trace of known loads (``h100_trace.json``), the update period, step size, idle and
+    busy power, and the lag that best explains the 1 s block's edges."""
     import pynvml
 
     pynvml.nvmlInit()
     h = pynvml.nvmlDeviceGetHandleByIndex(0)
     name = pynvml.nvmlDeviceGetName(h)
     driver = pynvml.nvmlSystemGetDriverVersion()
-    costs = []
-    for _ in range(200):
-        t0 = time.perf_counter()
-        pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
-        costs.append(time.perf_counter() - t0)
-    costs.sort()
-
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-
-    samples: list[tuple[float, float, float]] = []
-    spans: list[dict[str, Any]] = []
-
-    def poll_until(t_end: float) -> None:
-        while time.monotonic() < t_end:
-            t0 = time.monotonic()
-            e = pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0
-            t1 = time.monotonic()
-            samples.append((0.5 * (t0 + t1), e, t1 - t0))
-
-    def busy(duration_s: float, label: str) -> None:
-        # Matmuls queued in small batches; polling in between keeps the trace dense.
-        torch.cuda.synchronize()
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < duration_s:
-            for _ in range(2):
-                a @ b
-            t1 = time.monotonic()
-            samples.append((t1, pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0, time.monotonic() - t1))
-        torch.cuda.synchronize()
-        spans.append({"label": label, "start_s": t0, "end_s": time.monotonic()})
-
-    torch.cuda.synchronize()
-    poll_until(time.monotonic() + 1.0)
-    busy(1.0, "block")
-    poll_until(time.monotonic() + 0.6)
-    for i in range(10):
-        busy(0.03, f"burst30ms#{i}")
-        poll_until(time.monotonic() + 0.07)
-    poll_until(time.monotonic() + 0.3)
-    for i in range(5):
-        busy(0.15, f"burst150ms#{i}")
-        poll_until(time.monotonic() + 0.15)
-    poll_until(time.monotonic() + 0.6)
-
-    t_ref, e_ref = samples[0][0], samples[0][1]
-    trace = {
-        "device": name, "driver": driver, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "what": "nvmlDeviceGetTotalEnergyConsumption polled back to back; t = middle of the read (s), "
-                "energy_j relative to the first read, read_s = read duration; spans: matmul loads",
-        "samples": [[round(t - t_ref, 6), round(e - e_ref, 3), round(r, 6)] for t, e, r in samples],
-        "spans": [{"label": s["label"], "start_s": round(s["start_s"] - t_ref, 6),
-                   "end_s": round(s["end_s"] - t_ref, 6)} for s in spans],
-    }
-    (out / "h100_trace.json").write_text(json.dumps(trace))
+    costs = _read_costs_s(pynvml, h)
+    trace = _LoadTrace(torch, pynvml, h, device)
+    trace.record()
+    samples, spans = trace.samples, trace.spans
+    _write_trace(out, name, driver, samples, spans)
 
     cs = [CounterSample(t, e, r) for t, e, r in samples]
     changes = [cs[i].t_s for i in range(1, len(cs)) if cs[i].energy_j != cs[i - 1].energy_j]
@@ -136,26 +88,9 @@ def counter_characterisation(torch: Any, device: Any, out: Path) -> dict[str, An
     # Idle and busy power from whole intervals well inside the idle head and the 1 s block.
     knots = find_knots(cs, update_period_s=0.1)
     blk = spans[0]
-
-    def mean_power(t0: float, t1: float) -> float:
-        inside = [k for k in knots if t0 <= k.t_s <= t1]
-        return (inside[-1].energy_j - inside[0].energy_j) / (inside[-1].t_s - inside[0].t_s)
-
-    idle_w = mean_power(samples[0][0] + 0.05, blk["start_s"] - 0.05)
-    busy_w = mean_power(blk["start_s"] + 0.25, blk["end_s"] - 0.05)
-    # Lag: the shift of the knots that best explains the intervals around the block's edges.
-    best = (math.inf, 0.0)
-    for lag_ms in range(-60, 151, 2):
-        lag = lag_ms / 1000.0
-        err = 0.0
-        for k0, k1 in itertools.pairwise(knots):
-            x0, x1 = k0.t_s - lag, k1.t_s - lag
-            if not (blk["start_s"] - 0.3 < x1 and x0 < blk["end_s"] + 0.3):
-                continue
-            on = max(0.0, min(x1, blk["end_s"]) - max(x0, blk["start_s"]))
-            pred = idle_w * (x1 - x0 - on) + busy_w * on
-            err += (pred - (k1.energy_j - k0.energy_j)) ** 2
-        best = min(best, (err, lag))
+    idle_w = _mean_power_w(knots, samples[0][0] + 0.05, blk["start_s"] - 0.05)
+    busy_w = _mean_power_w(knots, blk["start_s"] + 0.25, blk["end_s"] - 0.05)
+    best = _best_lag(knots, blk, idle_w, busy_w)
     pynvml.nvmlShutdown()
     return {
         "device": name, "driver": driver,
@@ -167,6 +102,113 @@ def counter_characterisation(torch: Any, device: Any, out: Path) -> dict[str, An
         "idle_w": idle_w, "busy_w": busy_w, "lag_ms_best_fit": 1000 * best[1],
         "trace_samples": len(samples),
     }
+
+
+def _read_costs_s(pynvml: Any, h: Any) -> list[float]:
+    """The durations of 200 counter reads, sorted. Units: s."""
+    costs = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+        costs.append(time.perf_counter() - t0)
+    costs.sort()
+    return costs
+
+
+class _LoadTrace:
+    """The counter polled back to back through known loads: idle, a 1 s matmul block, 30 ms and 150 ms bursts.
+
+    ``samples``: (middle of the read s, energy J, read duration s); ``spans``: the loads, labelled.
+    """
+
+    def __init__(self, torch: Any, pynvml: Any, h: Any, device: Any) -> None:
+        self.torch, self.pynvml, self.h = torch, pynvml, h
+        self.a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+        self.b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+        self.samples: list[tuple[float, float, float]] = []
+        self.spans: list[dict[str, Any]] = []
+
+    def record(self) -> None:
+        """The schedule of loads and idle gaps."""
+        self.torch.cuda.synchronize()
+        self.poll_until(time.monotonic() + 1.0)
+        self.busy(1.0, "block")
+        self.poll_until(time.monotonic() + 0.6)
+        for i in range(10):
+            self.busy(0.03, f"burst30ms#{i}")
+            self.poll_until(time.monotonic() + 0.07)
+        self.poll_until(time.monotonic() + 0.3)
+        for i in range(5):
+            self.busy(0.15, f"burst150ms#{i}")
+            self.poll_until(time.monotonic() + 0.15)
+        self.poll_until(time.monotonic() + 0.6)
+
+    def poll_until(self, t_end: float) -> None:
+        """Idle: read the counter back to back until ``t_end``."""
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            e = self.pynvml.nvmlDeviceGetTotalEnergyConsumption(self.h) / 1000.0
+            t1 = time.monotonic()
+            self.samples.append((0.5 * (t0 + t1), e, t1 - t0))
+
+    def busy(self, duration_s: float, label: str) -> None:
+        """Matmuls for ``duration_s``, queued in small batches; polling in between keeps the trace dense."""
+        torch = self.torch
+        torch.cuda.synchronize()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < duration_s:
+            for _ in range(2):
+                self.a @ self.b
+            t1 = time.monotonic()
+            self.samples.append(
+                (t1, self.pynvml.nvmlDeviceGetTotalEnergyConsumption(self.h) / 1000.0, time.monotonic() - t1)
+            )
+        torch.cuda.synchronize()
+        self.spans.append({"label": label, "start_s": t0, "end_s": time.monotonic()})
+
+
+def _write_trace(
+    out: Path, name: str, driver: str, samples: list[tuple[float, float, float]], spans: list[dict[str, Any]]
+) -> None:
+    """``h100_trace.json``: the trace with times and energy relative to its first read."""
+    t_ref, e_ref = samples[0][0], samples[0][1]
+    trace = {
+        "device": name, "driver": driver, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "what": "nvmlDeviceGetTotalEnergyConsumption polled back to back; t = middle of the read (s), "
+                "energy_j relative to the first read, read_s = read duration; spans: matmul loads",
+        "samples": [[round(t - t_ref, 6), round(e - e_ref, 3), round(r, 6)] for t, e, r in samples],
+        "spans": [{"label": s["label"], "start_s": round(s["start_s"] - t_ref, 6),
+                   "end_s": round(s["end_s"] - t_ref, 6)} for s in spans],
+    }
+    (out / "h100_trace.json").write_text(json.dumps(trace))
+
+
+def _mean_power_w(knots: Sequence[Knot], t0: float, t1: float) -> float:
+    """The mean power between the first and the last knot within ``[t0, t1]``."""
+    inside = [k for k in knots if t0 <= k.t_s <= t1]
+    return (inside[-1].energy_j - inside[0].energy_j) / (inside[-1].t_s - inside[0].t_s)
+
+
+def _best_lag(knots: Sequence[Knot], blk: dict[str, Any], idle_w: float, busy_w: float) -> tuple[float, float]:
+    """Lag: the shift of the knots that best explains the intervals around the block's edges; (squared error, s)."""
+    best = (math.inf, 0.0)
+    for lag_ms in range(-60, 151, 2):
+        lag = lag_ms / 1000.0
+        best = min(best, (_edge_error(knots, blk, idle_w, busy_w, lag), lag))
+    return best
+
+
+def _edge_error(knots: Sequence[Knot], blk: dict[str, Any], idle_w: float, busy_w: float, lag: float) -> float:
+    """Σ (predicted − counted)² over the intervals within 0.3 s of the block, knots shifted by ``lag`` s."""
+    err = 0.0
+    for k0, k1 in itertools.pairwise(knots):
+        x0, x1 = k0.t_s - lag, k1.t_s - lag
+        if not (blk["start_s"] - 0.3 < x1 and x0 < blk["end_s"] + 0.3):
+            continue
+        on = max(0.0, min(x1, blk["end_s"]) - max(x0, blk["start_s"]))
+        pred = idle_w * (x1 - x0 - on) + busy_w * on
+        err += (pred - (k1.energy_j - k0.energy_j)) ** 2
+    return err
 
 
 # -- 2. the model's phases ------------------------------------------------------------------------------------
@@ -236,6 +278,123 @@ def steady_power_w(monitor: EnergyMonitor, run: Callable[[], list[PhaseSpan]], k
     return energy_j / (end - start), statistics.fmean(s.duration_s for s in mine), len(mine)
 
 
+def ground_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[PhaseSpan]],
+                 window_s: float) -> dict[str, dict[str, float]]:
+    """Step 3: the power of each prefill size, and of decode alone, from steady windows of identical phases."""
+    truth: dict[str, dict[str, float]] = {}
+    for n in PROMPT_SIZES:
+        p, d, c = steady_power_w(monitor, functools.partial(run_phases, n, 1), "prefill", window_s)
+        truth[f"prefill/{n}"] = {"power_w": p, "duration_ms": 1000 * d, "energy_j": p * d, "count": c}
+        log(f"truth prefill {n}: {p:.1f} W × {1000 * d:.2f} ms = {p * d:.3f} J ({c} phases)")
+    # Decode: one long decode run after a 128-token prefill; the decode spans only.
+    p_dec, d_dec, _c_dec = steady_power_w(monitor, lambda: run_phases(128, 65), "decode", window_s)
+    # The window includes the 128-token prefills: remove them at their own measured power.
+    pre = truth["prefill/128"]
+    cycle_s = d_dec + pre["duration_ms"] / 1000
+    p_dec_only = (p_dec * cycle_s - pre["power_w"] * pre["duration_ms"] / 1000) / d_dec
+    truth["decode/power"] = {"power_w": p_dec_only, "step_ms": 1000 * d_dec / 64,
+                             "j_per_token": p_dec_only * d_dec / 64}
+    log(f"truth decode: {p_dec_only:.1f} W, {1000 * d_dec / 64:.2f} ms/token, {p_dec_only * d_dec / 64:.3f} J/token")
+    return truth
+
+
+# -- 5. the mixed workload ------------------------------------------------------------------------------------
+
+def mixed_workload(run_phases: Callable[[int, int], list[PhaseSpan]], requests: int,
+                   isolated: int) -> list[PhaseSpan]:
+    """``requests`` completions after random idle gaps, then ``isolated`` lone prefills; their spans in order."""
+    rng = random.Random(7)
+    all_spans: list[PhaseSpan] = []
+    for _ in range(requests):
+        time.sleep(rng.uniform(0.0, 0.08))
+        all_spans.extend(run_phases(rng.choice(PROMPT_SIZES), DECODE_TOKENS))
+    # Short isolated prefills between idle gaps (phases shorter than a counter step).
+    for _ in range(isolated):
+        time.sleep(rng.uniform(0.05, 0.15))
+        all_spans.extend(run_phases(rng.choice(PROMPT_SIZES), 1))
+    return all_spans
+
+
+class _MixedRun:
+    """The mixed workload's sampler reads and spans, attributed and compared with the ground truth."""
+
+    def __init__(self, monitor: EnergyMonitor, all_spans: list[PhaseSpan], truth: dict[str, dict[str, float]]) -> None:
+        monitor.window_energy(all_spans[-1].end_s - 0.001, all_spans[-1].end_s)  # wait for the step after the end
+        assert monitor.sampler is not None and monitor.counter is not None
+        self.all_spans, self.truth = all_spans, truth
+        self.samples = monitor.sampler.samples_between(all_spans[0].start_s - 1.0, math.inf)
+        self.ctr = ctr = monitor.counter
+        self.meter = MeterInfo(ctr.name, ctr.method, ctr.resolution_j, ctr.max_power_w, 0.0, ctr.relative_uncertainty)
+
+    def write_recording(self, out: Path, device: str, date: str, cal_d: dict[str, Any]) -> None:
+        """The raw run, replayed on CPU by tests/energy/test_trace_replay.py (times relative to the first sample)."""
+        samples = self.samples
+        t_ref = samples[0].t_s
+        (out / "h100_mixed.json").write_text(json.dumps({
+            "device": device, "date": date,
+            "what": "sampler reads (t_s, energy_j, read_s) during the mixed workload, its phase spans, the "
+                    "ground-truth powers from steady windows, and the calibration run_calibration fitted",
+            "counter": self.ctr.describe(),
+            "samples": [[round(x.t_s - t_ref, 6), round(x.energy_j - samples[0].energy_j, 3), round(x.read_s, 6)]
+                        for x in samples],
+            "spans": [[sp.request_id, sp.kind, round(sp.start_s - t_ref, 6), round(sp.end_s - t_ref, 6), sp.work]
+                      for sp in self.all_spans],
+            "truth": self.truth,
+            "calibration": cal_d,
+        }))
+
+    def evaluate(self, weights: PhaseWeights | None) -> dict[str, Any]:
+        """Attribute per request (as the pipeline does), then compare with the truth per (kind, size)."""
+        rows = self._rows_by_key(weights)
+        # Conservation over the whole run, all spans at once.
+        whole = self._attribute(self.all_spans, weights)
+        total_attr = whole.total_j + whole.unattributed_j
+        total_window = whole.window_j + whole.extrapolated_j
+        out: dict[str, Any] = {"conservation_error_j": total_attr - total_window}
+        for key, vals in sorted(rows.items()):
+            out[key] = _accuracy(vals)
+        return out
+
+    def _attribute(self, spans: list[PhaseSpan], weights: PhaseWeights | None) -> Attribution:
+        ctr = self.ctr
+        return attribute(self.samples, spans, self.meter, update_period_s=ctr.update_period_s,
+                         timing_slack_s=ctr.timing_slack_s, lag_s=ctr.lag_s, weights=weights)
+
+    def _rows_by_key(self, weights: PhaseWeights | None) -> dict[str, list[tuple[float, float, float]]]:
+        """Per (kind, size): (attributed J, true J, uncertainty J) of each phase, attributed request by request."""
+        rows: dict[str, list[tuple[float, float, float]]] = {}
+        by_request: dict[str, list[PhaseSpan]] = {}
+        for s in self.all_spans:
+            by_request.setdefault(s.request_id, []).append(s)
+        for spans in by_request.values():
+            res = self._attribute(spans, weights)
+            for sp, pe in zip(spans, res.phases, strict=True):
+                key, true_j = self._truth_of(sp)
+                rows.setdefault(key, []).append((pe.energy_j, true_j, pe.uncertainty_j or math.inf))
+        return rows
+
+    def _truth_of(self, sp: PhaseSpan) -> tuple[str, float]:
+        """The span's (kind, size) key and its true energy (J): the key's steady power × its duration."""
+        if sp.kind == "prefill":
+            key = f"prefill/{int(sp.work)}"
+            return key, self.truth[key]["power_w"] * sp.duration_s
+        return "decode", self.truth["decode/power"]["power_w"] * sp.duration_s
+
+
+def _accuracy(vals: list[tuple[float, float, float]]) -> dict[str, Any]:
+    """Mean attributed and true J, mean error, mean uncertainty, and the share of phases within it."""
+    attr = statistics.fmean(v[0] for v in vals)
+    true = statistics.fmean(v[1] for v in vals)
+    covered = sum(1 for a, t, u in vals if abs(a - t) <= u) / len(vals)
+    return {"n": len(vals), "attributed_j": attr, "truth_j": true,
+            "mean_error_pct": 100 * (attr / true - 1) if true else None,
+            "mean_uncertainty_j": statistics.fmean(v[2] for v in vals),
+            "within_uncertainty": covered,
+            "mean_abs_error_pct_single": 100 * statistics.fmean(abs(a - t) / t for a, t, _ in vals)}
+
+
+# -- 6. intervals ---------------------------------------------------------------------------------------------
+
 def interval_check(out: Path) -> dict[str, Any]:
     """Step 6: per completion, the figure, the interval and the truth; coverage and half-width summaries."""
     rec = load_recording(json.loads((out / "h100_mixed.json").read_text()))
@@ -262,24 +421,20 @@ def interval_check(out: Path) -> dict[str, Any]:
     return summary
 
 
+# -- the run --------------------------------------------------------------------------------------------------
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Steps 1–6 in order (see the module docstring); ``results.json`` is saved after each. Returns the results."""
     import torch
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny model, CPU-time estimate")
-    ap.add_argument("--requests", type=int, default=60)
-    ap.add_argument("--window-s", type=float, default=2.5)
-    args = ap.parse_args(argv)
+    args = _parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tiny = args.tiny or not torch.cuda.is_available()
     device = torch.device("cpu" if tiny else "cuda:0")
     results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
                                "host": platform.node(), "torch": torch.__version__, "tiny": tiny}
-
-    def save() -> None:
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    save = functools.partial(_save, out, results)
 
     if not tiny:
         log("counter characterisation")
@@ -298,21 +453,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(f"meter {monitor.meter_name}")
     window_s = 0.5 if tiny else args.window_s
 
-    # Ground truth per phase kind and size.
-    truth: dict[str, dict[str, float]] = {}
-    for n in PROMPT_SIZES:
-        p, d, c = steady_power_w(monitor, functools.partial(run_phases, n, 1), "prefill", window_s)
-        truth[f"prefill/{n}"] = {"power_w": p, "duration_ms": 1000 * d, "energy_j": p * d, "count": c}
-        log(f"truth prefill {n}: {p:.1f} W × {1000 * d:.2f} ms = {p * d:.3f} J ({c} phases)")
-    # Decode: one long decode run after a 128-token prefill; the decode spans only.
-    p_dec, d_dec, _c_dec = steady_power_w(monitor, lambda: run_phases(128, 65), "decode", window_s)
-    # The window includes the 128-token prefills: remove them at their own measured power.
-    pre = truth["prefill/128"]
-    cycle_s = d_dec + pre["duration_ms"] / 1000
-    p_dec_only = (p_dec * cycle_s - pre["power_w"] * pre["duration_ms"] / 1000) / d_dec
-    truth["decode/power"] = {"power_w": p_dec_only, "step_ms": 1000 * d_dec / 64,
-                             "j_per_token": p_dec_only * d_dec / 64}
-    log(f"truth decode: {p_dec_only:.1f} W, {1000 * d_dec / 64:.2f} ms/token, {p_dec_only * d_dec / 64:.3f} J/token")
+    truth = ground_truth(monitor, run_phases, window_s)
     results["truth"] = truth
     save()
 
@@ -326,83 +467,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(json.dumps(results["calibration"]))
     save()
 
-    # Mixed workload.
     log("mixed workload")
-    rng = random.Random(7)
-    all_spans: list[PhaseSpan] = []
-    for _ in range(args.requests if not tiny else 6):
-        time.sleep(rng.uniform(0.0, 0.08))
-        all_spans.extend(run_phases(rng.choice(PROMPT_SIZES), DECODE_TOKENS))
-    # Short isolated prefills between idle gaps (phases shorter than a counter step).
-    for _ in range(12 if not tiny else 3):
-        time.sleep(rng.uniform(0.05, 0.15))
-        all_spans.extend(run_phases(rng.choice(PROMPT_SIZES), 1))
-    monitor.window_energy(all_spans[-1].end_s - 0.001, all_spans[-1].end_s)  # wait for the step after the end
-    assert monitor.sampler is not None and monitor.counter is not None
-    samples = monitor.sampler.samples_between(all_spans[0].start_s - 1.0, math.inf)
-    ctr = monitor.counter
-    meter = MeterInfo(ctr.name, ctr.method, ctr.resolution_j, ctr.max_power_w, 0.0, ctr.relative_uncertainty)
-
-    def evaluate(weights: PhaseWeights | None) -> dict[str, Any]:
-        # Attribute per request (as the pipeline does), then compare with the truth.
-        rows: dict[str, list[tuple[float, float, float]]] = {}
-        total_attr = total_window = 0.0
-        by_request: dict[str, list[PhaseSpan]] = {}
-        for s in all_spans:
-            by_request.setdefault(s.request_id, []).append(s)
-        for spans in by_request.values():
-            res = attribute(samples, spans, meter, update_period_s=ctr.update_period_s,
-                            timing_slack_s=ctr.timing_slack_s, lag_s=ctr.lag_s, weights=weights)
-            for sp, pe in zip(spans, res.phases, strict=True):
-                if sp.kind == "prefill":
-                    key = f"prefill/{int(sp.work)}"
-                    true_j = truth[key]["power_w"] * sp.duration_s
-                else:
-                    key = "decode"
-                    true_j = truth["decode/power"]["power_w"] * sp.duration_s
-                rows.setdefault(key, []).append((pe.energy_j, true_j, pe.uncertainty_j or math.inf))
-        # Conservation over the whole run, all spans at once.
-        whole = attribute(samples, all_spans, meter, update_period_s=ctr.update_period_s,
-                          timing_slack_s=ctr.timing_slack_s, lag_s=ctr.lag_s, weights=weights)
-        total_attr = whole.total_j + whole.unattributed_j
-        total_window = whole.window_j + whole.extrapolated_j
-        out: dict[str, Any] = {"conservation_error_j": total_attr - total_window}
-        for key, vals in sorted(rows.items()):
-            attr = statistics.fmean(v[0] for v in vals)
-            true = statistics.fmean(v[1] for v in vals)
-            covered = sum(1 for a, t, u in vals if abs(a - t) <= u) / len(vals)
-            out[key] = {"n": len(vals), "attributed_j": attr, "truth_j": true,
-                        "mean_error_pct": 100 * (attr / true - 1) if true else None,
-                        "mean_uncertainty_j": statistics.fmean(v[2] for v in vals),
-                        "within_uncertainty": covered,
-                        "mean_abs_error_pct_single": 100 * statistics.fmean(abs(a - t) / t for a, t, _ in vals)}
-        return out
-
-    # The raw run, replayed on CPU by tests/energy/test_trace_replay.py (times relative to the first sample).
-    t_ref = samples[0].t_s
-    (out / "h100_mixed.json").write_text(json.dumps({
-        "device": results.get("counter", {}).get("device", str(device)), "date": results["date"],
-        "what": "sampler reads (t_s, energy_j, read_s) during the mixed workload, its phase spans, the "
-                "ground-truth powers from steady windows, and the calibration run_calibration fitted",
-        "counter": monitor.counter.describe(),
-        "samples": [[round(x.t_s - t_ref, 6), round(x.energy_j - samples[0].energy_j, 3), round(x.read_s, 6)]
-                    for x in samples],
-        "spans": [[sp.request_id, sp.kind, round(sp.start_s - t_ref, 6), round(sp.end_s - t_ref, 6), sp.work]
-                  for sp in all_spans],
-        "truth": truth,
-        "calibration": cal_d,
-    }))
-    results["mixed_uncalibrated"] = evaluate(None)
-    results["mixed_calibrated"] = evaluate(cal.weights)
+    all_spans = mixed_workload(run_phases, args.requests if not tiny else 6, 12 if not tiny else 3)
+    mixed = _MixedRun(monitor, all_spans, truth)
+    mixed.write_recording(out, results.get("counter", {}).get("device", str(device)), results["date"], cal_d)
+    results["mixed_uncalibrated"] = mixed.evaluate(None)
+    results["mixed_calibrated"] = mixed.evaluate(cal.weights)
+    assert monitor.sampler is not None
     results["sampler"] = monitor.sampler.describe()
     monitor.close()
     results["intervals"] = interval_check(out)
     save()
+    _log_mixed(results)
+    return results
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny model, CPU-time estimate")
+    ap.add_argument("--requests", type=int, default=60)
+    ap.add_argument("--window-s", type=float, default=2.5)
+    return ap.parse_args(argv)
+
+
+def _save(out: Path, results: dict[str, Any]) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
+
+def _log_mixed(results: dict[str, Any]) -> None:
     for k in ("mixed_uncalibrated", "mixed_calibrated"):
         log(k)
         for key, v in results[k].items():
             log(f"  {key}: {json.dumps(v)}")
-    return results
 
 
 if __name__ == "__main__":
