@@ -103,37 +103,48 @@ def cases(rec: Recording, *, calibrated: bool, derived: bool = True) -> list[Cas
     """Every real phase and completion of the recording, attributed per request; with ``derived``, also the
     decode prefixes and middle pieces (see the module docstring)."""
     weights = rec.calibration.weights if calibrated and rec.calibration is not None else None
-    run = _Attributor(rec, weights)
+    collect = _CaseCollector(rec, _Attributor(rec, weights))
     by_request: dict[str, list[PhaseSpan]] = {}
     for s in rec.spans:
         by_request.setdefault(s.request_id, []).append(s)
-    out: list[Case] = []
-    name = rec.meter.name
+    for rid, spans in by_request.items():
+        collect.add(rid, spans, range(len(spans)), is_derived=False, completion=True)
+        if derived and len(spans) == 2 and spans[1].kind == "decode":
+            collect.decode_cuts(rid, spans[0], spans[1])
+    return collect.out
 
-    def add(rid: str, spans: Sequence[PhaseSpan], figures: Sequence[tuple[float, float | None]],
-            keep: Sequence[int], is_derived: bool, completion: bool) -> None:
+
+class _CaseCollector:
+    """Attributes span sets of one request (``run``) and collects their cases, in order, in ``out``."""
+
+    def __init__(self, rec: Recording, run: _Attributor) -> None:
+        self.rec, self.run = rec, run
+        self.out: list[Case] = []
+
+    def add(self, rid: str, spans: Sequence[PhaseSpan], keep: Sequence[int], *, is_derived: bool,
+            completion: bool) -> None:
+        """Attribute ``spans`` together; keep a case for each span in ``keep``, and (``completion``) one for all."""
+        figures = self.run(spans)
+        name, truth = self.rec.meter.name, self.rec.truth
         for i in keep:
             sp, (e, u) = spans[i], figures[i]
-            out.append(Case(rid, sp.kind, _size(sp), sp.duration_s, e, truth_power_w(sp, rec.truth) * sp.duration_s,
-                            u, name, is_derived))
+            self.out.append(Case(rid, sp.kind, _size(sp), sp.duration_s, e, truth_power_w(sp, truth) * sp.duration_s,
+                                 u, name, is_derived))
         if completion:
             total = math.fsum(e for e, _ in figures)
             us = [u for _, u in figures]
-            out.append(Case(rid, "completion", "completion", spans[-1].end_s - spans[0].start_s, total,
-                            math.fsum(truth_power_w(sp, rec.truth) * sp.duration_s for sp in spans),
-                            None if None in us else math.fsum(u for u in us if u is not None), name, is_derived))
+            self.out.append(Case(rid, "completion", "completion", spans[-1].end_s - spans[0].start_s, total,
+                                 math.fsum(truth_power_w(sp, truth) * sp.duration_s for sp in spans),
+                                 None if None in us else math.fsum(u for u in us if u is not None), name, is_derived))
 
-    for rid, spans in by_request.items():
-        add(rid, spans, run(spans), range(len(spans)), False, True)
-        if not derived or len(spans) != 2 or spans[1].kind != "decode":
-            continue
-        pre, dec = spans
+    def decode_cuts(self, rid: str, pre: PhaseSpan, dec: PhaseSpan) -> None:
+        """The derived cases of a prefill + decode request: decode prefixes, then middle pieces."""
         per_s = dec.work / dec.duration_s if dec.duration_s > 0 else 0.0
         for d in PREFIX_CUTS_S:
             if dec.duration_s < d + 0.05:
                 continue
             cut = [pre, PhaseSpan(rid, "decode", dec.start_s, dec.start_s + d, max(1.0, per_s * d))]
-            add(f"{rid}/prefix{d}", cut, run(cut), [1], True, True)
+            self.add(f"{rid}/prefix{d}", cut, [1], is_derived=True, completion=True)
         for d in MIDDLE_CUTS_S:
             a = dec.start_s + 0.1
             if dec.end_s < a + d + 0.05:
@@ -141,8 +152,7 @@ def cases(rec: Recording, *, calibrated: bool, derived: bool = True) -> list[Cas
             cut = [pre, PhaseSpan(rid, "decode", dec.start_s, a, per_s * 0.1),
                    PhaseSpan(rid, "decode", a, a + d, max(1.0, per_s * d)),
                    PhaseSpan(rid, "decode", a + d, dec.end_s, per_s * (dec.end_s - a - d))]
-            add(f"{rid}/middle{d}", cut, run(cut), [2], True, False)
-    return out
+            self.add(f"{rid}/middle{d}", cut, [2], is_derived=True, completion=False)
 
 
 def interval_of(case: Case, model: ErrorModel | None, calibrated: bool) -> Interval:
