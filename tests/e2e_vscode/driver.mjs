@@ -12,6 +12,10 @@
 //   PYTHON       interpreter with greentrack      WORK      an empty scratch folder
 //   ARTIFACTS    where screenshots go             CHROMIUM  browser (default /usr/bin/chromium)
 //   READY_TIMEOUT_S (default 240), GHOST_TIMEOUT_S (default 90)
+//   Remote mode (optional): REMOTE_URL (a running `greentrack serve`, set as greentrack.serverUrl),
+//   REMOTE_TOKEN (typed into the token prompt the extension shows once), REMOTE_SERVER_PID (killed at the end
+//   to see "server unreachable" in the status bar). Then the run stops after the report: the palette commands,
+//   the doctor and the interpreter changes are the local run's.
 // Output: progress on stderr; the last stdout line is `E2E_RESULT {json}`.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -43,6 +47,9 @@ const READY_TIMEOUT_MS = Number(env.READY_TIMEOUT_S || 240) * 1000;
 const GHOST_TIMEOUT_MS = Number(env.GHOST_TIMEOUT_S || 90) * 1000;
 // What the test types at the end of the file (after `def multiply(...)` and its docstring).
 const TYPED = env.TYPED ?? 'return ';
+const REMOTE_URL = env.REMOTE_URL || '';
+const REMOTE_TOKEN = env.REMOTE_TOKEN || '';
+const REMOTE_SERVER_PID = Number(env.REMOTE_SERVER_PID || 0);
 
 const t0 = Date.now();
 const timings = {};
@@ -101,6 +108,7 @@ function prepare() {
     'files.autoSave': 'off',
     'greentrack.pythonPath': PYTHON,
     'greentrack.trace.server': env.GREENTRACK_TRACE || 'off',
+    ...(REMOTE_URL ? { 'greentrack.serverUrl': REMOTE_URL } : {}),
   };
   fs.writeFileSync(path.join(dirs.ud, 'User', 'settings.json'), JSON.stringify(settings, null, 2));
   const file = path.join(dirs.project, 'arith.py');
@@ -260,6 +268,43 @@ async function shot(page, name) {
   return file;
 }
 
+/** Remote mode: the extension asks for the server's token once (an input box); type it as a user would. */
+async function enterToken(page, result) {
+  const box = page.locator('.quick-input-widget', { hasText: 'greentrack server token' });
+  await box.waitFor({ state: 'visible', timeout: 90_000 });
+  result.token_prompt = ((await box.textContent()) || '').replace(/\s+/g, ' ').trim().slice(0, 200);
+  const input = box.locator('input').first();
+  result.token_input_type = await input.getAttribute('type');
+  await input.fill(REMOTE_TOKEN);
+  await page.keyboard.press('Enter');
+  await box.waitFor({ state: 'hidden', timeout: 10_000 });
+  mark('token_entered_s');
+}
+
+/** Remote mode's end: the server goes away; the next completion shows "server unreachable", typing goes on. */
+async function remoteEnd(page, dirs, result) {
+  if (REMOTE_SERVER_PID) {
+    process.kill(REMOTE_SERVER_PID, 'SIGKILL');
+    await page.keyboard.press('Escape'); // the report's webview keeps the focus otherwise
+    await page.locator('.tab', { hasText: 'arith.py' }).first().click();
+    await page.locator('.editor-instance .monaco-editor .view-lines').first().click();
+    await page.keyboard.press('Control+End');
+    await page.keyboard.press('Enter');
+    const typedAt = Date.now();
+    await page.keyboard.type('return a', { delay: 40 });
+    result.typing_while_down_s = Number(((Date.now() - typedAt) / 1000).toFixed(2));
+    result.status_unreachable = await waitForStatus(page, (t) => /unreachable/.test(t), 20_000);
+    result.unreachable_shown = /server unreachable/.test(result.status_unreachable);
+    result.editor_after_down = await editorText(page);
+    mark('unreachable_s');
+    result.screenshots.push(await shot(page, 'unreachable.png'));
+  }
+  const extLog = extensionLog(dirs);
+  result.remote_start_line = extLog.split('\n').find((l) => l.includes('-m greentrack lsp --server')) || '';
+  result.token_in_log = Boolean(REMOTE_TOKEN) && (extLog.includes(REMOTE_TOKEN) ||
+    fs.readFileSync(path.join(ARTIFACTS, 'code-server.log'), 'utf8').includes(REMOTE_TOKEN));
+}
+
 async function main() {
   const { dirs, file, db } = prepare();
   const cenv = childEnv(dirs, db);
@@ -287,6 +332,7 @@ async function main() {
     await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(dirs.project)}`);
     await page.waitForSelector('.monaco-workbench', { timeout: 60_000 });
     mark('workbench_s');
+    if (REMOTE_URL) await enterToken(page, result);
 
     // Open the file from the explorer.
     const row = page.locator('.explorer-folders-view .monaco-list-row', { hasText: path.basename(file) });
@@ -303,12 +349,12 @@ async function main() {
     let text = result.status_starting;
     while (Date.now() < readyDeadline) {
       text = await statusText(page);
-      if (text && !/starting/i.test(text)) break;
+      if (text && !/starting|unreachable/i.test(text)) break;
       await sleep(250);
     }
     result.status_ready = text;
     mark('server_ready_s');
-    if (/starting/i.test(text)) throw new Error(`server not ready after ${READY_TIMEOUT_MS / 1000} s: "${text}"`);
+    if (/starting|unreachable/i.test(text)) throw new Error(`server not ready after ${READY_TIMEOUT_MS / 1000} s: "${text}"`);
     if ((await page.locator(`${STATUS} .codicon-error`).count()) > 0) {
       await page.locator(STATUS).hover();
       await sleep(1000);
@@ -434,6 +480,12 @@ async function main() {
       await sleep(500);
       result.screenshots.push(await shot(page, 'report.png'));
     }
+    if (REMOTE_URL) {
+      await remoteEnd(page, dirs, result);
+      result.ok = result.status_matches_db && result.editor_contains_suggestion && result.accepted &&
+        Boolean(result.report_heading) && result.unreachable_shown && !result.token_in_log;
+      return;
+    }
     // The palette commands greentrack.disable / greentrack.enable flip the setting; the status bar follows.
     await runCommand(page, 'greentrack: Disable Completions');
     result.status_disabled = await waitForStatus(page, (t) => /off/.test(t), 10_000);
@@ -532,9 +584,9 @@ async function main() {
     mark('total_s');
     // The extension's log channel (server stderr, client errors) next to the screenshots.
     fs.writeFileSync(path.join(ARTIFACTS, 'greentrack-extension.log'), extensionLog(dirs));
+    process.stdout.write(`E2E_RESULT ${JSON.stringify(result)}\n`);
+    process.exitCode = result.ok ? 0 : 1;
   }
-  process.stdout.write(`E2E_RESULT ${JSON.stringify(result)}\n`);
-  process.exitCode = result.ok ? 0 : 1;
 }
 
 await main();

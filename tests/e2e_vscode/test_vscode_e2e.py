@@ -6,6 +6,9 @@ ghost text, reads the status bar and its tooltip, presses Tab, opens the weekly 
 disables and enables completions and runs the doctor from the palette, and changes greentrack.pythonPath in
 the Settings editor (to another path of the same interpreter: one restart; then to one without greentrack: the
 error and its button). This test asserts on the driver's JSON result and on the database.
+Once more in remote mode (greentrack.serverUrl → a real ``greentrack serve`` on a free loopback port with a
+token): the token typed into the extension's prompt, ghost text, the status bar from the local mirror row, Tab
+accepted on the server too, the report, and "server unreachable" once the server is killed.
 What is missing (Chromium, Node 24, code-server, npm packages) is installed by scripts/vscode-deps.sh and
 cached under .cache/ (4-5 minutes the first time on a fresh machine). Screenshots go to
 artifacts/vscode-e2e/; with GREENTRACK_UPDATE_SCREENSHOT=1 (or when missing) one becomes docs/screenshot.png.
@@ -19,12 +22,16 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.serve.support import Server
+
+from greentrack.store import Store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -81,12 +88,10 @@ def _assert_one_bundled_file(vsix: Path) -> None:
     assert {"extension/package.json", "extension/readme.md", "extension/LICENSE.txt"} <= set(names), names
 
 
-def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
-    deps = _deps()
-    _assert_one_bundled_file(Path(deps["VSIX"]))
-    work = tmp_path / "work"
+def _run_driver(deps: dict[str, str], work: Path, artifacts: Path, **extra: str) -> dict[str, Any]:
+    """The driver's JSON result (also written to ``artifacts``/result.json)."""
     work.mkdir()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    artifacts.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         "CODE_SERVER": deps["CODE_SERVER"],
@@ -95,7 +100,8 @@ def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
         # This interpreter has greentrack installed (editable, from scripts/setup.sh).
         "PYTHON": sys.executable,
         "WORK": str(work),
-        "ARTIFACTS": str(ARTIFACTS),
+        "ARTIFACTS": str(artifacts),
+        **extra,
     }
     proc = subprocess.run(
         [deps["NODE24_BIN"], "--no-warnings", str(ROOT / "tests" / "e2e_vscode" / "driver.mjs")],
@@ -106,12 +112,19 @@ def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
         timeout=RUN_TIMEOUT_S,
         check=False,
     )
-    (ARTIFACTS / "driver.log").write_text(proc.stderr, encoding="utf-8")
+    (artifacts / "driver.log").write_text(proc.stderr, encoding="utf-8")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("E2E_RESULT ")]
     assert lines, f"the driver gave no result (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("E2E_RESULT "))
     result["install_s"] = float(deps["install_s"])
-    (ARTIFACTS / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (artifacts / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
+    deps = _deps()
+    _assert_one_bundled_file(Path(deps["VSIX"]))
+    result = _run_driver(deps, tmp_path / "work", ARTIFACTS)
     where = f"(see {ARTIFACTS}: driver.log, code-server.log, screenshots)"
 
     assert "error" not in result, f"{result['error']} {where}"
@@ -172,3 +185,59 @@ def test_completion_energy_and_acceptance_in_vscode(tmp_path: Path) -> None:
     if best.is_file() and (os.environ.get("GREENTRACK_UPDATE_SCREENSHOT") == "1" or not SCREENSHOT.exists()):
         shutil.copyfile(best, SCREENSHOT)
     print(f"vscode e2e timings (s): {json.dumps(result['timings'])}; install/check {result['install_s']} s")
+
+
+#: The token's owner: the developer the driver's VS Code runs as (GREENTRACK_DEVELOPER), as a team's tokens would be,
+#: so the local report (this developer's) holds the mirrored rows.
+REMOTE_DEVELOPER = "e2e@example.com"
+
+
+def test_vscode_in_remote_mode(tmp_path: Path) -> None:
+    """greentrack.serverUrl set: the extension asks for the token once and the language server takes completions
+    from a real ``greentrack serve`` (started alongside: the client connects once it answers)."""
+    deps = _deps()
+    server_db = tmp_path / "server.db"
+    with Store(server_db) as store:
+        token = store.add_token(REMOTE_DEVELOPER)
+    server = Server(server_db)
+    starting = threading.Thread(target=server.start, daemon=True)
+    starting.start()  # the model loads while code-server starts: the status says "server unreachable" meanwhile
+    artifacts = ARTIFACTS / "remote"
+    try:
+        deadline = time.monotonic() + 60
+        while server.proc is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.proc is not None, "greentrack serve did not start"
+        result = _run_driver(deps, tmp_path / "work", artifacts, REMOTE_URL=server.url, REMOTE_TOKEN=token,
+                             REMOTE_SERVER_PID=str(server.proc.pid))
+    finally:
+        starting.join(timeout=60)
+        server.kill()
+    where = f"(see {artifacts}: driver.log, code-server.log, screenshots; server log {server.log_path})"
+    assert "error" not in result, f"{result['error']} {where}"
+    assert result["token_input_type"] == "password", result.get("token_prompt")
+    assert result["ghost_text"].strip(), f"no ghost text {where}"
+    assert f"lsp --server {server.url}" in result["remote_start_line"], result["remote_start_line"]
+    assert not result["token_in_log"], "the token reached a log"
+
+    # The status bar shows the local mirror's figure, which is the server's, and Tab accepted it on both sides.
+    row = result["db_row"]
+    assert row is not None and result["status_matches_db"], f"{result.get('status_text')} {where}"
+    assert result["editor_contains_suggestion"], (result["ghost_text"], result["editor_text"])
+    with sqlite3.connect(result["db"]) as con:
+        local = con.execute("SELECT served_by, developer, total_j, accepted FROM completions WHERE completion_id = ?",
+                            (row["completion_id"],)).fetchone()
+    with sqlite3.connect(server_db) as con:
+        remote = con.execute("SELECT developer, total_j, accepted FROM completions WHERE completion_id = ?",
+                             (row["completion_id"],)).fetchone()
+    assert local is not None and remote is not None
+    assert local[0] == server.url and local[1] == REMOTE_DEVELOPER == remote[0]
+    assert local[2] == remote[1] > 0
+    assert local[3] == 1 and remote[2] == 1
+    assert "greentrack report" in result["report_heading"], f"no report webview {where}"
+
+    # The server killed: the next completion says so in the status bar, and typing was not held up.
+    assert result["unreachable_shown"], f"{result.get('status_unreachable')} {where}"
+    assert "return a" in result["editor_after_down"]
+    assert result["ok"]
+    print(f"vscode e2e (remote) timings (s): {json.dumps(result['timings'])}")
