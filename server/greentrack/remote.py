@@ -92,8 +92,8 @@ def read_token(token_file: Path | None) -> str | None:
 def _describe(error: httpx.HTTPError) -> str:
     if isinstance(error, httpx.TimeoutException):
         return "no answer in time" if not isinstance(error, httpx.ConnectTimeout) else "connection timed out"
-    if isinstance(error, httpx.ConnectError):
-        return "connection refused" if "refused" in str(error).lower() else f"cannot connect ({error})"
+    if isinstance(error, httpx.ConnectError):  # "All connection attempts failed" says no more than this
+        return "connection refused" if "refused" in str(error).lower() else "cannot connect"
     return str(error) or type(error).__name__
 
 
