@@ -19,7 +19,7 @@ from greentrack.engine.types import CancelToken, CompletionRequest
 
 #: The quality gate on a small fixed set (the benchmark prints it on 200 points).
 GATE_POINTS = 20
-GATE_MIN_AGREEMENT = 0.95
+GATE_MIN_BF16_AGREEMENT = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -148,15 +148,24 @@ def test_default_cpu_load_takes_the_int4_engine(monkeypatch: pytest.MonkeyPatch)
     assert not use_cpu_engine(source, cpu, None)
 
 
-def test_quality_gate_against_bf16(cpu_backend: TransformersBackend) -> None:
-    """First lines of greedy suggestions equal the bf16 model's at >= 95 % of fixed stdlib points."""
+def test_quality_gate(cpu_backend: TransformersBackend, loaded: LoadedModel) -> None:
+    """At fixed stdlib points, the int4 engine's first lines agree with the float32 model's (the GGUF's exact
+    values) at least as often as the bf16 model's do, and with the bf16 model's at >= 75 %.
+
+    Not ">= 95 % equal to bf16": bf16 itself agrees with float32 at only ~78 % of 40 points (near-ties flip
+    with any change of rounding), so no engine that is not bf16 bit for bit passes that (docs/benchmarks.md).
+    """
     points = stdlib_points(GATE_POINTS)
     assert len(points) == GATE_POINTS
-    reference = TransformersBackend(loaded=load_model(resolve_model("embedded"), "cpu", "bfloat16"), warmup=False)
-    expected = suggestions(reference, points, max_tokens=24, context_tokens=384)
-    got = suggestions(cpu_backend, points, max_tokens=24, context_tokens=384)
-    assert sum(bool(first_line(s)) for s in expected) >= GATE_POINTS // 2  # the points do produce suggestions
-    assert first_line_agreement(expected, got) >= GATE_MIN_AGREEMENT
+    bf16 = TransformersBackend(loaded=load_model(resolve_model("embedded"), "cpu", "bfloat16"), warmup=False)
+    fp32 = TransformersBackend(loaded=loaded, warmup=False)
+    texts = {name: suggestions(b, points, max_tokens=24, context_tokens=384)
+             for name, b in (("bf16", bf16), ("fp32", fp32), ("int4", cpu_backend))}
+    assert sum(bool(first_line(s)) for s in texts["fp32"]) >= GATE_POINTS // 2  # the points do produce code
+    int4_fp32 = first_line_agreement(texts["fp32"], texts["int4"])
+    bf16_fp32 = first_line_agreement(texts["fp32"], texts["bf16"])
+    assert int4_fp32 >= bf16_fp32, (int4_fp32, bf16_fp32)
+    assert first_line_agreement(texts["bf16"], texts["int4"]) >= GATE_MIN_BF16_AGREEMENT
 
 
 def req(text: str, cursor: int, rid: str) -> CompletionRequest:

@@ -218,7 +218,7 @@ class GgufTensor:
 
 def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, GgufTensor]]:
     """The scalar header keys and the tensors of a GGUF file (arrays such as the vocabulary are skipped: the
-    ``gguf`` package's reader builds Python objects for each of them, ~700 MiB and ~4 s for a 49k vocabulary)."""
+    ``gguf`` package's reader builds Python objects for each of them, ~300 MiB and ~4 s for a 49k vocabulary)."""
     import struct
 
     with path.open("rb") as f:
