@@ -47,7 +47,7 @@ export interface EnergyParams {
   today_completions?: number;
 }
 
-export type ServerState = 'starting' | 'ready' | 'busy' | 'error';
+export type ServerState = 'starting' | 'ready' | 'error';
 
 /** `greentrack/status`: what to show before, during and after model loading. */
 export interface StatusParams {

@@ -78,7 +78,6 @@ export class EnergyStatusBar implements vscode.Disposable {
         }
         return;
       case 'ready':
-      case 'busy':
         this.state = p.state;
         this.render();
         return;

@@ -1,6 +1,6 @@
 """``CompletionRecord``: one completion request that reached the model, as the store keeps it.
 
-Its fields are the ``greentrack/energy`` notification of ``shared/CONTRACT.md`` plus ``ts``, ``developer``,
+Its fields are the ``greentrack/energy`` notification of ``docs/interfaces.md`` plus ``ts``, ``developer``,
 ``accepted`` and ``accepted_ts``. The pipeline fills it; the store writes it; the LSP sends ``energy_fields()``.
 """
 

@@ -1,7 +1,7 @@
 """The report's figures: one developer's week (and the week before) shaped from aggregate ``Facts``.
 
 Place in the flow: ``query.Source.facts`` sums the rows in SQLite; ``summarize`` here turns those sums into the
-object of ``shared/CONTRACT.md`` "Report" (plus a few additive keys: ``tz``, ``by_outcome``, per-day phases),
+object of ``docs/interfaces.md`` "Report" (plus a few additive keys: ``tz``, ``by_outcome``, per-day phases),
 and ``tips.derive_tips`` adds tips, each with the figure behind it. Pure: no files, no clock.
 
 Units: J for energy, g for CO2e, gCO2e/kWh for intensity; shares are fractions in [0, 1].
