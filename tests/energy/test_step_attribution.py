@@ -18,6 +18,7 @@ from greentrack.energy.calibration import Calibration
 from greentrack.energy.step_attribution import (
     PER_PHASE_NOTE,
     TOKENS_NOTE,
+    WHOLE_DEVICE_NOTE,
     RequestWork,
     StepAccounts,
     StepAttribution,
@@ -356,3 +357,106 @@ def test_a_knot_at_the_cursor_s_time_is_skipped_without_losing_energy() -> None:
     fig = acc.figure("a")
     assert fig is not None and fig.energy_j == pytest.approx(0.75)  # half of [1.0, 1.2]'s 1.5 J
     assert acc.window_j == pytest.approx(1.5)
+
+
+# -- marginal figures: the idle draw kept apart ------------------------------------------------------------
+
+@pytest.mark.parametrize("gap_s", [0.0, 0.004])
+def test_the_static_share_is_the_idle_power_times_the_busy_time(gap_s: float) -> None:
+    """With the idle power known (120 W here), the idle bucket holds 120 W over the whole window, steps' time
+    included (of it, 120 W × their busy time during them), and requests their draw above idle."""
+    profile, steps = batched_trace(gap_s)
+    samples = continuous(profile, 0.0, steps[-1].end_s + 0.5)
+    out = attribute_steps(samples, steps, CONTINUOUS, update_period_s=0.0, idle_w=120.0)
+    assert_conserved(out, samples, 0.0)
+    busy_s = math.fsum(s.duration_s for s in steps)
+    length = out.window_end_s - out.window_start_s
+    assert out.idle is not None and out.idle.idle_w == 120.0
+    assert out.idle.static_j == pytest.approx(120.0 * busy_s, rel=1e-9)
+    assert out.idle_j == pytest.approx(120.0 * length, rel=1e-9)  # every power in the trace is ≥ 120 W
+    assert out.requests_j == pytest.approx(out.window_j - 120.0 * length, rel=1e-9)
+    assert WHOLE_DEVICE_NOTE not in out.notes
+    truth = {rid: 0.0 for rid in out.requests}  # each step's draw above idle, split as the costs split it
+    for st in steps:
+        for rid, (p, d) in StepCosts().request_parts(st).items():
+            truth[rid] += (p + d) * (profile.energy(st.start_s, st.end_s) - 120.0 * st.duration_s)
+    for rid, fig in out.requests.items():
+        assert fig.energy_j == pytest.approx(truth[rid], rel=0.10 if gap_s else 0.05)
+        assert fig.lower_j - 1e-9 <= fig.energy_j <= fig.upper_j + 1e-9
+        assert WHOLE_DEVICE_NOTE not in fig.notes
+    # the stepped counter: still exact, and the idle bucket still holds the static draw of the busy time
+    stepped = nvml_like(profile, 0.0, steps[-1].end_s + 0.6)
+    out = attribute_steps(stepped, steps, H100, update_period_s=0.1, timing_slack_s=0.01, idle_w=120.0)
+    assert_conserved(out, stepped, 0.1)
+    assert out.idle is not None and out.idle.static_j == pytest.approx(120.0 * busy_s, rel=0.02)
+
+
+def test_a_request_alone_in_steps_at_idle_power_gets_nothing() -> None:
+    b = ProfileBuilder(0.0, idle_w=120.0)
+    b.idle(0.5)
+    steps = []
+    for i in range(40):
+        start, end = b.hold(0.02, 120.0)
+        steps.append(StepRecord(start, end, {"quiet": dec(100 + i)}))
+    b.idle(0.5)
+    profile = b.build()
+    for samples, meter, period in ((continuous(profile, 0.0, 1.9), CONTINUOUS, 0.0),
+                                   (nvml_like(profile, 0.0, 1.9), H100, 0.1)):
+        out = attribute_steps(samples, steps, meter, update_period_s=period, idle_w=120.0)
+        assert_conserved(out, samples, period)
+        # of ~96 J whole-device; on the stepped counter, knot-time noise leaves a little
+        assert out.requests["quiet"].energy_j == pytest.approx(0.0, abs=0.02 if period == 0.0 else 2.5)
+        whole = attribute_steps(samples, steps, meter, update_period_s=period)
+        assert whole.requests["quiet"].energy_j == pytest.approx(120.0 * 0.8, rel=0.15)
+
+
+def test_with_no_idle_power_the_whole_device_figures_stay_as_they_were() -> None:
+    def run(idle_w: float) -> tuple[StepAccounts, float]:
+        acc = StepAccounts(CONTINUOUS, idle_w=idle_w)
+        acc.start_at(Knot(1.0, 0.0, 0.0))
+        acc.add_step(StepRecord(0.9, 1.1, {"a": pre(10)}))
+        acc.advance([Knot(1.2, 1.5, 0.0)])
+        fig = acc.figure("a")
+        assert fig is not None and acc.conservation_error_j <= 1e-12
+        return acc, fig.energy_j
+
+    acc, whole_j = run(0.0)
+    assert whole_j == pytest.approx(0.75, rel=1e-15)  # half of [1.0, 1.2]'s 1.5 J, by time: the old split
+    assert acc.static_j == 0.0 and acc.idle_j == pytest.approx(0.75, rel=1e-15)
+    assert WHOLE_DEVICE_NOTE in (acc.figure("a") or pytest.fail()).notes
+    acc, marginal_j = run(2.0)  # 2 W × 0.2 s = 0.4 J of idle draw, 0.2 J of it during the step
+    assert marginal_j == pytest.approx(1.1) and acc.static_j == pytest.approx(0.2)
+    assert acc.idle_j == pytest.approx(0.4)
+    # replays: the costs' idle power (a calibration's) by default; 0 reproduces the default figures exactly
+    profile, steps = batched_trace(0.004)
+    samples = nvml_like(profile, 0.0, steps[-1].end_s + 0.6)
+    plain = attribute_steps(samples, steps, H100, update_period_s=0.1)
+    zero = attribute_steps(samples, steps, H100, update_period_s=0.1, costs=StepCosts(idle_w=120.0), idle_w=0.0)
+    assert {r: f.energy_j for r, f in zero.requests.items()} == {r: f.energy_j for r, f in plain.requests.items()}
+    assert zero.idle_j == plain.idle_j and WHOLE_DEVICE_NOTE in plain.notes
+    calibrated = attribute_steps(samples, steps, H100, update_period_s=0.1, costs=StepCosts(idle_w=120.0))
+    assert calibrated.idle_j > plain.idle_j and calibrated.idle is not None and calibrated.idle.idle_w == 120.0
+
+
+def test_the_idle_power_is_measured_from_intervals_without_steps() -> None:
+    """No calibration: the running median of intervals with no step (after five of them) is the idle power."""
+    b = ProfileBuilder(0.0, idle_w=120.0)
+    b.idle(1.5)
+    steps = []
+    for i in range(30):
+        start, end = b.hold(0.02, 250.0)
+        steps.append(StepRecord(start, end, {"a": dec(100 + i)}))
+    b.idle(0.5)
+    samples = nvml_like(b.build(), 0.0, 2.6)
+    knots = find_knots(samples, update_period_s=0.1)
+    acc = StepAccounts(H100, idle_w=None)
+    acc.start_at(knots[0])
+    for st in steps:
+        acc.add_step(st)
+        for rid in st.requests:
+            acc.request_done(rid)
+    acc.advance(knots)
+    assert acc.measured_idle_w == pytest.approx(120.0, rel=0.02) and acc.idle_w == acc.measured_idle_w
+    assert acc.static_j > 0.0 and acc.conservation_error_j <= 1e-9 * acc.window_j
+    assert StepCosts.from_calibration(Calibration("nvml:gpu0", "cuda:0", "m", "h", 0.0046, 5.06, 358.0, 150.0,
+                                                  134.0, 0.17, 8)).idle_w == 134.0

@@ -13,7 +13,9 @@ device, model). Then:
 A *batched* calibration (``greentrack calibrate`` on a backend that batches: vLLM) adds per-step costs fitted by
 ``fit_step_costs`` from ``StepWindow``s — windows of batched work (batch sizes 1–64, prompt and output bins as
 Fernandez et al. bin them) with the counter's energy and what their engine steps computed — into the ``step_*``
-fields that ``energy.step_attribution.StepCosts.from_calibration`` reads.
+fields that ``energy.step_attribution.StepCosts.from_calibration`` reads. Those costs are above the idle draw
+(``idle_w`` × the window's whole duration is taken off first), as step attribution splits only the energy above
+idle among a step's requests.
 """
 
 from __future__ import annotations
@@ -108,13 +110,15 @@ class Calibration:
     step_j_per_decode_token_per_context: float | None = None
     step_fit_error: float | None = None
     step_windows: list[StepWindow] = field(default_factory=list)
+    # True: the step costs are above the idle draw (``fit_step_costs`` since the batched figures became marginal).
+    step_fit_above_idle: bool = False
 
     def with_step_fit(self, fit: StepFit, windows: Sequence[StepWindow]) -> Calibration:
-        """This calibration with a batched fit's per-step costs."""
+        """This calibration with a batched fit's per-step costs (``fit_step_costs``: above idle)."""
         return replace(self, step_fixed_j=fit.fixed_j, step_j_per_prompt_token=fit.j_per_prompt_token,
                        step_j_per_decode_token=fit.j_per_decode_token,
                        step_j_per_decode_token_per_context=fit.j_per_decode_token_per_context,
-                       step_fit_error=fit.fit_error, step_windows=list(windows))
+                       step_fit_error=fit.fit_error, step_windows=list(windows), step_fit_above_idle=True)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data for the store; whoever reads it back (the report's tips) uses ``from_dict``."""
@@ -125,7 +129,10 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
-        """Inverse of ``to_dict``. Raises ``KeyError``/``TypeError``/``ValueError`` on a malformed document."""
+        """Inverse of ``to_dict``. Raises ``KeyError``/``TypeError``/``ValueError`` on a malformed document.
+
+        A document whose step costs were fitted with the idle draw during steps in them (before
+        ``step_fit_above_idle``) is refitted from its stored windows, so that its costs are above idle too."""
         def num(key: str, default: float | None = None) -> float:
             if key in data:
                 value = data[key]
@@ -143,7 +150,7 @@ class Calibration:
         def optional(key: str) -> float | None:
             return num(key) if data.get(key) is not None else None
 
-        return cls(
+        calibration = cls(
             source_meter=str(data["source_meter"]),
             device=str(data["device"]),
             model=str(data["model"]),
@@ -165,7 +172,13 @@ class Calibration:
             step_j_per_decode_token_per_context=optional("step_j_per_decode_token_per_context"),
             step_fit_error=optional("step_fit_error"),
             step_windows=[StepWindow(**w) for w in data.get("step_windows") or []],
+            step_fit_above_idle=bool(data.get("step_fit_above_idle", False)),
         )
+        if (calibration.step_fixed_j is not None and not calibration.step_fit_above_idle
+                and any(w.steps > 0 and w.energy_j > 0 for w in calibration.step_windows)):
+            windows = calibration.step_windows
+            calibration = calibration.with_step_fit(fit_step_costs(windows, calibration.idle_w), windows)
+        return calibration
 
     @property
     def weights(self) -> PhaseWeights:
@@ -303,17 +316,24 @@ def nonnegative_least_squares(rows: Sequence[Sequence[float]], ys: Sequence[floa
     return [0.0] * k
 
 
+#: A window's energy above idle is weighted as if it were at least this share of its whole energy (a window
+#: barely above idle would otherwise dominate a fit on relative error).
+MIN_ABOVE_IDLE_SHARE = 0.05
+
+
 def fit_step_costs(windows: Sequence[StepWindow], idle_w: float) -> StepFit:
-    """Fit ``energy − idle_w × (duration − busy) ≈ steps × fixed + prefill × a + decode × b + decode_context × c``
-    over the windows (least squares on relative error, every cost ≥ 0). The fixed cost carries what a step costs
-    whatever it computes (weights read once per step, the idle draw while it runs, launch overheads)."""
+    """Fit ``energy − idle_w × duration ≈ steps × fixed + prefill × a + decode × b + decode_context × c`` over the
+    windows (least squares on relative error, every cost ≥ 0): costs *above the idle draw*, which goes on whether
+    steps run or not and which step attribution keeps in the idle bucket. The fixed cost carries what a step
+    costs above idle whatever it computes (weights read once per step, launch overheads)."""
     usable = [w for w in windows if w.steps > 0 and w.energy_j > 0]
     if not usable:
         raise ValueError("a batched calibration needs at least one window with engine steps")
     rows = [[float(w.steps), w.prefill_tokens, w.decode_tokens, w.decode_context_tokens] for w in usable]
-    ys = [max(1e-9, w.energy_j - idle_w * max(0.0, w.duration_s - w.busy_s)) for w in usable]
-    weights = [1.0 / (y * y) for y in ys]
+    ys = [max(1e-9, w.energy_j - idle_w * max(0.0, w.duration_s)) for w in usable]
+    weights = [1.0 / max(y, MIN_ABOVE_IDLE_SHARE * w.energy_j) ** 2 for y, w in zip(ys, usable, strict=True)]
     fixed, pre, dec, ctx = nonnegative_least_squares(rows, ys, weights)
-    residuals = [(fixed * r[0] + pre * r[1] + dec * r[2] + ctx * r[3] - y) / y for r, y in zip(rows, ys, strict=True)]
+    residuals = [(fixed * r[0] + pre * r[1] + dec * r[2] + ctx * r[3] - y) * math.sqrt(wt)
+                 for r, y, wt in zip(rows, ys, weights, strict=True)]
     fit_error = math.sqrt(math.fsum(e * e for e in residuals) / len(residuals))
     return StepFit(fixed, pre, dec, ctx, fit_error, len(usable))

@@ -7,14 +7,23 @@ asks it for each finished request's figures. ``attribute_steps`` does the same o
 benchmarks). Method and proof: ``docs/measurement.md``, "Batched requests: attribution by engine step".
 
 1. *Knots* as ``attribution.find_knots`` finds them: times at which the counter's cumulative value is known.
-2. *Steps by time.* The energy ΔC of each interval between two knots goes to the time segments of the steps in
-   it, in proportion to their length; segments where no step runs go to the *idle* bucket (the server's energy
-   while no request runs). Steps of one engine do not overlap; if some did, they share a segment equally.
-3. *Requests by cost.* Inside a step, its energy goes to its requests in proportion to their modelled cost
+2. *Static and dynamic.* With the engine's idle power ``idle_w`` known (the calibration's, else the running
+   median of intervals with no step: ``StepAccounts(idle_w=None)``), the energy ΔC of each interval between two
+   knots that holds a step splits into its *static* part, ``idle_w × the interval's length`` (clipped to
+   [0, ΔC]; of it, ``idle_w × the steps' busy time`` is the idle draw *during* steps), which goes to the *idle*
+   bucket (the engine's idle draw, including during busy steps), and its *dynamic* part, the rest (what the
+   steps drew above idle, their power's tail after them included), which goes to the steps by their time in it.
+   Batched figures are thus marginal: what a request added above the draw the GPU spends anyway. An interval
+   with no step goes to the idle bucket whole. With no idle power known (``idle_w`` 0: a note says so), ΔC goes
+   to the time segments of the steps in proportion to their length and the rest of the interval to idle, as
+   before: each step then carries the idle draw during it (whole-device figures). Steps of one engine do not
+   overlap; if some did, they share a segment equally.
+3. *Requests by cost.* Inside a step, its (dynamic) energy goes to its requests in proportion to their modelled cost
    ``fixed_j / n_requests + prefill_tokens × c_prefill + decode_tokens × c_decode(context)`` (``StepCosts``: from a
    calibration, else by tokens). A request's share splits into its prefill and decode parts the same way.
 4. *Bounds.* Each step's true energy in an interval lies within ``attribution.interval_bounds``; a request's bound
-   is its share of its steps' bounds, summed over the intervals (the idle bucket's: ΔC less the steps' bounds).
+   is its share of its steps' bounds (less the idle draw during them), summed over the intervals (the idle
+   bucket's: ΔC less the steps' bounds).
 
 Conservation is exact by construction: in every interval the idle part is ΔC less the steps' parts, and each
 step's part is split among its requests by normalised shares, so Σ requests + idle = Σ ΔC = the counter's delta
@@ -25,7 +34,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import OrderedDict
+import statistics
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +78,12 @@ class StepRecord:
 #: Said with figures split by token counts alone (no calibration).
 TOKENS_NOTE = ("within a step, requests share its energy by tokens computed, a prefill token counting as much as "
                "a decode token (no calibration: run `greentrack calibrate`)")
+#: Said with figures that carry the idle draw during their steps (no idle power known).
+WHOLE_DEVICE_NOTE = ("no idle power known (no calibration, no interval without a step yet): each step's figure "
+                     "includes the idle draw during it (whole-device, not marginal)")
+#: Intervals with no step whose mean power the running idle median keeps, and how many it needs first.
+IDLE_SAMPLES = 200
+IDLE_MIN_SAMPLES = 5
 #: Said with figures split by the per-phase (batch 1) calibration.
 PER_PHASE_NOTE = ("within a step, requests share its energy by the per-phase calibration's J per prompt token and "
                   "per decoded token (measured at batch 1, where a decode token also carries the whole step's "
@@ -80,7 +96,9 @@ class StepCosts:
     """The modelled cost of a request's part of a step: only the ratios inside one step matter. Units: J.
 
     ``fixed_j`` is the per-step cost shared evenly by the step's requests; ``c_decode(context) =
-    decode_j_per_token + decode_j_per_token_per_context × context_tokens``.
+    decode_j_per_token + decode_j_per_token_per_context × context_tokens``. A batched calibration's costs are
+    fitted above the idle draw (``energy.calibration.fit_step_costs``). ``idle_w``: the engine's idle power from
+    the calibration (None: not known; the ledger measures it). Units: W.
     """
 
     prefill_j_per_token: float = 1.0
@@ -88,6 +106,7 @@ class StepCosts:
     decode_j_per_token_per_context: float = 0.0
     fixed_j: float = 0.0
     note: str = TOKENS_NOTE
+    idle_w: float | None = None
 
     @classmethod
     def from_calibration(cls, calibration: Any | None) -> StepCosts:
@@ -107,15 +126,16 @@ class StepCosts:
                 return None
             return f if f is not None and math.isfinite(f) and f >= 0.0 else None
 
+        idle_w = num("idle_w") or None
         pre, dec = num("step_j_per_prompt_token"), num("step_j_per_decode_token")
         if pre is not None and dec is not None and pre + dec > 0.0:
             return cls(pre, dec, num("step_j_per_decode_token_per_context") or 0.0, num("step_fixed_j") or 0.0,
-                       "within a step, requests share its energy by the batched calibration's per-token costs and "
-                       "an even share of its fixed cost")
+                       "within a step, requests share its energy above idle by the batched calibration's per-token "
+                       "costs and an even share of its fixed cost above idle", idle_w)
         pre, dec = num("j_per_prompt_token"), num("j_per_decode_token")
         if pre is not None and dec is not None and pre > 0.0 and dec > 0.0:
-            return cls(pre, dec, note=PER_PHASE_NOTE)
-        return cls()
+            return cls(pre, dec, note=PER_PHASE_NOTE, idle_w=idle_w)
+        return cls(idle_w=idle_w)
 
     def request_parts(self, step: StepRecord) -> dict[str, tuple[float, float]]:
         """Each request's (prefill, decode) fraction of ``step``'s energy; all fractions sum to 1."""
@@ -185,10 +205,13 @@ class RequestEnergy:
 
 @dataclass(frozen=True)
 class IdleWindow:
-    """The server's energy while no request ran, over ``[start_s, end_s]`` (knot times). Units: J, s.
+    """The engine's idle draw over ``[start_s, end_s]`` (knot times), including during busy steps. Units: J, s, W.
 
-    ``idle_s``: how long no step ran in it. ``late_j``: energy of steps of requests already reported with an
-    extrapolated figure (the meter had stalled); kept here so that the stored figures still add up.
+    ``energy_j``: the counter's energy in the window that no request was charged: all of it while no step ran,
+    and, with an idle power known, the static draw (``idle_w`` × time) while steps ran, of which ``static_j``
+    was during steps. ``idle_s``: how long no step ran in it. ``idle_w``: the idle power used last (0: none known,
+    the old whole-device split). ``late_j``: energy of steps of requests already reported with an extrapolated
+    figure (the meter had stalled); kept here so that the stored figures still add up.
     """
 
     start_s: float
@@ -199,6 +222,8 @@ class IdleWindow:
     uncertainty_j: float | None
     idle_s: float
     late_j: float = 0.0
+    static_j: float = 0.0
+    idle_w: float = 0.0
 
 
 @dataclass
@@ -217,6 +242,7 @@ class _Acc:
     last_s: float = -math.inf
     done: bool = False
     reported: bool = False
+    whole_device: bool = False  # some of its steps were split with no idle power known
 
 
 @dataclass
@@ -227,6 +253,7 @@ class _IdleAcc:
     upper_j: float = 0.0
     idle_s: float = 0.0
     late_j: float = 0.0
+    static_j: float = 0.0
     intervals: int = 0
 
 
@@ -236,12 +263,22 @@ class StepAccounts:
     ``add_step`` a step once it has ended; ``request_done`` once no later step will hold the request; ``advance``
     with knots (in time order; those already processed are skipped) up to ``watermark_s``, the time before which
     every step has been added. A request's figure is final once the processed window has passed its last step.
+
+    ``idle_w``: the engine's idle power (W) whose draw over intervals with steps stays in the idle bucket; 0 (the
+    default): none, the whole-device time split; None: the running median of the mean power of the last
+    ``IDLE_SAMPLES`` intervals with no step near (0 until ``IDLE_MIN_SAMPLES`` were seen).
     """
 
     def __init__(self, meter: MeterInfo, costs: StepCosts | None = None, *, p_lo_w: float = 0.0,
-                 p_hi_w: float | None = None) -> None:
+                 p_hi_w: float | None = None, idle_w: float | None = 0.0) -> None:
         self.meter = meter
         self.costs = costs or StepCosts()
+        self.fixed_idle_w = idle_w
+        self._idle_powers: deque[float] = deque(maxlen=IDLE_SAMPLES)
+        self.measured_idle_w: float | None = None  # the running median (kept whatever ``idle_w`` says)
+        self.static_j = 0.0  # Σ idle draw during steps, all processed intervals (part of ``idle_j``)
+        self.whole_device_s = 0.0  # step time split with no idle power known
+        self._static_owed_j = 0.0  # idle draw the last busy interval's ΔC could not hold
         self.p_lo_w = p_lo_w
         self.p_hi_w = p_hi_w if p_hi_w is not None else meter.max_power_w
         self.cursor: Knot | None = None
@@ -254,6 +291,13 @@ class StepAccounts:
         self.unwindowed_s = 0.0  # step time before the first knot: not attributable
         self.highest_power_w = 0.0
         self.notes: list[str] = []
+
+    @property
+    def idle_w(self) -> float:
+        """The idle power the next interval uses. Units: W."""
+        if self.fixed_idle_w is not None:
+            return max(0.0, self.fixed_idle_w)
+        return self.measured_idle_w or 0.0
 
     # -- inputs -------------------------------------------------------------------------------------------
     def add_step(self, step: StepRecord) -> None:
@@ -344,6 +388,8 @@ class StepAccounts:
                            + self.meter.relative_uncertainty * est)
         if self.unwindowed_s > 0.0 and acc.first_s < (self.origin.t_s if self.origin else math.inf):
             notes.append("steps before the counter's first reading are not attributed")
+        if acc.whole_device:
+            notes.append(WHOLE_DEVICE_NOTE)
         return RequestEnergy(request_id, pre, dec, lower, upper, uncertainty, acc.steps, acc.prefill_tokens,
                              acc.decode_tokens, acc.first_s, acc.last_s, extra_j, tuple(notes))
 
@@ -374,7 +420,8 @@ class StepAccounts:
         if math.isfinite(upper):
             u = (max(idle.energy_j - lower, upper - idle.energy_j, 0.0) + 2.0 * self.meter.resolution_j
                  + self.meter.relative_uncertainty * idle.energy_j)
-        return IdleWindow(idle.start_s, cursor.t_s, idle.energy_j, lower, upper, u, idle.idle_s, idle.late_j)
+        return IdleWindow(idle.start_s, cursor.t_s, idle.energy_j, lower, upper, u, idle.idle_s, idle.late_j,
+                          idle.static_j, self.idle_w)
 
     @property
     def window_j(self) -> float:
@@ -397,7 +444,10 @@ class StepAccounts:
         return 2.0 * fallback_w if fallback_w else math.inf
 
     def _interval(self, k0: Knot, k1: Knot) -> None:
-        """Split one interval's ΔC over its steps' segments and their requests; the rest is idle."""
+        """Split one interval's ΔC over its steps' segments and their requests; the rest is idle.
+
+        With an idle power known, the steps share the interval's energy above ``idle_w × length`` by time (the
+        static rest stays idle); without one, ΔC is split by time between the steps and the time with none."""
         x0, x1 = k0.t_s, k1.t_s
         delta_c = k1.energy_j - k0.energy_j
         length = x1 - x0
@@ -407,7 +457,25 @@ class StepAccounts:
         idle.intervals += 1
         reach0, reach1 = x0 - k0.delta_s, x1 + k1.delta_s
         near = [s for s in self._steps if s.end_s > reach0 and s.start_s < reach1]
-        step_j = self._split_by_time(x0, x1, delta_c, near) if length > 0 else {}
+        busy_s = self._busy_time(x0, x1, near) if length > 0 else 0.0
+        idle_w = self.idle_w
+        if not near and length > 0:
+            self._idle_powers.append(delta_c / length)
+            if len(self._idle_powers) >= IDLE_MIN_SAMPLES:
+                self.measured_idle_w = max(0.0, statistics.median(self._idle_powers))
+        if busy_s > 0.0 and idle_w > 0.0:
+            # the interval's idle draw, and what the last one could not hold (its ΔC was under it: a knot's time
+            # error moves energy between neighbouring intervals; carried once, so that it does not bias upwards)
+            want_j = idle_w * length + self._static_owed_j
+            static_j = min(max(want_j, 0.0), max(delta_c, 0.0))
+            self._static_owed_j = min(want_j - static_j, idle_w * length)
+            idle.static_j += min(idle_w * busy_s, static_j)
+            self.static_j += min(idle_w * busy_s, static_j)
+            step_j = self._split_by_time(x0, x1, (delta_c - static_j) * length / busy_s, near)
+        else:
+            idle_w = self._static_owed_j = 0.0
+            step_j = self._split_by_time(x0, x1, delta_c, near) if length > 0 else {}
+            self.whole_device_s += busy_s
         p_hi = self._p_hi()
         steps_lo = steps_hi = 0.0
         step_total = 0.0
@@ -417,6 +485,9 @@ class StepAccounts:
                                      self.p_lo_w, p_hi)
             if hi <= 0.0 and e <= 0.0:
                 continue
+            if idle_w > 0.0:  # bounds on the step's draw above idle (the tail after it, given to it, included)
+                own_idle_j = idle_w * max(0.0, min(st.end_s, x1) - max(st.start_s, x0))
+                lo, hi = max(0.0, lo - own_idle_j), max(e, hi - own_idle_j, 0.0)
             steps_lo += lo
             steps_hi += hi
             for rid, (f_pre, f_dec) in self.costs.request_parts(st).items():
@@ -433,13 +504,14 @@ class StepAccounts:
                 acc.lower_j += (f_pre + f_dec) * lo
                 acc.upper_j += (f_pre + f_dec) * hi
                 acc.touched += 1
+                acc.whole_device = acc.whole_device or (idle_w == 0.0 and e > 0.0)
                 self.requests_j += part
         idle_part = delta_c - step_total
         idle.energy_j += idle_part
         self.idle_j += idle_part
         idle.lower_j += max(0.0, delta_c - steps_hi) if math.isfinite(steps_hi) else 0.0
         idle.upper_j += max(0.0, delta_c - steps_lo)
-        idle.idle_s += max(0.0, length - self._busy_time(x0, x1, near))
+        idle.idle_s += max(0.0, length - busy_s)
 
     @staticmethod
     def _split_by_time(x0: float, x1: float, delta_c: float, steps: Sequence[StepRecord]) -> dict[int, float]:
@@ -480,8 +552,10 @@ class StepAccounts:
             self._steps = [s for s in self._steps if s.end_s > edge]
 
     def _uncovered(self, request_id: str, power_w: float) -> tuple[float, float, float]:
-        """(J, s, its share of those s) for the request's step time past the processed window, at ``power_w``."""
+        """(J, s, its share of those s) for the request's step time past the processed window, at ``power_w``
+        (less the idle power, when one is known)."""
         edge = self.cursor.t_s if self.cursor is not None else -math.inf
+        power_w = max(0.0, power_w - self.idle_w)
         extra_j = extra_s = share_s = 0.0
         for st in self._steps:
             if request_id not in st.requests or st.end_s <= edge:
@@ -527,14 +601,18 @@ def attribute_steps(
     timing_slack_s: float = 0.0,
     lag_s: float = 0.0,
     costs: StepCosts | None = None,
+    idle_w: float | None = None,
 ) -> StepAttribution:
     """Attribute a recorded trace: every interval between the samples' first and last knot, every step in it.
 
     The window is the knots' whole span, so ``Σ requests + idle = last knot − first knot`` exactly. Steps (or
-    parts) outside it are not attributed (a note says how long).
+    parts) outside it are not attributed (a note says how long). ``idle_w``: as ``StepAccounts`` takes it; by
+    default the costs' (their calibration's), else 0 (no idle power: whole-device figures).
     """
     knots = find_knots(samples, update_period_s=update_period_s, timing_slack_s=timing_slack_s, lag_s=lag_s)
-    accounts = StepAccounts(meter, costs)
+    if idle_w is None:
+        idle_w = costs.idle_w if costs is not None and costs.idle_w is not None else 0.0
+    accounts = StepAccounts(meter, costs, idle_w=idle_w)
     if knots:
         accounts.start_at(knots[0])
     for st in sorted(steps, key=lambda s: s.start_s):
@@ -548,6 +626,8 @@ def attribute_steps(
             order.setdefault(rid, None)
     figures = {rid: f for rid in order if (f := accounts.figure(rid)) is not None}
     notes = [costs.note if costs is not None else TOKENS_NOTE]
+    if accounts.whole_device_s > 0.0:
+        notes.append(WHOLE_DEVICE_NOTE)
     end_s = knots[-1].t_s if knots else 0.0
     outside = math.fsum(max(0.0, s.end_s - max(s.start_s, end_s)) for s in steps) + accounts.unwindowed_s
     if outside > 0.0:

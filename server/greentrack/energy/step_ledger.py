@@ -8,8 +8,12 @@ pipeline's finalizer thread, ``take_idle``), the ledger turns the samples into k
 is complete (its end bracket before the last recorded step's end, or anything while the engine is idle) to a
 ``step_attribution.StepAccounts``. ``request_energy`` blocks until the counter covers the request's last step
 (typically one counter step, ~100–150 ms on NVML; its timeout extrapolates instead, loudly) and returns its
-``RequestEnergy``. Idle energy accumulates in windows (``take_idle``) for ``Store.record_idle``.
-Σ requests + idle = the counter's delta since the ledger opened, exactly (``totals``).
+``RequestEnergy``. Idle energy accumulates in windows (``take_idle``) for ``Store.record_idle``: the engine's
+idle draw, including its static draw during busy steps, so that requests get their marginal energy (above idle).
+The idle power is the calibration's (``StepCosts.idle_w``), else the ledger measures it: the running median of
+the mean power of counter intervals with no step (``StepAccounts(idle_w=None)``; until five such intervals were
+seen, none: steps carry the idle draw, with a note). Σ requests + idle = the counter's delta since the ledger
+opened, exactly (``totals``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ class LedgerTotals:
     """What the ledger has accounted since it opened. Units: J, s (monotonic).
 
     ``requests_j + idle_j == window_j`` up to rounding; ``window_j`` is the counter's delta over
-    ``[start_s, end_s]`` (knot times).
+    ``[start_s, end_s]`` (knot times). ``static_j``: the part of ``idle_j`` drawn during steps (the idle power ×
+    their time); ``idle_w``: the idle power in use; ``measured_idle_w``: the running median of intervals with no
+    step (None before five). Units: W.
     """
 
     start_s: float
@@ -43,6 +49,9 @@ class LedgerTotals:
     window_j: float
     requests_j: float
     idle_j: float
+    static_j: float = 0.0
+    idle_w: float = 0.0
+    measured_idle_w: float | None = None
 
 
 class StepLedger:
@@ -55,7 +64,7 @@ class StepLedger:
         self.meter = monitor.meter_info()
         self.costs = costs or StepCosts()
         self._lock = threading.Lock()
-        self._accounts = StepAccounts(self.meter, self.costs)
+        self._accounts = StepAccounts(self.meter, self.costs, idle_w=self.costs.idle_w)
         self.created_s = time.monotonic()
         self._busy = False
         self._steps_until_s = self.created_s  # every step that started before this has been added
@@ -157,7 +166,8 @@ class StepLedger:
             a = self._accounts
             start = a.origin.t_s if a.origin else self.created_s
             end = a.cursor.t_s if a.cursor else start
-            return LedgerTotals(start, end, a.window_j, a.requests_j, a.idle_j)
+            return LedgerTotals(start, end, a.window_j, a.requests_j, a.idle_j, a.static_j, a.idle_w,
+                                a.measured_idle_w)
 
     def switch_monitor(self, monitor: EnergyMonitor, costs: StepCosts | None = None) -> None:
         """Read ``monitor`` from now on (the pipeline re-opened it with a calibration). The same kind of counter
@@ -169,11 +179,13 @@ class StepLedger:
             if monitor.meter_info().name != self.meter.name:
                 log.warning("step ledger: the meter changed from %s to %s; the window starts again",
                             self.meter.name, monitor.meter_name)
-                self._accounts = StepAccounts(monitor.meter_info(), costs or self.costs)
+                costs = costs or self.costs
+                self._accounts = StepAccounts(monitor.meter_info(), costs, idle_w=costs.idle_w)
             self.monitor = monitor
             self.meter = monitor.meter_info()
             if costs is not None:
                 self.costs = self._accounts.costs = costs
+                self._accounts.fixed_idle_w = costs.idle_w
 
     # -- inside the lock ----------------------------------------------------------------------------------
     def _advance(self) -> None:
