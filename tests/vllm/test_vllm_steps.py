@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from greentrack.config import Settings
-from greentrack.energy.step_attribution import StepRecord
+from greentrack.energy.step_attribution import RequestWork, StepRecord
 from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 from greentrack.engine.vllm_steps import StepRecorder, request_work, scheduler_of
 from greentrack.pipeline import STEPS_METER_SUFFIX, Pipeline, RequestContext
@@ -57,6 +57,14 @@ def test_request_work_splits_prompt_and_decode_tokens() -> None:
     # async scheduling: one output still a placeholder
     w = request_work(req(300, 308, outputs=7, placeholders=1), 1)
     assert (w.prefill_tokens, w.decode_tokens) == (0, 1)
+    # vLLM's AsyncScheduler, as read after ``schedule``: the batch in flight's placeholder and this batch's own,
+    # which ``schedule`` added (vLLM 0.26 on the GPU); only the one from before counts as a known token
+    w = request_work(req(300, 308, outputs=7, placeholders=2), 1, placeholders_before=1)
+    assert (w.prefill_tokens, w.decode_tokens, w.context_tokens) == (0, 1, 307)
+    assert request_work(req(300, 308, outputs=7, placeholders=2), 1).prefill_tokens == 1  # what it recorded
+    # the prompt's last chunk under the AsyncScheduler (its sampled token's placeholder added by ``schedule``)
+    w = request_work(req(300, 300, placeholders=1), 300, placeholders_before=0)
+    assert (w.prefill_tokens, w.decode_tokens) == (300, 0)
     # recomputed after a preemption: prompt and known outputs are prefill-like, the last one decodes
     w = request_work(req(300, 310, outputs=10), 310)
     assert (w.prefill_tokens, w.decode_tokens, w.context_tokens) == (309, 1, 0)
@@ -70,6 +78,37 @@ def test_the_hook_falls_back_with_a_reason() -> None:
     assert not recorder.install(engine_in_another_process) and recorder.reason == why
     odd = SimpleNamespace(engine_core=SimpleNamespace(engine_core=SimpleNamespace(scheduler=SimpleNamespace())))
     assert "schedule" in scheduler_of(odd)[1]
+
+
+def test_the_hook_records_decode_under_the_async_scheduler() -> None:
+    """vLLM's AsyncScheduler adds the batch's output placeholder inside ``schedule``: still a decode token."""
+    request = req(300, 307, outputs=7, placeholders=1)  # decoding, one batch in flight
+
+    class AsyncScheduler:
+        def __init__(self) -> None:
+            self.requests = {"a": request}
+
+        def schedule(self) -> Any:
+            request.num_computed_tokens += 1
+            request.num_output_placeholders += 1
+            return SimpleNamespace(num_scheduled_tokens={"a": 1})
+
+        def update_from_output(self, so: Any, mo: Any) -> None:
+            return None
+
+    sched = AsyncScheduler()
+    steps: list[StepRecord] = []
+    sink = SimpleNamespace(engine_busy=lambda: 0.0, add_step=steps.append, request_done=lambda rid: None,
+                           engine_idle=lambda since_s: None)
+    rec = StepRecorder()
+    assert rec.install(SimpleNamespace(engine_core=SimpleNamespace(engine_core=SimpleNamespace(scheduler=sched))))
+    rec.attach(sink)
+    rec.expect("a")
+    rec.begin_step()
+    sched.update_from_output(sched.schedule(), None)
+    rec.end_step()
+    assert len(steps) == 1 and steps[0].requests["a"] == RequestWork(prefill_tokens=0, decode_tokens=1,
+                                                                     context_tokens=307)
 
 
 def test_the_recorder_times_steps_and_reports_finished_requests_after_their_last_step() -> None:

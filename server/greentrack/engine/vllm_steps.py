@@ -63,16 +63,20 @@ def scheduler_of(engine: Any) -> tuple[Any | None, str]:
     return scheduler, ""
 
 
-def request_work(request: Any, scheduled: int) -> RequestWork:
+def request_work(request: Any, scheduled: int, placeholders_before: int | None = None) -> RequestWork:
     """Split ``scheduled`` tokens of ``request`` (read after ``schedule``) into prompt and decode tokens.
 
     Positions ``[before, before + scheduled)`` were computed, ``before`` = the KV tokens it had. Positions below
     ``max(prompt, known tokens − 1)`` are prompt tokens (or, after a preemption, recomputed ones): their tokens are
-    known; the rest produce the next token(s): decode.
+    known; the rest produce the next token(s): decode. Known tokens count the output placeholders of batches in
+    flight *before* this ``schedule`` (``placeholders_before``; vLLM's async scheduler adds this batch's own inside
+    ``schedule``, which would make every decode token look known: a prompt token).
     """
     after = int(request.num_computed_tokens)
     before = max(0, after - scheduled)
-    known = int(request.num_tokens) + int(getattr(request, "num_output_placeholders", 0) or 0)
+    if placeholders_before is None:
+        placeholders_before = int(getattr(request, "num_output_placeholders", 0) or 0)
+    known = int(request.num_tokens) + placeholders_before
     boundary = max(int(request.num_prompt_tokens), known - 1)
     prefill = min(scheduled, max(0, boundary - before))
     return RequestWork(prefill_tokens=prefill, decode_tokens=scheduled - prefill, context_tokens=before)
@@ -123,11 +127,12 @@ class StepRecorder:
         requests: dict[str, Any] = scheduler.requests
 
         def schedule_and_record(*args: Any, **kwargs: Any) -> Any:
+            placeholders = {rid: int(getattr(r, "num_output_placeholders", 0) or 0) for rid, r in requests.items()}
             out = schedule(*args, **kwargs)
             try:
                 counts = getattr(out, "num_scheduled_tokens", None) or {}
-                work = {self.our_id(str(rid)): request_work(requests[rid], int(n)) for rid, n in counts.items()
-                        if n and rid in requests}
+                work = {self.our_id(str(rid)): request_work(requests[rid], int(n), placeholders.get(rid, 0))
+                        for rid, n in counts.items() if n and rid in requests}
                 if work:
                     self._scheduled[id(out)] = work
             except Exception as e:  # never break the engine for the energy figures
