@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issues 11 and 12 on one GPU, in one command: the batched calibration and the validation against marginal energy
 # (one engine, in-process: bench/gpu_validate_batching.py), then `greentrack serve --backend vllm` with that
-# calibration and the load sweep against it (bench/load.py; its N=16 and N=1 levels of 60 s are issue 11's run).
+# calibration and the load sweep against it (bench/load.py; its N=16 and N=1 levels, 45 s each, are issue 11's run).
 # On the device machine, after the two-call vLLM install (../shared/gpu-vllm/README.md), from the repo root:
 #   source .vx/c2/install.sh && bash bench/gpu_serve.sh "$OUT"
 # Budget: GT_BUDGET_S (default 540 s from this script's start; lower it when the install runs in the same call).
@@ -24,12 +24,21 @@ db=/tmp/gt-serve/serve.db
 mkdir -p /tmp/gt-serve
 [ -d "$model" ] || { say "making the model"; python3 bench/gpu_make_model.py "$model" >> "$log" 2>&1 || exit 1; }
 
-# (b) + (c): calibration (per-phase + batched) and validation, one engine. Windows: A, A+B1, A+B2 (A2 if time).
+# The sweep's levels in priority order (issue 11's 16 and 1 developers first); each costs its duration + ~5 s,
+# the server's start ~70 s. What the sweep needs is kept back from the validation.
+sweep_levels=${GT_LEVELS:-16:45 1:45 64:30 128:30 4:30}
+sweep_need=95
+for level in $sweep_levels; do sweep_need=$(( sweep_need + ${level#*:} + 5 )); done
+
+# (b) + (c): calibration (per-phase + batched) and validation, one engine. Windows: A, A+B1, A+B2, and A2 (the
+# marginal's noise) when there is room: startup ~75 s + calibration ~45 s + 33 s a window (H200).
 validate_s=${GT_VALIDATE_S:-30}
+room=$(( $(left) - sweep_need ))
 skip=A2
-[ "$(left)" -gt 520 ] && skip=""
-say "validate + calibrate (window ${validate_s}s, skip '${skip}'), $(left)s left"
-timeout $(( $(left) - 200 )) python3 bench/gpu_validate_batching.py --model "$model" --device cuda --db "$db" \
+[ $room -ge $(( 130 + 4 * (validate_s + 3) )) ] && skip=""
+[ $room -lt 150 ] && room=150
+say "validate + calibrate (window ${validate_s}s, skip '${skip}', ${room}s), $(left)s left"
+timeout $room python3 bench/gpu_validate_batching.py --model "$model" --device cuda --db "$db" \
   --out "$out/validate_batching.json" --calibrate --window-s "$validate_s" --skip "$skip" >> "$log" 2>&1
 say "validate rc=$?"
 
@@ -44,11 +53,10 @@ for _ in $(seq 1 180); do
   sleep 1
 done
 say "server up? $(python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$port/health', timeout=5).read()[:300])" 2>&1 | tail -1)"
-# Levels in priority order (issue 11's 16 and 1 developers for 60 s first); each costs its duration + ~10 s.
 levels=""
-room=$(( $(left) - 25 ))
-for level in ${GT_LEVELS:-16:60 1:60 64:30 128:30 4:30}; do
-  cost=$(( ${level#*:} + 10 ))
+room=$(( $(left) - 20 ))
+for level in $sweep_levels; do
+  cost=$(( ${level#*:} + 5 ))
   if [ $cost -le $room ]; then levels="${levels:+$levels,}$level"; room=$(( room - cost )); fi
 done
 say "sweep levels: ${levels:-none}"
