@@ -10,7 +10,8 @@ On a backend that batches (vLLM), ``run_batched_calibration`` also runs batched 
 ``BATCHED_PROMPT_BINS`` × ``BATCHED_OUTPUT_BINS``: every request of a round prefills P tokens and decodes O, B at
 once), records every engine step's work through the backend's step hook (``attach_step_sink``) and fits the
 per-step fixed cost, J per prefill token and J per decode token as a function of context over the windows'
-counter energy (``energy.calibration.fit_step_costs``); the fit is stored in the same calibration document
+counter energy less the idle draw (``idle_w`` × the window: ``energy.calibration.fit_step_costs``; costs above
+idle, as step attribution splits only the energy above idle); the fit is stored in the same calibration document
 (``step_*`` fields), where ``energy.step_attribution.StepCosts.from_calibration`` finds it.
 """
 
@@ -239,7 +240,7 @@ def run_batched_calibration(
     min_window_s: float = 2.0,
 ) -> Calibration:
     """Batched windows on ``backend`` (``run_synthetic`` from B threads at once: the engine batches them) with
-    every step recorded, then ``fit_step_costs`` with the per-phase calibration's idle power. A window repeats its
+    every step recorded, then ``fit_step_costs`` above the per-phase calibration's idle power. A window repeats its
     round (B requests of P prompt and O output tokens) for at least ``repeats`` rounds and ``min_window_s``."""
     attach = getattr(backend, "attach_step_sink", None)
     if attach is None:
