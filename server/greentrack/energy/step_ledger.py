@@ -64,7 +64,7 @@ class StepLedger:
         self.meter = monitor.meter_info()
         self.costs = costs or StepCosts()
         self._lock = threading.Lock()
-        self._accounts = StepAccounts(self.meter, self.costs, idle_w=self.costs.idle_w)
+        self._accounts = StepAccounts(self.meter, self.costs, idle_w=self._idle_w(self.costs, self.meter.method))
         self.created_s = time.monotonic()
         self._busy = False
         self._steps_until_s = self.created_s  # every step that started before this has been added
@@ -180,12 +180,21 @@ class StepLedger:
                 log.warning("step ledger: the meter changed from %s to %s; the window starts again",
                             self.meter.name, monitor.meter_name)
                 costs = costs or self.costs
-                self._accounts = StepAccounts(monitor.meter_info(), costs, idle_w=costs.idle_w)
+                self._accounts = StepAccounts(monitor.meter_info(), costs,
+                                              idle_w=self._idle_w(costs, monitor.meter_info().method))
             self.monitor = monitor
             self.meter = monitor.meter_info()
             if costs is not None:
                 self.costs = self._accounts.costs = costs
-                self._accounts.fixed_idle_w = costs.idle_w
+                self._accounts.fixed_idle_w = self._idle_w(costs, self.meter.method)
+
+    @staticmethod
+    def _idle_w(costs: StepCosts, method: str) -> float | None:
+        """The calibration's idle power; else None (measure it) on a real counter; else 0: the CPU-time estimate
+        is no power meter (vLLM-CPU's OpenMP threads spin between steps: its 'idle' is the engine's full draw)."""
+        if costs.idle_w is not None:
+            return costs.idle_w
+        return 0.0 if method == "estimated" else None
 
     # -- inside the lock ----------------------------------------------------------------------------------
     def _advance(self) -> None:
