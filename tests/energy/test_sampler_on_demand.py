@@ -7,6 +7,7 @@ one that burns CPU per read like NVML's ~3 ms call. The thread's CPU time is rea
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -86,20 +87,48 @@ def test_expect_work_wakes_the_sampler_at_once_and_it_stops_after_covering() -> 
         sampler.expect_work(hold_s=0.0)
         sampler.begin_work()
         time.sleep(0.3)
-        assert sampler.sampling and sampler.reads - reads0 >= 10  # every 20 ms while work is in flight
+        assert sampler.sampling
+        with sampler._cond:  # every step while the work ran was read on both sides: three knots in 0.3 s
+            ring = list(sampler._ring)[reads0:]
+        assert sum(1 for a, b in itertools.pairwise(ring) if b.energy_j != a.energy_j) >= 2
         end_s = time.monotonic()
         sampler.end_work(end_s)
-        time.sleep(0.1)
-        assert sampler.sampling  # the counter has not yet stepped twice after the work
         deadline = time.monotonic() + 2.0
         while sampler.sampling and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.005)
         assert not sampler.sampling
-        with sampler._cond:  # the stop came only once two steps after the work's end were in the ring
-            assert sampler._steps_after(end_s) >= 2
+        # One step surely after the work's end (its lag and slack included) is what attribution needs: the sampler
+        # stops at that step, within one counter period (plus a read) of lag + slack after the end.
+        assert time.monotonic() - end_s < 0.1 + counter.lag_s + counter.timing_slack_s + 0.05
+        with sampler._cond:
+            assert sampler._steps_after(end_s) >= 1
         stopped_reads = sampler.reads
         time.sleep(0.3)
         assert sampler.reads == stopped_reads
+    finally:
+        sampler.close()
+
+
+def test_begin_work_meets_the_expectation_and_a_superseded_one_expires() -> None:
+    """The debounce's hold ends when its work begins (it no longer keeps the sampler reading after the work is
+    covered); a request superseded during its debounce stops the reads after ``hold_s``."""
+    sampler = Sampler(BusyReadCounter(0.0005), on_demand=True, initial_hold_s=0.0, idle_period_s=30.0).start()
+    try:
+        time.sleep(0.05)
+        sampler.expect_work(hold_s=5.0)
+        time.sleep(0.05)
+        assert sampler.sampling
+        sampler.begin_work()
+        sampler.end_work()
+        deadline = time.monotonic() + 1.0
+        while sampler.sampling and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not sampler.sampling  # long before the 5 s hold
+        sampler.expect_work(hold_s=0.2)  # superseded: no begin_work comes
+        time.sleep(0.05)
+        assert sampler.sampling
+        time.sleep(0.35)
+        assert not sampler.sampling
     finally:
         sampler.close()
 

@@ -190,7 +190,9 @@ class EnergyMonitor:
         cpu_s = sampler.thread_cpu_s()
         age_s = time.monotonic() - sampler.started_s if sampler.started_s else 0.0
         counter = sampler.counter
-        mode = (f"on demand: every {sampler.period_s * 1000:.0f} ms around work, one read every "
+        around = ("reads around each predicted counter step" if sampler.planner is not None
+                  else f"every {sampler.period_s * 1000:.0f} ms")
+        mode = (f"on demand: {around} around work, one read every "
                 f"{sampler.idle_period_s:g} s while idle") if sampler.on_demand else (
                 f"always: every {sampler.period_s * 1000:.0f} ms")
         return {

@@ -10,13 +10,19 @@ timed to half the gap between two reads (plus half a read), so 20 ms reads time 
 while each read costs ~3.9 ms of a CPU thread (~20 % of one core; 10 ms would take ~40 % for ~7 ms).
 RAPL and the CPU-time estimate are continuous and cheap (µs): 10 ms.
 
-On demand (``on_demand=True``, what the language server and ``greentrack serve`` use): the thread reads at that
-period only around work and otherwise sleeps, with one *heartbeat* read every ``idle_period_s`` (5 s: RAPL's
-wraparound and long idle windows stay covered) — an NVML read costs ~3 ms of CPU, so polling all day would cost
-~17 % of a core. Sampling runs while ``expect_work`` holds (a request arrived: the debounce gives the sampler a
-counter step's head start before the prefill), while work begun with ``begin_work`` is in flight, and after
-``end_work``/``cover`` until the counter has stepped twice after the last phase (the step the attribution needs,
-plus one).
+On demand (``on_demand=True``, what the language server and ``greentrack serve`` use): the thread reads only
+around work and otherwise sleeps, with one *heartbeat* read every ``idle_period_s`` (5 s: RAPL's wraparound and
+long idle windows stay covered) — an NVML read costs ~3 ms of CPU, so polling all day would cost ~17 % of a core.
+Sampling runs from ``expect_work`` (a request arrived: the debounce gives the sampler a counter step's head start
+before the prefill) until the matching ``begin_work`` or ``hold_s``, while work begun with ``begin_work`` is in
+flight, and after ``end_work``/``cover`` until the counter has stepped once surely after the last phase (the knot
+``attribution`` needs; issue 13 measured that a second step and a hold outliving the work cost more CPU than the
+work's energy share allows).
+
+Around work, a stepped counter is read by phase (``read_planner.ReadPlanner``, on by default when on demand):
+once the step grid is locked, one read just before and one just after each predicted step (a third, in the middle,
+until the grid is known to ~6 ms), ~2.3 reads per step instead of 5, with brackets no wider than the 20 ms poll's;
+unlocked, it polls at ``period_s`` as before. ``docs/measurement.md`` has the figures.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import time
 from collections import deque
 
 from greentrack.energy.counter import Counter
+from greentrack.energy.read_planner import ReadPlanner
 from greentrack.energy.types import CounterSample
 from greentrack.errors import MeterUnavailable
 
@@ -44,6 +51,8 @@ class Sampler:
     ``on_demand``: sample at ``period_s`` only around work (``expect_work``, ``begin_work``/``end_work``,
     ``cover``) and for ``initial_hold_s`` after ``start``; otherwise one read every ``idle_period_s``.
     ``running`` stays true while the thread waits for work: it means the sampler works, not that it reads.
+    ``phase_locked`` (default: ``on_demand``, for a stepped counter): read around predicted steps (``ReadPlanner``)
+    instead of every ``period_s``.
     """
 
     def __init__(
@@ -56,6 +65,7 @@ class Sampler:
         idle_period_s: float = 5.0,
         initial_hold_s: float = 2.0,
         hold_s: float = 1.0,
+        phase_locked: bool | None = None,
     ) -> None:
         self.counter = counter
         self.period_s = period_s if period_s is not None else counter.sample_period_s
@@ -72,13 +82,18 @@ class Sampler:
         self.initial_hold_s = initial_hold_s
         self.hold_s = hold_s
         self._wake = threading.Event()
-        self._hold_until_s = 0.0  # sample at full rate until then (expect_work)
+        self._hold_until_s = 0.0  # sample until then (the start-up hold)
+        self._expected: list[float] = []  # deadlines of expect_work calls not yet met by a begin_work
         self._active = 0  # work begun and not ended
-        self._cover_s: float | None = None  # sample until the counter has stepped twice after this instant
+        self._cover_s: float | None = None  # sample until the counter has stepped once surely after this instant
         self.idle_reads = 0  # heartbeat reads while waiting for work
         self.started_s = 0.0
         self.sampling_s = 0.0  # time spent sampling at full rate (on demand), for the meter's cost
         self._sampling_since_s: float | None = None
+        locked = on_demand if phase_locked is None else phase_locked
+        self.planner: ReadPlanner | None = (
+            ReadPlanner(counter.update_period_s, self.period_s, read_cost_s=counter.read_cost_s or 0.003)
+            if locked and counter.update_period_s > 0.0 else None)
 
     def _read(self) -> CounterSample:
         t0 = time.monotonic()
@@ -92,6 +107,8 @@ class Sampler:
         """Take a first sample now (so failures surface here), then sample in the background."""
         first = self._read()
         self.started_s = first.t_s
+        if self.planner is not None:
+            self.planner.observe(first)
         with self._cond:
             self._ring.append(first)
             self._hold_until_s = time.monotonic() + self.initial_hold_s
@@ -107,10 +124,14 @@ class Sampler:
             if self.on_demand and not self._wanted():
                 if not self._idle_until_work():
                     return
-                next_s = time.monotonic()  # work came: read at once
+                next_s = time.monotonic()  # work came: read at once (the planner may say later)
+            if self.planner is not None:
+                next_s = self.planner.next_read_s(time.monotonic())
             delay = next_s - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 break
+            if self.on_demand and not self._wanted():  # the work was covered while waiting: no read
+                continue
             next_s += self.period_s
             if next_s < time.monotonic():  # fell behind (a slow read): do not burst to catch up
                 next_s = time.monotonic() + self.period_s
@@ -127,6 +148,8 @@ class Sampler:
                 self.error = str(e)
                 self._cond.notify_all()
             return False
+        if self.planner is not None:
+            self.planner.observe(sample)
         with self._cond:
             self._ring.append(sample)
             if heartbeat:
@@ -159,13 +182,16 @@ class Sampler:
                 self._sampling_since_s = None
 
     def _wanted(self) -> bool:
-        """Whether to read at the full period now: work expected, in flight, or not yet covered by the counter."""
+        """Whether to sample now: work expected, in flight, or not yet covered by the counter."""
+        now = time.monotonic()
         with self._cond:
-            if self._active > 0 or time.monotonic() < self._hold_until_s:
+            if self._expected and self._expected[0] <= now:
+                self._expected = [t for t in self._expected if t > now]
+            if self._active > 0 or self._expected or now < self._hold_until_s:
                 return True
             if self._cover_s is None:
                 return False
-            if self._steps_after(self._cover_s) >= 2:
+            if self._steps_after(self._cover_s) >= 1:
                 self._cover_s = None
                 return False
             return True
@@ -173,16 +199,20 @@ class Sampler:
     # -- work around which to sample (on demand) -----------------------------------------------------------
 
     def expect_work(self, hold_s: float | None = None) -> None:
-        """Work is coming (a request arrived, its debounce runs): sample for the next ``hold_s`` seconds."""
+        """Work is coming (a request arrived, its debounce runs): sample until its ``begin_work``, for at most
+        ``hold_s`` seconds (a request superseded during its debounce never begins)."""
         with self._cond:
-            self._hold_until_s = max(self._hold_until_s, time.monotonic() + (self.hold_s if hold_s is None
-                                                                               else hold_s))
+            self._expected.append(time.monotonic() + (self.hold_s if hold_s is None else hold_s))
+            self._expected.sort()
         self._wake.set()
 
     def begin_work(self) -> None:
-        """Work starts: sample until the matching ``end_work`` and the counter has covered it."""
+        """Work starts (meeting the oldest ``expect_work``): sample until the matching ``end_work`` and the counter
+        has covered it."""
         with self._cond:
             self._active += 1
+            if self._expected:
+                self._expected.pop(0)
         self._wake.set()
 
     def end_work(self, last_end_s: float | None = None) -> None:
@@ -192,7 +222,7 @@ class Sampler:
         self.cover(time.monotonic() if last_end_s is None else last_end_s)
 
     def cover(self, t_s: float) -> None:
-        """Sample until the counter has stepped twice surely after ``t_s`` (then stop, when on demand)."""
+        """Sample until the counter has stepped once surely after ``t_s`` (then stop, when on demand)."""
         with self._cond:
             self._cover_s = t_s if self._cover_s is None else max(self._cover_s, t_s)
         self._wake.set()
@@ -290,5 +320,6 @@ class Sampler:
             "reads": self.reads,
             "idle_reads": self.idle_reads,
             "thread_cpu_s": self.thread_cpu_s(),
+            "planner": self.planner.describe() if self.planner is not None else None,
             "age_s": time.monotonic() - self.started_s if self.started_s else 0.0,
         }
