@@ -111,13 +111,13 @@ def test_concurrent_conversion_keeps_the_winner(tmp_path: Path, monkeypatch: pyt
     src = resolve_model(str(gguf))
     dest = loading.converted_folder(src)
 
-    def convert(path: Path, out: Path, step: object) -> None:
+    def convert(path: Path, out: Path) -> None:  # the conversion (a child process in the product)
         (out / "model.safetensors").write_text("mine")
         dest.mkdir(parents=True)  # meanwhile, the other process finished first
         (dest / "model.safetensors").write_text("theirs")
         (dest / "greentrack-source.json").write_text("{}")
 
-    monkeypatch.setattr(loading, "_convert_gguf", convert)
+    monkeypatch.setattr(loading, "_convert_in_child", convert)
     assert materialize_hf_folder(src) == dest
     assert (dest / "model.safetensors").read_text() == "theirs"
     assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]  # no temporary folder left
