@@ -6,6 +6,7 @@ exactly like the other runners of ``runners``: ``begin`` (KV reuse: the longest 
 
 What makes a decode step cheap (issue 15; figures in docs/benchmarks.md, "CPU engine"):
 - the weights are read 4-bit (``quantize.Int4Linear``): a quarter of bf16's memory traffic for the matrices;
+  the output head too, its ``RESCORE`` best candidates then recomputed from the exact embedding rows;
 - the KV cache is one preallocated float32 tensor per document, written in place (``KvCache``): nothing is
   copied per step (transformers' ``DynamicCache`` concatenates, i.e. copies the whole cache, at every step);
   it grows by doubling when a prompt outgrows it;
@@ -63,13 +64,10 @@ class KvCache:
         v[:, :, : self.length] = self.v[:, :, : self.length]
         self.k, self.v = k, v
 
-    def nbytes(self) -> int:
-        return int(self.k.nbytes + self.v.nbytes)
-
 
 class CpuLlama:
-    """A llama-family causal LM over ``LlamaWeights``. ``config``/``generation_config``: transformers objects for
-    the backend (vocabulary size, end tokens), not used by the computation."""
+    """A llama-family causal LM over ``LlamaWeights``. ``config``/``generation_config``: ``config.json`` and
+    ``generation_config.json`` as attribute objects for the backend (vocabulary size, end tokens), unused here."""
 
     def __init__(self, weights: LlamaWeights, config: Any = None, generation_config: Any = None) -> None:
         self.weights = weights

@@ -1,7 +1,9 @@
 """Weights of the CPU decode engine, read straight from a llama GGUF: its 4-bit blocks stay 4-bit.
 
 Place in the flow: ``loading.load_cpu_model`` → ``read_gguf_llama(path)`` → ``LlamaWeights`` → ``cpu_decode.CpuLlama``.
-No transformers model is built: each tensor is read from the memory-mapped GGUF, converted, and dropped.
+No transformers model is built: each tensor is read from the file (``read_gguf``, a small reader of our own),
+converted, and dropped. The output head is int4 too (re-scored exactly by ``cpu_decode``); the embedding stays
+``Q8_0`` (``Q8Rows``). ``loading._convert_llama`` uses the same reader for the one-time safetensors folder.
 
 The embedded model's GGUF stores every matrix of the 30 blocks as ``Q4_1`` (groups of 32 weights along the input
 dimension, each ``w = d * q + m`` with ``q`` in 0..15 and fp16 ``d``, ``m``) and the token embedding as ``Q8_0``.
