@@ -12,8 +12,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from greentrack import __version__
+from greentrack.config import Settings
 from greentrack.engine.prompt import validate
 from greentrack.engine.types import CompletionRequest
 from greentrack.errors import BadInput, GreentrackError, UsageError
@@ -99,7 +100,18 @@ Admin = Annotated[Caller, Depends(_admin)]
 
 def build_app(service: CompletionService, auth: Authenticator) -> FastAPI:
     """The app for one service; ``service.start`` runs in its lifespan (it needs the running loop)."""
-    settings = service.pipeline.settings
+    app = FastAPI(title="greentrack", version=__version__, lifespan=_lifespan(service), docs_url=None,
+                  redoc_url=None, openapi_url=None)
+    app.state.auth = auth
+    _add_error_handlers(app, service)
+    _add_service_state_routes(app, service)
+    _add_completion_routes(app, service)
+    _add_after_suggestion_routes(app, service)
+    return app
+
+
+def _lifespan(service: CompletionService) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Starts the service on the server's loop, closes it once uvicorn has finished with the requests."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,14 +120,17 @@ def build_app(service: CompletionService, auth: Authenticator) -> FastAPI:
         # uvicorn has waited for (or cancelled) the in-flight requests; this must run before it re-raises SIGTERM
         await asyncio.to_thread(service.close)
 
-    app = FastAPI(title="greentrack", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
-    app.state.auth = auth
+    return lifespan
 
-    def received_s(request: Request) -> float:
-        return float(request.scope.get("state", {}).get("received_s", time.monotonic()))
 
-    # -- errors -----------------------------------------------------------------------------------------
+def _received_s(request: Request) -> float:
+    """When ``BodyLimit`` saw the request arrive (monotonic s); now, where it did not say."""
+    return float(request.scope.get("state", {}).get("received_s", time.monotonic()))
+
+
+def _add_error_handlers(app: FastAPI, service: CompletionService) -> None:
+    """Every error becomes one JSON shape (``_error``), one log line and one count in the metrics."""
+
     def failed(request: Request, status: int, message: str) -> JSONResponse:
         log.warning("%s %s → %d: %s", request.method, request.url.path, status, message)
         service.metrics.observe_error(status)
@@ -146,7 +161,10 @@ def build_app(service: CompletionService, auth: Authenticator) -> FastAPI:
         log.exception("%s %s: unexpected failure", request.method, request.url.path)
         return failed(request, 500, f"internal error: {type(exc).__name__}")
 
-    # -- service state ----------------------------------------------------------------------------------
+
+def _add_service_state_routes(app: FastAPI, service: CompletionService) -> None:
+    """``/health``, ``/v1/models`` and ``/metrics``: what the server runs and how it is doing."""
+
     @app.get("/health")
     async def health() -> JSONResponse:
         monitor = service.pipeline.monitor
@@ -175,18 +193,26 @@ def build_app(service: CompletionService, auth: Authenticator) -> FastAPI:
         await asyncio.to_thread(service.energy_totals)  # the idle energy up to now, stored first
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE)
 
-    # -- completions ----------------------------------------------------------------------------------------
-    def limits(max_tokens: int | None) -> dict[str, Any]:
-        return {"max_tokens": max_tokens or settings.max_tokens, "max_time_s": settings.max_time_ms / 1000.0,
-                "context_tokens": settings.context_tokens}
 
-    def green(generation: Generation) -> dict[str, Any]:
-        cid = generation.completion_id
-        return greentrack_object(
-            cid, generation.result, queue_ms=generation.queue_ms, latency_ms=generation.latency_ms,
-            record=generation.record,
-            energy_url=f"/v1/greentrack/completions/{cid}?wait=2" if generation.result is not None else None,
-        )
+def _request_limits(settings: Settings, max_tokens: int | None) -> dict[str, Any]:
+    """The engine's budget for one request: the client's ``max_tokens`` or the server's, and its time limit."""
+    return {"max_tokens": max_tokens or settings.max_tokens, "max_time_s": settings.max_time_ms / 1000.0,
+            "context_tokens": settings.context_tokens}
+
+
+def _green(generation: Generation) -> dict[str, Any]:
+    """The ``greentrack`` object of an answer, with the URL that long-polls for its energy."""
+    cid = generation.completion_id
+    return greentrack_object(
+        cid, generation.result, queue_ms=generation.queue_ms, latency_ms=generation.latency_ms,
+        record=generation.record,
+        energy_url=f"/v1/greentrack/completions/{cid}?wait=2" if generation.result is not None else None,
+    )
+
+
+def _add_completion_routes(app: FastAPI, service: CompletionService) -> None:
+    """``/v1/completions`` (OpenAI's shape, streamed or not) and ``/v1/greentrack/complete`` (the native one)."""
+    settings = service.pipeline.settings
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: OpenAICompletionBody, request: Request, who: Who) -> dict[str, Any] | Response:
@@ -195,13 +221,13 @@ def build_app(service: CompletionService, auth: Authenticator) -> FastAPI:
         prompt, suffix = body.prompt_text, body.suffix or ""
         engine_request = CompletionRequest(
             request_id=str(uuid.uuid4()), document_key=f"openai\x00{who.developer}", text=prompt + suffix,
-            offset=len(prompt), language_id="plaintext", **limits(body.max_tokens),
+            offset=len(prompt), language_id="plaintext", **_request_limits(settings, body.max_tokens),
         )
         validate(engine_request.text, engine_request.offset)
-        arrived = received_s(request)
+        arrived = _received_s(request)
         if body.stream:
             return StreamingResponse(
-                _stream(service, who, engine_request, body, arrived, green),
+                _stream(service, who, engine_request, body, arrived, _green),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Greentrack-Completion-Id": engine_request.request_id},
             )
@@ -210,7 +236,7 @@ def build_app(service: CompletionService, auth: Authenticator) -> FastAPI:
         result = generation.result
         text, stopped = cut_at_stops(result.text if result is not None else "", body.stop_strings)
         finish = "stop" if stopped else finish_reason(result)
-        return openai_completion(generation.completion_id, service.model_id, text, finish, result, green(generation))
+        return openai_completion(generation.completion_id, service.model_id, text, finish, result, _green(generation))
 
     @app.post("/v1/greentrack/complete")
     async def complete(body: NativeCompleteBody, request: Request, who: Who) -> dict[str, Any]:
@@ -219,20 +245,25 @@ def build_app(service: CompletionService, auth: Authenticator) -> FastAPI:
         document = body.document_key or body.uri or "untitled"
         engine_request = CompletionRequest(
             request_id=body.completion_id or str(uuid.uuid4()), document_key=f"{who.developer}\x00{document}",
-            text=body.text, offset=offset, language_id=body.language_id, **limits(body.max_tokens),
+            text=body.text, offset=offset, language_id=body.language_id,
+            **_request_limits(settings, body.max_tokens),
         )
         generation = await service.generate(who, engine_request, uri=body.uri or document,
-                                            received_s=received_s(request),
+                                            received_s=_received_s(request),
                                             disconnected=lambda: wait_disconnect(request), supersede=True)
         result = generation.result
         return {
             "completion_id": generation.completion_id,
             "text": result.text if result is not None and not result.cancelled else "",
             "cancelled": result is None or result.cancelled,
-            "greentrack": green(generation),
+            "greentrack": _green(generation),
         }
 
-    # -- after the suggestion -----------------------------------------------------------------------------
+
+def _add_after_suggestion_routes(app: FastAPI, service: CompletionService) -> None:
+    """What follows a suggestion: its energy record, accept, cancel, and the weekly report."""
+    settings = service.pipeline.settings
+
     @app.get("/v1/greentrack/completions/{completion_id}")
     async def completion_record(
         completion_id: str, who: Who, wait: Annotated[float, Query(ge=0.0, le=MAX_WAIT_S)] = 0.0
@@ -267,8 +298,6 @@ def build_app(service: CompletionService, auth: Authenticator) -> FastAPI:
             return JSONResponse({"developers": developers, "server": figures})
         return JSONResponse(payload)
 
-    return app
-
 
 async def _stream(
     service: CompletionService,
@@ -276,7 +305,7 @@ async def _stream(
     engine_request: CompletionRequest,
     body: OpenAICompletionBody,
     arrived: float,
-    green: Any,
+    green: Callable[[Generation], dict[str, Any]],
 ) -> AsyncIterator[str]:
     """SSE in OpenAI's chunk format: an empty first chunk at once (it carries the id, so the client can cancel),
     the text once the engine's stop rules have settled it, a last chunk with ``finish_reason``, ``usage`` and the
