@@ -32,6 +32,8 @@ from greentrack.errors import ModelLoadError
 if TYPE_CHECKING:
     import torch
 
+    from greentrack.engine.quantize import GgufTensor, LlamaShape
+
 log = logging.getLogger(__name__)
 
 SourceKind = Literal["embedded", "hub", "folder", "gguf"]
@@ -231,15 +233,32 @@ def _convert_llama(gguf: Path, meta: dict[str, Any], tensors: dict[str, Any], ou
     """A llama GGUF → ``config.json``, ``generation_config.json``, tokenizer files and a float32
     ``model.safetensors`` written one tensor at a time (the values transformers' GGUF loader gives: q/k rows
     back in transformers' half-split rotary order)."""
-    import struct
-
-    import torch
-
-    from greentrack.engine.quantize import GgufTensor, dense_tensor, read_gguf_shape
+    from greentrack.engine.quantize import read_gguf_shape
 
     transformers: Any = importlib.import_module("transformers")
     shape = read_gguf_shape(meta, tensors)
     step("reading the tokenizer")
+    _save_gguf_tokenizer(transformers, gguf, out)
+    _save_llama_config(transformers, meta, shape, tied="output.weight" not in tensors, out=out)
+    step("dequantizing tensors")
+    plan = _llama_tensor_plan(gguf, tensors, shape)
+    header = _safetensors_header(plan)
+    step("writing safetensors")
+    _write_llama_safetensors(out / "model.safetensors", header, plan)
+
+
+#: transformers' config key → the GGUF's ``tokenizer.ggml.*`` key for the special token ids.
+_TOKEN_ID_KEYS = (
+    ("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id"),
+    ("unk_token_id", "unknown_token_id"),
+)
+
+#: One tensor of the converted folder: (transformers name, GGUF tensor, heads for the q/k row order; 0: as stored).
+_PlannedTensor = tuple[str, "GgufTensor", int]
+
+
+def _save_gguf_tokenizer(transformers: Any, gguf: Path, out: Path) -> None:
+    """The GGUF's tokenizer, read by transformers and saved into ``out`` (then dropped: it holds the vocabulary)."""
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except (ValueError, OSError, KeyError) as e:
@@ -247,10 +266,14 @@ def _convert_llama(gguf: Path, meta: dict[str, Any], tensors: dict[str, Any], ou
     tokenizer.save_pretrained(str(out))
     del tokenizer
     release_free_memory()
-    ids = {name: meta.get(f"tokenizer.ggml.{key}") for name, key in (
-        ("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id"),
-        ("unk_token_id", "unknown_token_id"))}
-    tied = "output.weight" not in tensors
+
+
+def _save_llama_config(transformers: Any, meta: dict[str, Any], shape: LlamaShape, tied: bool, out: Path) -> None:
+    """``config.json`` (float32 ``LlamaConfig`` from the header's numbers and special token ids) and
+    ``generation_config.json`` into ``out``."""
+    import torch
+
+    ids = {name: meta.get(f"tokenizer.ggml.{key}") for name, key in _TOKEN_ID_KEYS}
     config = transformers.LlamaConfig(
         vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
         num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
@@ -262,8 +285,11 @@ def _convert_llama(gguf: Path, meta: dict[str, Any], tensors: dict[str, Any], ou
     config.save_pretrained(str(out))
     transformers.GenerationConfig.from_model_config(config).save_pretrained(str(out))
 
-    step("dequantizing tensors")
-    plan: list[tuple[str, GgufTensor, int]] = []  # (transformers name, tensor, heads for the q/k row order)
+
+def _llama_tensor_plan(gguf: Path, tensors: dict[str, GgufTensor], shape: LlamaShape) -> list[_PlannedTensor]:
+    """Each GGUF tensor under its transformers name, sorted by that name (safetensors' order);
+    ``ModelLoadError`` for a block tensor a llama model does not have."""
+    plan: list[_PlannedTensor] = []
     for name, tensor in tensors.items():
         if name == "token_embd.weight":
             plan.append(("model.embed_tokens.weight", tensor, 0))
@@ -272,12 +298,23 @@ def _convert_llama(gguf: Path, meta: dict[str, Any], tensors: dict[str, Any], ou
         elif name == "output.weight":
             plan.append(("lm_head.weight", tensor, 0))
         elif name.startswith("blk."):
-            _, layer, kind, _ = name.split(".", 3)
-            if kind not in _LLAMA_NAMES:
-                raise ModelLoadError(f"{gguf}: tensor {name} is not part of a llama model")
-            heads = shape.heads if kind == "attn_q" else shape.kv_heads if kind == "attn_k" else 0
-            plan.append((f"model.layers.{layer}.{_LLAMA_NAMES[kind]}.weight", tensor, heads))
+            plan.append(_llama_block_tensor(gguf, name, tensor, shape))
     plan.sort(key=lambda item: item[0])
+    return plan
+
+
+def _llama_block_tensor(gguf: Path, name: str, tensor: GgufTensor, shape: LlamaShape) -> _PlannedTensor:
+    """A ``blk.N.kind.weight`` tensor → ``model.layers.N.<module>.weight``, with the head count that q/k rows
+    are reordered by."""
+    _, layer, kind, _ = name.split(".", 3)
+    if kind not in _LLAMA_NAMES:
+        raise ModelLoadError(f"{gguf}: tensor {name} is not part of a llama model")
+    heads = shape.heads if kind == "attn_q" else shape.kv_heads if kind == "attn_k" else 0
+    return (f"model.layers.{layer}.{_LLAMA_NAMES[kind]}.weight", tensor, heads)
+
+
+def _safetensors_header(plan: list[_PlannedTensor]) -> bytes:
+    """The safetensors JSON header for ``plan``'s float32 tensors laid out back to back, space-padded to 8 bytes."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, tensor, _ in plan:
@@ -286,11 +323,20 @@ def _convert_llama(gguf: Path, meta: dict[str, Any], tensors: dict[str, Any], ou
         header[name] = {"dtype": "F32", "shape": shape_of, "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    step("writing safetensors")
-    with (out / "model.safetensors").open("wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
+    return encoded + b" " * (-len(encoded) % 8)
+
+
+def _write_llama_safetensors(path: Path, header: bytes, plan: list[_PlannedTensor]) -> None:
+    """The safetensors file: header length, header, then each tensor dequantized to float32 one at a time."""
+    import struct
+
+    import torch
+
+    from greentrack.engine.quantize import dense_tensor
+
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(header)))
+        f.write(header)
         for _name, tensor, heads in plan:
             values = dense_tensor(tensor, torch.float32)
             if heads:  # GGUF interleaves each head's rotary pairs; transformers splits them in halves
