@@ -27,12 +27,12 @@ import contextlib
 import io
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from greentrack.energy.counter import Counter, MeterStatus, measure_read_cost_s
+from greentrack.energy.counter import MeterStatus, measure_read_cost_s
+from greentrack.energy.gpu_counter import GpuCounter
 from greentrack.errors import MeterUnavailable
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def visible_hip_ids(ordinals: Sequence[int]) -> list[int]:
     return out
 
 
-class AmdSmiCounter(Counter):
+class AmdSmiCounter(GpuCounter):
     """The summed energy of some AMD GPUs. Units: J. See the module docstring for what it reads.
 
     ``hip_ids``: physical HIP ids (default all GPUs). ``sleep``/``clock``: injectable for tests. Raises
@@ -101,15 +101,13 @@ class AmdSmiCounter(Counter):
         sleep: Callable[[float], None] = time.sleep,
         check_wait_s: float = CHECK_WAIT_S,
     ) -> None:
-        self._clock = clock
+        self._init_gpu_state(clock)
         self._smi = smi = _amdsmi()
         try:
             flags = getattr(getattr(smi, "AmdSmiInitFlags", None), "INIT_AMD_GPUS", None)
             smi.amdsmi_init(flags) if flags is not None else smi.amdsmi_init()
         except smi.AmdSmiException as e:
             raise MeterUnavailable(f"AMD: amdsmi cannot initialise (is the amdgpu driver loaded?): {e}") from e
-        self._lock = threading.Lock()
-        self._closed = False
         try:
             self.gpu_ids, self._handles = _open_handles(smi, hip_ids)
             self._has_counter, self.caveats = _check_counters(smi, self.gpu_ids, self._handles, sleep, check_wait_s)
@@ -123,8 +121,7 @@ class AmdSmiCounter(Counter):
                 self.timing_slack_s = 0.1  # a power reading is itself an average over a window
             kind = "amd" if all(self._has_counter) else "amd-power"
             self.name = f"{kind}:" + "+".join(f"gpu{g}" for g in self.gpu_ids)
-            self._power_last: list[tuple[float, float] | None] = [None] * len(self._handles)
-            self._integrated_j = [0.0] * len(self._handles)
+            self._start_power_integration(len(self._handles))
             self.read_cost_s = measure_read_cost_s(self, reads=3)
         except MeterUnavailable:
             self._shutdown()
@@ -143,37 +140,14 @@ class AmdSmiCounter(Counter):
                     if self._has_counter[i]:
                         total_j += _counter(self._smi, h)[0] * 1e-6
                     else:
-                        total_j += self._integrate_power(i, h)
+                        total_j += self._integrate_power(i, _power_w(self._smi, h) or 0.0)
             except self._smi.AmdSmiException as e:
                 raise MeterUnavailable(f"AMD: cannot read the GPU energy: {e}") from e
         return total_j
 
-    def _integrate_power(self, i: int, handle: Any) -> float:
-        """Trapezoids of the power reading (W) between reads. Units: J."""
-        power_w = _power_w(self._smi, handle) or 0.0
-        now_s = self._clock()
-        last = self._power_last[i]
-        if last is not None:
-            self._integrated_j[i] += 0.5 * (last[1] + power_w) * (now_s - last[0])
-        self._power_last[i] = (now_s, power_w)
-        return self._integrated_j[i]
-
     def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
             self._smi.amdsmi_shut_down()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._shutdown()
-
-    def describe(self) -> dict[str, object]:
-        out = super().describe()
-        out["gpu_ids"] = list(self.gpu_ids)
-        out["caveats"] = [*self.caveats, "whole-device energy: other processes on these GPUs are counted too"]
-        return out
 
 
 def _counter(smi: Any, handle: Any) -> tuple[float, float]:

@@ -23,12 +23,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from greentrack.energy.counter import Counter, MeterStatus, measure_read_cost_s
+from greentrack.energy.counter import MeterStatus, measure_read_cost_s
+from greentrack.energy.gpu_counter import GpuCounter
 from greentrack.errors import MeterUnavailable
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def cuda_to_nvml_ids(cuda_indices: Sequence[int]) -> list[int | str]:
     return out
 
 
-class NvmlCounter(Counter):
+class NvmlCounter(GpuCounter):
     """The summed energy of some GPUs. Units: J. See the module docstring for the caveats.
 
     ``gpu_ids``: NVML indices (or UUIDs), default all GPUs. Raises ``MeterUnavailable`` with one clear line
@@ -94,14 +94,12 @@ class NvmlCounter(Counter):
     def __init__(
         self, gpu_ids: Sequence[int | str] | None = None, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._clock = clock
+        self._init_gpu_state(clock)
         self._nvml = pynvml = _pynvml()
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as e:
             raise _translate(pynvml, e, "initialise") from e
-        self._lock = threading.Lock()
-        self._closed = False
         try:
             ids, self._handles = _open_handles(pynvml, gpu_ids)
             self.gpu_ids = ids
@@ -114,9 +112,7 @@ class NvmlCounter(Counter):
                 self.lag_s = 0.0
             kind = "nvml" if all(self._has_counter) else "nvml-power"
             self.name = f"{kind}:" + "+".join(f"gpu{g}" for g in ids)
-            # Power integration state (only for GPUs without the counter).
-            self._power_last: list[tuple[float, float] | None] = [None] * len(ids)
-            self._integrated_j: list[float] = [0.0] * len(ids)
+            self._start_power_integration(len(ids))
             self.read_cost_s = measure_read_cost_s(self, reads=3)
         except MeterUnavailable:
             self._shutdown()
@@ -136,38 +132,15 @@ class NvmlCounter(Counter):
                     if self._has_counter[i]:
                         total_j += float(pynvml.nvmlDeviceGetTotalEnergyConsumption(h)) / 1000.0
                     else:
-                        total_j += self._integrate_power(i, h)
+                        # No counter (pre-Volta): integrate nvmlDeviceGetPowerUsage (mW).
+                        total_j += self._integrate_power(i, float(pynvml.nvmlDeviceGetPowerUsage(h)) / 1000.0)
             except pynvml.NVMLError as e:
                 raise _translate(pynvml, e, "read the GPU energy") from e
         return total_j
 
-    def _integrate_power(self, i: int, handle: Any) -> float:
-        """Trapezoids of ``nvmlDeviceGetPowerUsage`` (mW) between reads. Units: J."""
-        power_w = float(self._nvml.nvmlDeviceGetPowerUsage(handle)) / 1000.0
-        now_s = self._clock()
-        last = self._power_last[i]
-        if last is not None:
-            last_s, last_w = last
-            self._integrated_j[i] += 0.5 * (last_w + power_w) * (now_s - last_s)
-        self._power_last[i] = (now_s, power_w)
-        return self._integrated_j[i]
-
     def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
             self._nvml.nvmlShutdown()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._shutdown()
-
-    def describe(self) -> dict[str, object]:
-        out = super().describe()
-        out["gpu_ids"] = list(self.gpu_ids)
-        out["caveats"] = [*list(self.caveats), "whole-device energy: other processes on these GPUs are counted too"]
-        return out
 
 
 def probe_nvml() -> MeterStatus:
