@@ -3,6 +3,7 @@
 # the device machine, in one command after the two-call vLLM install, from the repo root, with .whl carried:
 #   source .vx/c2/install.sh && bash bench/gpu_followup.sh "$OUT"
 set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
 out="${1:?output folder}"
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/server:$PWD" XDG_CACHE_HOME=/tmp/gt-cache \
   GREENTRACK_DEVELOPER=gpu-bench@example.com PYTHONUNBUFFERED=1
@@ -15,15 +16,8 @@ timeout 150 python3 bench/gpu_meter_compare.py --out "$out" > "$out/meter_compar
 echo "meter_compare rc=$?"; tail -25 "$out/meter_compare.txt"
 port=8766
 mkdir -p /tmp/gt-bench
-python3 -m greentrack serve --backend vllm --device cuda --model "$model" --db /tmp/gt-bench/b.db --port $port \
-  > "$out/bench_serve_log.txt" 2>&1 &
-server=$!
-for _ in $(seq 1 150); do
-  python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null && break
-  kill -0 $server 2>/dev/null || break
-  sleep 1
-done
+start_serve $port "$out/bench_serve_log.txt" 150 --backend vllm --device cuda --model "$model" --db /tmp/gt-bench/b.db
 timeout 200 python3 -m greentrack bench --server "http://127.0.0.1:$port" --files 3 --json > "$out/bench_server.json" \
   2> "$out/bench_server_err.txt"
 echo "bench rc=$?"; tail -c 1500 "$out/bench_server.json"; tail -5 "$out/bench_server_err.txt"
-kill -TERM $server 2>/dev/null; wait $server 2>/dev/null
+stop_serve

@@ -8,6 +8,7 @@
 # Later parts shrink or are dropped when time runs short; every part writes its JSON as it goes. Files in $OUT:
 # env.txt, validate_batching.json, load_sweep.json, serve_log.txt, run_log.txt (≤ 8, flat).
 set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
 out="${1:?output folder}"
 t0=$SECONDS
 budget=${GT_BUDGET_S:-540}
@@ -44,15 +45,9 @@ say "validate rc=$?"
 
 # (a) + (d): the server with the stored calibration, then the sweep.
 port=8765
-python3 -m greentrack serve --backend vllm --device cuda --model "$model" --db "$db" --port $port \
-  --idle-period 5 --max-num-seqs 128 > "$out/serve_log.txt" 2>&1 &
-server=$!
-for _ in $(seq 1 180); do
-  python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null && break
-  kill -0 $server 2>/dev/null || break
-  sleep 1
-done
-say "server up? $(python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$port/health', timeout=5).read()[:300])" 2>&1 | tail -1)"
+start_serve $port "$out/serve_log.txt" 180 --backend vllm --device cuda --model "$model" --db "$db" \
+  --idle-period 5 --max-num-seqs 128
+say "server up? $(health_of $port)"
 levels=""
 room=$(( $(left) - 20 ))
 for level in $sweep_levels; do
@@ -65,5 +60,5 @@ if [ -n "$levels" ]; then
     --levels "$levels" --out "$out/load_sweep.json" >> "$log" 2>&1
   say "sweep rc=$?"
 fi
-kill -TERM $server 2>/dev/null; wait $server 2>/dev/null
+stop_serve
 say "done"

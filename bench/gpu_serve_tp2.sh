@@ -6,6 +6,7 @@
 #   source .vx/c2/install.sh && bash bench/gpu_serve_tp2.sh "$OUT"
 # Files in $OUT: env.txt, load_tp1.json, load_tp2.json, serve_tp1.txt, serve_tp2.txt, run_log.txt.
 set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
 out="${1:?output folder}"
 t0=$SECONDS
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/server" XDG_CACHE_HOME=/tmp/gt-cache \
@@ -21,18 +22,12 @@ for tp in 1 2; do
   db=/tmp/gt-tp$tp/serve.db; mkdir -p /tmp/gt-tp$tp
   port=$(( 8765 + tp )); gpus=0; [ $tp = 2 ] && gpus=0,1
   device=cuda; [ $tp = 1 ] && device=cuda:0
-  python3 -m greentrack serve --backend vllm --device $device --model "$model" --db "$db" --port $port \
-    --idle-period 5 --tensor-parallel-size $tp > "$out/serve_tp$tp.txt" 2>&1 &
-  server=$!
-  for _ in $(seq 1 200); do
-    python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null && break
-    kill -0 $server 2>/dev/null || break
-    sleep 1
-  done
-  say "TP=$tp server: $(python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$port/health', timeout=5).read()[:300])" 2>&1 | tail -1)"
+  start_serve $port "$out/serve_tp$tp.txt" 200 --backend vllm --device $device --model "$model" --db "$db" \
+    --idle-period 5 --tensor-parallel-size $tp
+  say "TP=$tp server: $(health_of $port)"
   python3 bench/load.py --server "http://127.0.0.1:$port" --mint-db "$db" --levels "$levels" --gpus $gpus \
     --out "$out/load_tp$tp.json" >> "$log" 2>&1
   say "TP=$tp sweep rc=$?"
-  kill -TERM $server 2>/dev/null; wait $server 2>/dev/null
+  stop_serve
 done
 say "done"
