@@ -20,10 +20,11 @@ which ``cpu_decode`` applies as a complex rotation.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -221,46 +222,81 @@ class GgufTensor:
 def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, GgufTensor]]:
     """The scalar header keys and the tensors of a GGUF file (arrays such as the vocabulary are skipped: the
     ``gguf`` package's reader builds Python objects for each of them, ~300 MiB and ~4 s for a 49k vocabulary)."""
-    import struct
-
     with path.open("rb") as f:
-        def scalar(fmt: str) -> Any:
-            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
-
-        def string() -> str:
-            return f.read(scalar("<Q")).decode("utf-8", errors="replace")
-
-        def value(kind: int) -> Any:
-            if kind in _SCALARS:
-                return scalar(_SCALARS[kind])
-            if kind == 8:
-                return string()
-            if kind == 9:
-                item, count = scalar("<I"), scalar("<Q")
-                if item in _SCALARS:
-                    f.seek(count * struct.calcsize(_SCALARS[item]), 1)
-                else:
-                    for _ in range(count):
-                        value(item)
-                return None
-            raise ModelLoadError(f"{path}: unknown GGUF value type {kind}")
-
-        if f.read(4) != b"GGUF":
-            raise ModelLoadError(f"{path} is not a GGUF file")
-        version, n_tensors, n_keys = scalar("<I"), scalar("<Q"), scalar("<Q")
-        if version < 2:
-            raise ModelLoadError(f"{path}: GGUF version {version} is too old")
-        meta: dict[str, Any] = {}
-        for _ in range(n_keys):
-            key = string()
-            meta[key] = value(scalar("<I"))
-        infos = []
-        for _ in range(n_tensors):
-            name = string()
-            dims = [scalar("<Q") for _ in range(scalar("<I"))]
-            infos.append((name, dims, scalar("<I"), scalar("<Q")))
+        reader = _GgufReader(path, f)
+        n_tensors, n_keys = reader.preamble()
+        meta = reader.metadata(n_keys)
+        infos = reader.tensor_infos(n_tensors)
         align = int(meta.get("general.alignment") or 32)
         base = -(-f.tell() // align) * align
+    return meta, _gguf_tensors(path, infos, base)
+
+
+#: A tensor's entry in the GGUF header: (name, dimensions, ggml type, offset from the data section).
+_TensorInfo = tuple[str, list[int], int, int]
+
+
+class _GgufReader:
+    """Reads the header of an open GGUF file in order: preamble, key/value metadata, tensor infos."""
+
+    def __init__(self, path: Path, f: BinaryIO) -> None:
+        self.path = path
+        self.f = f
+
+    def scalar(self, fmt: str) -> Any:
+        return struct.unpack(fmt, self.f.read(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        return self.f.read(self.scalar("<Q")).decode("utf-8", errors="replace")
+
+    def value(self, kind: int) -> Any:
+        """A metadata value of ggml value type ``kind``; arrays are skipped (``None``)."""
+        if kind in _SCALARS:
+            return self.scalar(_SCALARS[kind])
+        if kind == 8:
+            return self.string()
+        if kind == 9:
+            self._skip_array()
+            return None
+        raise ModelLoadError(f"{self.path}: unknown GGUF value type {kind}")
+
+    def _skip_array(self) -> None:
+        """Past an array value: scalars by seeking, strings and nested arrays by reading each item."""
+        item, count = self.scalar("<I"), self.scalar("<Q")
+        if item in _SCALARS:
+            self.f.seek(count * struct.calcsize(_SCALARS[item]), 1)
+        else:
+            for _ in range(count):
+                self.value(item)
+
+    def preamble(self) -> tuple[int, int]:
+        """Magic and version checked; (tensor count, metadata key count)."""
+        if self.f.read(4) != b"GGUF":
+            raise ModelLoadError(f"{self.path} is not a GGUF file")
+        version, n_tensors, n_keys = self.scalar("<I"), self.scalar("<Q"), self.scalar("<Q")
+        if version < 2:
+            raise ModelLoadError(f"{self.path}: GGUF version {version} is too old")
+        return n_tensors, n_keys
+
+    def metadata(self, n_keys: int) -> dict[str, Any]:
+        meta: dict[str, Any] = {}
+        for _ in range(n_keys):
+            key = self.string()
+            meta[key] = self.value(self.scalar("<I"))
+        return meta
+
+    def tensor_infos(self, n_tensors: int) -> list[_TensorInfo]:
+        infos: list[_TensorInfo] = []
+        for _ in range(n_tensors):
+            name = self.string()
+            dims = [self.scalar("<Q") for _ in range(self.scalar("<I"))]
+            infos.append((name, dims, self.scalar("<I"), self.scalar("<Q")))
+        return infos
+
+
+def _gguf_tensors(path: Path, infos: list[_TensorInfo], base: int) -> dict[str, GgufTensor]:
+    """The header's tensor infos → ``GgufTensor``s at ``base`` (the aligned start of the data section);
+    ``ModelLoadError`` for a ggml type this engine does not read."""
     tensors: dict[str, GgufTensor] = {}
     for name, dims, kind, offset in infos:
         if kind not in _TYPES:
@@ -269,7 +305,7 @@ def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, GgufTensor]]:
         cols, rows = int(dims[0]), int(np.prod(dims[1:])) if len(dims) > 1 else 1
         row_bytes = cols // per_block * block_bytes
         tensors[name] = GgufTensor(name, label, rows, cols, path, base + offset, row_bytes)
-    return meta, tensors
+    return tensors
 
 
 def read_gguf_shape(meta: dict[str, Any], tensors: dict[str, GgufTensor]) -> LlamaShape:
