@@ -257,32 +257,47 @@ class IdleMeter(IdleAccounts):
         return min([now - SETTLE_S, *self._active.values(), *pending])
 
     def _cut_by_knots(self, now: float) -> IdleEnergy | None:
+        """The counter's knots: the idle energy from the last cut to the latest knot that may be the next one."""
         counter, sampler = self.monitor.counter, self.monitor.sampler
         assert counter is not None and sampler is not None
         since_s = self._cut.t_s if self._cut is not None else self.created_s
         samples = sampler.samples_between(since_s - self.monitor.lookback_s, math.inf)
         knots = find_knots(samples, update_period_s=counter.update_period_s, timing_slack_s=counter.timing_slack_s,
                            lag_s=counter.lag_s)
-        if self._cut is None:
-            before = [k for k in knots if k.t_s <= self.created_s]
-            first = before[-1] if before else (knots[0] if knots else None)
-            if first is None:
-                return None
-            self._cut = first
-            for key in [k for k, d in self._done.items() if d.first_s < first.t_s]:
-                del self._done[key]  # before the accounted window (the meter had no knot yet)
-        start = self._cut
-        limit = self._limit_s(now)
+        start = self._cut if self._cut is not None else self._first_cut(knots)
+        if start is None:
+            return None
+        end = self._next_cut(knots, start, self._limit_s(now))
+        if end is None:
+            return None
+        return self._close_window(start, end)
+
+    def _first_cut(self, knots: Sequence[Knot]) -> Knot | None:
+        """The first cut: the last knot at or before the meter's creation (else the first knot); the completions
+        that began before it leave the books (the meter had no knot yet). None while there is no knot."""
+        before = [k for k in knots if k.t_s <= self.created_s]
+        first = before[-1] if before else (knots[0] if knots else None)
+        if first is None:
+            return None
+        self._cut = first
+        for key in [k for k, d in self._done.items() if d.first_s < first.t_s]:
+            del self._done[key]  # before the accounted window (the meter had no knot yet)
+        return first
+
+    def _next_cut(self, knots: Sequence[Knot], start: Knot, limit_s: float) -> Knot | None:
+        """The latest knot after ``start`` and no later than ``limit_s`` that no attributed completion straddles."""
         done = [d for d in self._done.values() if d.energy_j is not None]
         end: Knot | None = None
         for k in knots:
-            if k.t_s <= start.t_s or k.t_s > limit:
+            if k.t_s <= start.t_s or k.t_s > limit_s:
                 continue
             if any(d.first_s < k.t_s < d.last_s for d in done):
                 continue  # inside a completion's phases: its energy would be split between two windows
             end = k
-        if end is None:
-            return None
+        return end
+
+    def _close_window(self, start: Knot, end: Knot) -> IdleEnergy:
+        """Moves the cut to ``end``: the counter's delta less the completions that ended inside, added to the sums."""
         inside = {key: d for key, d in self._done.items() if d.energy_j is not None and d.last_s <= end.t_s}
         for key in inside:
             del self._done[key]
@@ -293,12 +308,7 @@ class IdleMeter(IdleAccounts):
         window_s = end.t_s - start.t_s
         busy_s = window_s - sum(b - a for a, b in idle_gaps(start.t_s, end.t_s,
                                                              [(d.first_s, d.last_s) for d in inside.values()]))
-        meter = self.monitor.meter_info()
-        uncertainties = [d.uncertainty_j for d in inside.values()]
-        uncertainty: float | None = None
-        if all(u is not None for u in uncertainties):
-            uncertainty = (math.fsum(u or 0.0 for u in uncertainties) + 2.0 * meter.resolution_j
-                           + meter.relative_uncertainty * abs(idle_j))
+        uncertainty = self._idle_uncertainty_j(list(inside.values()), idle_j)
         if idle_j < 0.0:
             log.warning("idle energy %.3f J over %.1f s is negative: the completions in it were given more than the "
                         "counter measured (a figure extrapolated past the counter)", idle_j, window_s)
@@ -310,6 +320,16 @@ class IdleMeter(IdleAccounts):
         s.idle_s += max(0.0, window_s - busy_s)
         return IdleEnergy(start.t_s, end.t_s, max(0.0, window_s - busy_s), idle_j, self.monitor.method,
                           self.monitor.meter_name, uncertainty)
+
+    def _idle_uncertainty_j(self, inside: Sequence[_Done], idle_j: float) -> float | None:
+        """The bound on a window's idle energy: its completions' bounds, the counter's resolution at both ends and
+        its relative error; None when a completion has no bound."""
+        uncertainties = [d.uncertainty_j for d in inside]
+        if not all(u is not None for u in uncertainties):
+            return None
+        meter = self.monitor.meter_info()
+        return (math.fsum(u or 0.0 for u in uncertainties) + 2.0 * meter.resolution_j
+                + meter.relative_uncertainty * abs(idle_j))
 
     def _cut_by_time(self, now: float) -> IdleEnergy | None:
         """No counter: the calibration's idle power over the time no completion ran."""
