@@ -57,18 +57,31 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})["received_s"] = time.monotonic()
+        refusal = self._refuse_declared_length(scope)
+        if refusal is not None:
+            await self._reject(scope, send, *refusal)
+            return
+        body = await self._read_body(scope, receive, send)
+        if body is None:
+            return
+        await self.app(scope, _replay_body(body, receive), send)
+
+    def _refuse_declared_length(self, scope: Scope) -> tuple[int, str] | None:
+        """(status, message) when the ``Content-Length`` header is not a number or over the limit, else None."""
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
-                await self._reject(scope, send, 400, "Content-Length is not a number")
-                return
-            if length > self.max_body_bytes:
-                await self._reject(scope, send, 413, f"the body ({length} bytes) is over the limit of "
-                                                     f"{self.max_body_bytes} bytes")
-                return
+        if declared is None:
+            return None
+        try:
+            length = int(declared)
+        except ValueError:
+            return 400, "Content-Length is not a number"
+        if length > self.max_body_bytes:
+            return 413, f"the body ({length} bytes) is over the limit of {self.max_body_bytes} bytes"
+        return None
+
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, read within the limits; None once it has been refused or the client has left."""
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -77,25 +90,29 @@ class BodyLimit:
                 message = await asyncio.wait_for(receive(), timeout=self.read_timeout_s)
             except TimeoutError:
                 await self._reject(scope, send, 408, f"the body did not arrive within {self.read_timeout_s:g} s")
-                return
+                return None
             if message["type"] == "http.disconnect":
                 log.info("%s %s: the client left before sending its body", scope.get("method"), scope.get("path"))
-                return
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
                 await self._reject(scope, send, 413, f"the body is over the limit of {self.max_body_bytes} bytes")
-                return
+                return None
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
-        body = b"".join(chunks)
-        delivered = False
+        return b"".join(chunks)
 
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
 
-        await self.app(scope, replay, send)
+def _replay_body(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read, once, then reaches the client's connection again."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
