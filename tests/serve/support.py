@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from greentrack.store import Store
 
 START_TIMEOUT_S = 180.0
 
@@ -76,6 +79,29 @@ class Server:
     def client(self, token: str | None = None, timeout_s: float = 60.0) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+
+def hang_up_during(server: Server, token: str, body: dict[str, Any], after_s: float) -> None:
+    """POST ``body`` to ``/v1/greentrack/complete`` over a raw socket and close it ``after_s`` later, unanswered
+    (a client that goes away mid-generation)."""
+    payload = json.dumps(body).encode()
+    request = (f"POST /v1/greentrack/complete HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(request)
+        time.sleep(after_s)
+
+
+def wait_row(server: Server, completion_id: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    """The stored completion ``completion_id``, polled until it appears; fails with the server's log tail."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with Store(server.db) as store:
+            row = next((dict(r) for r in store.completions() if r["completion_id"] == completion_id), None)
+        if row is not None:
+            return row
+        time.sleep(0.2)
+    raise AssertionError(f"completion {completion_id} was never stored:\n{server.log()[-3000:]}")
 
 
 def native(text: str, **fields: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.serve.support import Server, greentrack, native
+from tests.serve.support import Server, greentrack, hang_up_during, native, wait_row
 
 from greentrack.store import Store
 
@@ -42,16 +42,6 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dic
 def _rows(db: Path) -> dict[str, dict[str, Any]]:
     with Store(db) as store:
         return {r["completion_id"]: r for r in store.completions()}
-
-
-def _wait_row(db: Path, cid: str, timeout_s: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        row = _rows(db).get(cid)
-        if row is not None:
-            return row
-        time.sleep(0.2)
-    raise AssertionError(f"completion {cid} was never stored")
 
 
 # -- who is who ---------------------------------------------------------------------------------------------
@@ -112,7 +102,7 @@ def test_the_developer_comes_from_the_token_not_the_body(team: tuple[Server, dic
         response = bob.post("/v1/greentrack/complete", json=native("x = 1\ny = ", developer=ALICE))
         assert response.status_code == 422  # unknown fields are refused, not trusted
         cid = bob.post("/v1/greentrack/complete", json=native("x = 1\ny = ")).json()["completion_id"]
-    assert _wait_row(server.db, cid)["developer"] == BOB
+    assert wait_row(server, cid)["developer"] == BOB
 
 
 # -- the OpenAI-compatible endpoint -------------------------------------------------------------------------
@@ -174,7 +164,7 @@ def test_accept_marks_the_row(team: tuple[Server, dict[str, str]]) -> None:
         assert response.status_code == 200 and response.json()["accepted"] is True
         assert alice.get(f"/v1/greentrack/completions/{cid}").json()["accepted"] is True
         assert alice.post("/v1/greentrack/accept", json={"completion_id": "no-such-id-123"}).status_code == 404
-    assert _wait_row(server.db, cid)["accepted"] == 1
+    assert wait_row(server, cid)["accepted"] == 1
 
 
 def test_explicit_cancel_stops_generation_and_logs_its_energy(team: tuple[Server, dict[str, str]]) -> None:
@@ -201,20 +191,15 @@ def test_explicit_cancel_stops_generation_and_logs_its_energy(team: tuple[Server
             time.sleep(0.05)
     worker.join(timeout=60)
     assert answer["cancelled"] is True and answer["text"] == ""
-    row = _wait_row(server.db, cid)
+    row = wait_row(server, cid)
     assert row["outcome"] == "cancelled" and row["developer"] == ALICE and row["total_j"] >= 0
 
 
 def test_client_disconnect_cancels_and_is_logged(team: tuple[Server, dict[str, str]]) -> None:
     server, tokens = team
     cid = "disconnect-0001"
-    body = json.dumps(native(LONG_LINE, completion_id=cid, max_tokens=400)).encode()
-    request = (f"POST /v1/greentrack/complete HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tokens[BOB]}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(request)
-        time.sleep(0.4)  # generating now
-    row = _wait_row(server.db, cid)
+    hang_up_during(server, tokens[BOB], native(LONG_LINE, completion_id=cid, max_tokens=400), after_s=0.4)
+    row = wait_row(server, cid)
     assert row["outcome"] == "cancelled" and row["developer"] == BOB
     assert row["completion_tokens"] < 400
     assert "client gone" in server.log()

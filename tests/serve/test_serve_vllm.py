@@ -6,9 +6,7 @@ exposes. Cancellation by client disconnect, and the official ``openai`` client o
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
-import socket
 import threading
 import time
 import uuid
@@ -19,7 +17,7 @@ from typing import Any
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.serve.support import Server, native
+from tests.serve.support import Server, hang_up_during, native, wait_row
 
 from greentrack.store import Store
 
@@ -133,18 +131,8 @@ def test_client_disconnect_cancels_within_a_step_and_is_logged_with_energy(
 ) -> None:
     server, tokens = team
     cid = f"gone-{uuid.uuid4().hex[:8]}"
-    body = json.dumps(native(LONG_LINE, completion_id=cid, max_tokens=400)).encode()
-    request = (f"POST /v1/greentrack/complete HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tokens[DEVELOPERS[1]]}"
-               f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(request)
-        time.sleep(0.6)  # generating now
-    deadline = time.monotonic() + 30
-    row: dict[str, Any] | None = None
-    while row is None and time.monotonic() < deadline:
-        row = next((r for r in _rows(server.db) if r["completion_id"] == cid), None)
-        time.sleep(0.2)
-    assert row is not None, server.log()[-3000:]
+    hang_up_during(server, tokens[DEVELOPERS[1]], native(LONG_LINE, completion_id=cid, max_tokens=400), after_s=0.6)
+    row = wait_row(server, cid, timeout_s=30)
     assert row["outcome"] == "cancelled" and row["developer"] == DEVELOPERS[1]
     assert row["completion_tokens"] < 400 and row["total_j"] > 0 and row["meter"].endswith("/steps")
     assert "client gone" in server.log()
