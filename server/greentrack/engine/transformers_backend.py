@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,6 +37,22 @@ from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 from greentrack.errors import BadInput
 
 OnToken = Callable[[int, str], None]
+
+
+@dataclass
+class _DecodeLoop:
+    """The decode loop's own state for one request (what ``GenerationState`` does not hold): the tokens
+    generated, the token ids the runner's cache holds, the heal text not yet re-spelled, the last step's end."""
+
+    heal_remaining: str
+    healer: Healer | None
+    cached_ids: list[int]
+    gen: list[int] = field(default_factory=list)
+    t_last_s: float = 0.0
+
+    def allowed(self) -> list[int] | None:
+        """The token ids the next token is picked from while healing; None: any."""
+        return self.healer.allowed(self.heal_remaining) if self.healer is not None and self.heal_remaining else None
 
 
 class TransformersBackend:
@@ -185,58 +202,85 @@ class TransformersBackend:
             self.runner.ensure_capacity(len(ids) + request.max_tokens + 1)
         doc_key = request.document_key if self.reuse else None
         reused = state.reused_prompt_tokens = self.runner.begin(doc_key, ids)
-        heal_remaining = prompt.heal_text
-        healer = self.healer() if heal_remaining else None
-        gen: list[int] = []
-        reason: StopReason | None = None
-        cached_ids = list(ids)
-
-        self._sync()
-        t_prefill = time.monotonic()
-        logits = self.runner.prefill(ids[reused:])
-        allowed = healer.allowed(heal_remaining) if healer else None
-        token = self._pick(logits, allowed)
-        self._sync()
-        t_first = time.monotonic()
-        state.record("prefill", t_prefill, t_first, float(len(ids) - reused))
-        t_last = t_first
+        heal_text = prompt.heal_text
+        loop = _DecodeLoop(heal_remaining=heal_text, healer=self.healer() if heal_text else None, cached_ids=list(ids))
+        token, t_prefill, t_first = self._prefill(ids, reused, loop, state)
         try:
-            while True:
-                gen.append(token)
-                if healer is not None and heal_remaining:
-                    heal_remaining = Healer.advance(heal_remaining, self.tok.decode([token]))
-                text = state.update(self.tok.decode(gen), len(gen))
-                if on_token is not None:
-                    on_token(len(gen), text)
-                if token in self.stop_ids:
-                    reason = "eos"
-                    break
-                decision = state.stop_rule(healing=bool(heal_remaining))
-                if decision is not None:
-                    reason = decision.reason
-                    break
-                reason = state.budget_reason(time.monotonic())
-                if reason is not None:
-                    break
-                if cancel.cancelled:
-                    reason = "cancelled"
-                    break
-                logits = self.runner.step(token)
-                cached_ids.append(token)
-                allowed = healer.allowed(heal_remaining) if healer is not None and heal_remaining else None
-                token = self._pick(logits, allowed)
-                t_last = time.monotonic()
+            reason = self._decode(token, loop, state, cancel, on_token)
         finally:
             self._sync()
             t_end = time.monotonic()
-            self.runner.end(doc_key, cached_ids)
+            self.runner.end(doc_key, loop.cached_ids)
+        t_decode_end = max(loop.t_last_s, t_first)
+        self._finish_decode(loop.gen, reason, t_first, t_decode_end, state)
+        extras.update({"cuda_graph": self.runner.uses_graph, "prefill_ms": (t_first - t_prefill) * 1e3,
+                       "decode_ms": (t_decode_end - t_first) * 1e3})
+        return state.result(reason, ended_s=t_end, extras=extras)
+
+    def _prefill(
+        self, ids: list[int], reused: int, loop: _DecodeLoop, state: GenerationState
+    ) -> tuple[int, float, float]:
+        """The prompt's tokens after the ``reused`` ones through the model, up to the first generated token
+        (between device synchronizes, recorded as the prefill span): (first token, prefill start, its end)."""
+        self._sync()
+        t_prefill = time.monotonic()
+        logits = self.runner.prefill(ids[reused:])
+        token = self._pick(logits, loop.allowed())
+        self._sync()
+        t_first = time.monotonic()
+        state.record("prefill", t_prefill, t_first, float(len(ids) - reused))
+        loop.t_last_s = t_first
+        return token, t_prefill, t_first
+
+    def _decode(
+        self,
+        token: int,
+        loop: _DecodeLoop,
+        state: GenerationState,
+        cancel: CancelToken,
+        on_token: OnToken | None,
+    ) -> StopReason:
+        """One model step per token until a stop, a budget or the cancel token ends generation: its reason."""
+        while True:
+            loop.gen.append(token)
+            if loop.healer is not None and loop.heal_remaining:
+                loop.heal_remaining = Healer.advance(loop.heal_remaining, self.tok.decode([token]))
+            text = state.update(self.tok.decode(loop.gen), len(loop.gen))
+            if on_token is not None:
+                on_token(len(loop.gen), text)
+            reason = self._stop_reason(token, loop, state, cancel)
+            if reason is not None:
+                return reason
+            logits = self.runner.step(token)
+            loop.cached_ids.append(token)
+            token = self._pick(logits, loop.allowed())
+            loop.t_last_s = time.monotonic()
+
+    def _stop_reason(
+        self, token: int, loop: _DecodeLoop, state: GenerationState, cancel: CancelToken
+    ) -> StopReason | None:
+        """Why generation ends after ``token``, checked in order: the end token, the stop rules (not while the
+        heal text is being re-spelled), the budgets, cancellation; None: go on."""
+        if token in self.stop_ids:
+            return "eos"
+        decision = state.stop_rule(healing=bool(loop.heal_remaining))
+        if decision is not None:
+            return decision.reason
+        budget = state.budget_reason(time.monotonic())
+        if budget is not None:
+            return budget
+        if cancel.cancelled:
+            return "cancelled"
+        return None
+
+    def _finish_decode(
+        self, gen: list[int], reason: StopReason, t_first: float, t_decode_end: float, state: GenerationState
+    ) -> None:
+        """The decode span (tokens after the first), and the text without the end token when it ended on one."""
         if len(gen) > 1:
-            state.record("decode", t_first, max(t_last, t_first), float(len(gen) - 1))
+            state.record("decode", t_first, t_decode_end, float(len(gen) - 1))
         if reason == "eos" and gen:
             state.update(self.tok.decode(gen[:-1]), len(gen))  # the end token is not part of the suggestion
-        extras.update({"cuda_graph": self.runner.uses_graph, "prefill_ms": (t_first - t_prefill) * 1e3,
-                       "decode_ms": (max(t_last, t_first) - t_first) * 1e3})
-        return state.result(reason, ended_s=t_end, extras=extras)
 
     # ------------------------------------------------------------------------------------------ calibration
 
