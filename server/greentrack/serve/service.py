@@ -95,6 +95,17 @@ class Generation:
     record: CompletionRecord | None
 
 
+def _generation(cid: str, result: EngineResult | None, slot_wait_s: float, received_s: float,
+                entry: _Entry) -> Generation:
+    """The handler's answer: the queue time (the slot's wait plus the engine's batch wait) and the latency."""
+    queue_ms = slot_wait_s * 1000.0
+    if result is None:
+        return Generation(cid, None, queue_ms, (time.monotonic() - received_s) * 1000.0, None)
+    queue_ms += engine_queue_s(result) * 1000.0  # a slot was free, but the engine's batch was not yet
+    latency_ms = max(0.0, (result.ended_s - received_s) * 1000.0)
+    return Generation(cid, result, queue_ms, latency_ms, entry.record)
+
+
 class CompletionService:
     """Holds the pipeline, the scheduler, the HTTP layer's store connection, the metrics and the idle accounts."""
 
@@ -172,19 +183,37 @@ class CompletionService:
         cid = request.request_id
         cancel = CancelToken()
         entry = _Entry(caller.developer)
+        self._register(cid, entry, cancel, request.document_key if supersede else None)
+        context = RequestContext(uri, request.language_id, received_s, developer=caller.developer)
+        run = self._metered_run(cid, request, cancel)
+        try:
+            job = self.scheduler.submit(caller.developer, run, cancel)
+        except GreentrackError:
+            self._forget(cid, cancel, drop=True)
+            raise
+        self.metrics.queue_depth.set(self.scheduler.depth)
+        job.future.add_done_callback(lambda f: self._engine_done(f, cid, entry, context, cancel))
+        result = await self._wait_for_engine(job.future, disconnected, cid, entry, cancel)
+        return _generation(cid, result, job.queue_s, received_s, entry)
+
+    def _register(self, cid: str, entry: _Entry, cancel: CancelToken, superseding_document: str | None) -> None:
+        """Books ``cid`` as live (``Conflict`` when the id is taken); with ``superseding_document``, cancels the
+        developer's previous request for that document and takes its place."""
         with self._lock:
             if cid in self._entries or cid in self._live:
                 raise Conflict(f"completion id {cid!r} is already in use")
             self._entries[cid] = entry
-            self._live[cid] = (caller.developer, cancel)
-            if supersede:
-                key = (caller.developer, request.document_key)
+            self._live[cid] = (entry.developer, cancel)
+            if superseding_document is not None:
+                key = (entry.developer, superseding_document)
                 previous = self._by_document.get(key)
                 if previous is not None:
                     previous.cancel()
                 self._by_document[key] = cancel
             self._evict()
-        context = RequestContext(uri, request.language_id, received_s, developer=caller.developer)
+
+    def _metered_run(self, cid: str, request: CompletionRequest, cancel: CancelToken) -> Callable[[], EngineResult]:
+        """The scheduler's job: the pipeline's run, between the idle meter's ``begin`` and ``end`` for ``cid``."""
 
         def run() -> EngineResult:
             self.idle.begin(cid)
@@ -196,14 +225,15 @@ class CompletionService:
             finally:
                 self.idle.end(cid, spans)
 
-        try:
-            job = self.scheduler.submit(caller.developer, run, cancel)
-        except GreentrackError:
-            self._forget(cid, cancel, drop=True)
-            raise
-        self.metrics.queue_depth.set(self.scheduler.depth)
-        job.future.add_done_callback(lambda f: self._engine_done(f, cid, entry, context, cancel))
-        waiter = asyncio.ensure_future(asyncio.shield(asyncio.wrap_future(job.future)))
+        return run
+
+    async def _wait_for_engine(
+        self, future: Future[EngineResult | None], disconnected: Callable[[], Awaitable[None]] | None, cid: str,
+        entry: _Entry, cancel: CancelToken,
+    ) -> EngineResult | None:
+        """The engine's result; when the client leaves first (``ClientGone``) or this task is cancelled, the
+        generation is cancelled and the error raised."""
+        waiter = asyncio.ensure_future(asyncio.shield(asyncio.wrap_future(future)))
         watcher = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
             if watcher is not None:
@@ -211,22 +241,16 @@ class CompletionService:
                 await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 if not waiter.done():
                     raise ClientGone(f"the client left before completion {cid} was ready")
-            result = await waiter
+            return await waiter
         except (asyncio.CancelledError, ClientGone):
             entry.undelivered = True
             cancel.cancel()
-            log.info("completion %s (%s): client gone, generation cancelled", cid, caller.developer)
+            log.info("completion %s (%s): client gone, generation cancelled", cid, entry.developer)
             raise
         finally:
             if watcher is not None:
                 watcher.cancel()
             self.metrics.queue_depth.set(self.scheduler.depth)
-        queue_ms = job.queue_s * 1000.0
-        if result is None:
-            return Generation(cid, None, queue_ms, (time.monotonic() - received_s) * 1000.0, None)
-        queue_ms += engine_queue_s(result) * 1000.0  # a slot was free, but the engine's batch was not yet
-        latency_ms = max(0.0, (result.ended_s - received_s) * 1000.0)
-        return Generation(cid, result, queue_ms, latency_ms, entry.record)
 
     def _engine_done(
         self, future: Future[EngineResult | None], cid: str, entry: _Entry, context: RequestContext,
