@@ -212,7 +212,7 @@ def quality_gate(points: int, context_tokens: int, max_tokens: int) -> dict[str,
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", choices=ENGINES)
     parser.add_argument("--gguf", default="")
@@ -224,7 +224,11 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=200, help="points of the quality gate (0: skip it)")
     parser.add_argument("--llamacpp-python", default=DEFAULT_LLAMACPP_PYTHON)
     parser.add_argument("--out", default="")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.worker:
         worker_main(args.worker, args.gguf)
         return
@@ -237,30 +241,9 @@ def main() -> None:
     ids = token_ids(max([*contexts, args.prefill])) if engines else []
     rounds = args.rounds if engines else 0  # --engines "": the quality gate alone
     load_before = os.getloadavg()
-    workers = {}
-    for engine in engines:  # one at a time: a loading worker does not slow another's measurements
-        python = args.llamacpp_python if engine == "llamacpp" else sys.executable
-        workers[engine] = Worker(engine, python, gguf)
-        print(f"{engine}: loaded in {workers[engine].ready['load_s']:.1f} s, peak RSS "
-              f"{workers[engine].ready['peak_rss_mib']:.0f} MiB", flush=True)
-    samples: dict[str, dict[str, list[float]]] = {e: {} for e in engines}
-    for r in range(rounds):
-        order = engines[r % len(engines):] + engines[: r % len(engines)]
-        for engine in order:
-            w = workers[engine]
-            prefill = w.run(ids[: args.prefill], 0)["figures"]
-            samples[engine].setdefault("prefill_cpu_s", []).append(prefill[0])
-            samples[engine].setdefault("prefill_wall_s", []).append(prefill[1])
-            for ctx in contexts:
-                fig = w.run(ids[:ctx], args.steps)["figures"]
-                samples[engine].setdefault(f"decode{ctx}_cpu_ms", []).append(fig[2] / args.steps * 1e3)
-                samples[engine].setdefault(f"decode{ctx}_wall_ms", []).append(fig[3] / args.steps * 1e3)
-        print(f"round {r + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.2f})", flush=True)
-    final = {}
-    for engine, w in workers.items():
-        reply = w.run(ids[:16], 1)
-        final[engine] = reply["peak_rss_mib"]
-        w.close()
+    workers = start_workers(engines, args.llamacpp_python, gguf)
+    samples = measure_rounds(workers, engines, ids, rounds, args, contexts)
+    final = close_workers(workers, ids[:16])
     load_after = os.getloadavg()
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "steps": args.steps,
@@ -269,7 +252,71 @@ def main() -> None:
     }
     print(f"\nmedians over {args.rounds} interleaved rounds, 1 thread; load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after (1-min)")
-    header = ["engine", f"prefill {args.prefill} CPU s"] + [f"decode@{c} CPU ms/tok" for c in contexts] + [
+    report_engines(result, engines, workers, samples, final, args.prefill, contexts)
+    if "int4" in engines and "llamacpp" in engines:
+        report_llamacpp_ratios(result, contexts)
+    if args.quality > 0:
+        report_quality(result, args.quality)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def start_workers(engines: list[str], llamacpp_python: str, gguf: str) -> dict[str, Worker]:
+    """One worker process per engine, started one at a time: a loading worker does not slow another's
+    measurements."""
+    workers = {}
+    for engine in engines:
+        python = llamacpp_python if engine == "llamacpp" else sys.executable
+        workers[engine] = Worker(engine, python, gguf)
+        print(f"{engine}: loaded in {workers[engine].ready['load_s']:.1f} s, peak RSS "
+              f"{workers[engine].ready['peak_rss_mib']:.0f} MiB", flush=True)
+    return workers
+
+
+def measure_rounds(
+    workers: dict[str, Worker], engines: list[str], ids: list[int], rounds: int, args: argparse.Namespace,
+    contexts: list[int],
+) -> dict[str, dict[str, list[float]]]:
+    """``rounds`` interleaved rounds (the engines' order rotates each round): engine → figure → its samples."""
+    samples: dict[str, dict[str, list[float]]] = {e: {} for e in engines}
+    for r in range(rounds):
+        order = engines[r % len(engines):] + engines[: r % len(engines)]
+        for engine in order:
+            measure_once(workers[engine], samples[engine], ids, args.prefill, contexts, args.steps)
+        print(f"round {r + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.2f})", flush=True)
+    return samples
+
+
+def measure_once(
+    w: Worker, samples: dict[str, list[float]], ids: list[int], prefill_tokens: int, contexts: list[int], steps: int
+) -> None:
+    """One engine's share of a round: a prefill, then ``steps`` decode steps at each context length."""
+    prefill = w.run(ids[:prefill_tokens], 0)["figures"]
+    samples.setdefault("prefill_cpu_s", []).append(prefill[0])
+    samples.setdefault("prefill_wall_s", []).append(prefill[1])
+    for ctx in contexts:
+        fig = w.run(ids[:ctx], steps)["figures"]
+        samples.setdefault(f"decode{ctx}_cpu_ms", []).append(fig[2] / steps * 1e3)
+        samples.setdefault(f"decode{ctx}_wall_ms", []).append(fig[3] / steps * 1e3)
+
+
+def close_workers(workers: dict[str, Worker], probe_ids: list[int]) -> dict[str, float]:
+    """Each worker's peak RSS at the end (after one more run: ``probe_ids``, one step), then the worker closed:
+    engine → MiB."""
+    final = {}
+    for engine, w in workers.items():
+        reply = w.run(probe_ids, 1)
+        final[engine] = reply["peak_rss_mib"]
+        w.close()
+    return final
+
+
+def report_engines(
+    result: dict[str, Any], engines: list[str], workers: dict[str, Worker], samples: dict[str, dict[str, list[float]]],
+    final: dict[str, float], prefill_tokens: int, contexts: list[int],
+) -> None:
+    """Each engine's medians and samples into ``result["engines"]``, and the table of them printed."""
+    header = ["engine", f"prefill {prefill_tokens} CPU s"] + [f"decode@{c} CPU ms/tok" for c in contexts] + [
         "peak RSS after load MiB", "peak RSS at end MiB"]
     print(" | ".join(header))
     for engine in engines:
@@ -282,20 +329,24 @@ def main() -> None:
         row = [engine, f"{med['prefill_cpu_s']:.3f}"] + [f"{med[f'decode{c}_cpu_ms']:.2f}" for c in contexts] + [
             f"{workers[engine].ready['peak_rss_mib']:.0f}", f"{final[engine]:.0f}"]
         print(" | ".join(row))
-    if "int4" in engines and "llamacpp" in engines:
-        for c in contexts:
-            mine = result["engines"]["int4"]["medians"][f"decode{c}_cpu_ms"]
-            ref = result["engines"]["llamacpp"]["medians"][f"decode{c}_cpu_ms"]
-            result[f"decode{c}_ratio_to_llamacpp"] = mine / ref
-            print(f"decode at {c}: int4 / llama.cpp = {mine / ref:.2f}x (goal <= 1.5x)")
-    if args.quality > 0:
-        gate = quality_gate(args.quality, 512, 32)
-        result["quality"] = gate
-        print(f"quality gate at {gate['points']} stdlib points, first line of the greedy suggestion equal: "
-              f"int4 vs bf16 {gate['int4_vs_bf16'] * 100:.1f} % (goal >= 95 %), int4 vs fp32 "
-              f"{gate['int4_vs_fp32'] * 100:.1f} %, bf16 vs fp32 {gate['bf16_vs_fp32'] * 100:.1f} %")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def report_llamacpp_ratios(result: dict[str, Any], contexts: list[int]) -> None:
+    """The int4 engine's decode CPU time per token over llama.cpp's at each context, into ``result`` and printed."""
+    for c in contexts:
+        mine = result["engines"]["int4"]["medians"][f"decode{c}_cpu_ms"]
+        ref = result["engines"]["llamacpp"]["medians"][f"decode{c}_cpu_ms"]
+        result[f"decode{c}_ratio_to_llamacpp"] = mine / ref
+        print(f"decode at {c}: int4 / llama.cpp = {mine / ref:.2f}x (goal <= 1.5x)")
+
+
+def report_quality(result: dict[str, Any], points: int) -> None:
+    """The quality gate at ``points`` stdlib points into ``result["quality"]``, and its figures printed."""
+    gate = quality_gate(points, 512, 32)
+    result["quality"] = gate
+    print(f"quality gate at {gate['points']} stdlib points, first line of the greedy suggestion equal: "
+          f"int4 vs bf16 {gate['int4_vs_bf16'] * 100:.1f} % (goal >= 95 %), int4 vs fp32 "
+          f"{gate['int4_vs_fp32'] * 100:.1f} %, bf16 vs fp32 {gate['bf16_vs_fp32'] * 100:.1f} %")
 
 
 if __name__ == "__main__":
