@@ -41,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
 
 from greentrack.config import Settings
+from greentrack.energy.step_ledger import LedgerTotals
 from greentrack.pipeline import Pipeline, RequestContext, host_name, read_stored_calibration
 from greentrack.store import Store
 
@@ -105,34 +106,11 @@ def run_window(pipeline: Pipeline, classes: list[RequestClass], window_s: float,
     assert counter is not None
     schedule = sorted((t, cls) for cls in classes for t in arrivals(cls, window_s, seed))
     finalize = ThreadPoolExecutor(max_workers=8, thread_name_prefix="finalize")
-    futures: list[tuple[str, Future[Any]]] = []
-    jobs: list[Any] = []
-    lock = threading.Lock()
-
-    def finish(job: Any, cls: RequestClass, received_s: float) -> Any:
-        job.done.wait()
-        pipeline.monitor.end_work()
-        if job.error is not None:
-            raise job.error
-        return pipeline.finalize(job.result, RequestContext(f"bench://{label}/{cls.name}", "python", received_s,
-                                                            developer=f"class-{cls.name}"))
-
     totals0 = pipeline.ledger.totals() if pipeline.ledger is not None else None
     e0 = counter.read_j()
     t0 = time.monotonic()
-    for i, (t, cls) in enumerate(schedule):
-        delay = t0 + t - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        pipeline.monitor.begin_work()
-        received_s = time.monotonic()
-        job = submit(pipeline.backend, cls.prompt_tokens, cls.output_tokens, f"{label}-{cls.name}-{i}", i)
-        jobs.append(job)
-        with lock:
-            futures.append((cls.name, finalize.submit(finish, job, cls, received_s)))
-    delay = t0 + window_s + tail_s - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
+    jobs, futures = submit_schedule(pipeline, schedule, t0, label, finalize)
+    sleep_until(t0 + window_s + tail_s)
     planned_end_s = time.monotonic()
     for job in jobs:  # an engine that fell behind: the window runs until its work is done (``overran_s``)
         job.done.wait(timeout=300)
@@ -145,11 +123,7 @@ def run_window(pipeline: Pipeline, classes: list[RequestClass], window_s: float,
     totals1 = pipeline.ledger.totals() if pipeline.ledger is not None else None
     store = pipeline.store
     assert store is not None
-    by_class: dict[str, list[dict[str, Any]]] = {}
-    for name, record in records:
-        row = store.completion(record.completion_id)
-        if row is not None:
-            by_class.setdefault(name, []).append(row)
+    by_class = stored_rows_by_class(store, records)
     out: dict[str, Any] = {
         "label": label, "classes": [c.name for c in classes], "window_s": round(t1 - t0, 3),
         "overran_s": round(t1 - planned_end_s, 3),
@@ -161,11 +135,63 @@ def run_window(pipeline: Pipeline, classes: list[RequestClass], window_s: float,
         "meters": sorted({str(r.get("meter")) for rows in by_class.values() for r in rows}),
     }
     if totals0 is not None and totals1 is not None:
-        out["ledger"] = {"requests_j": totals1.requests_j - totals0.requests_j,
-                         "idle_j": totals1.idle_j - totals0.idle_j, "window_j": totals1.window_j - totals0.window_j,
-                         "static_j": totals1.static_j - totals0.static_j, "idle_w": totals1.idle_w,
-                         "measured_idle_w": totals1.measured_idle_w}
+        out["ledger"] = ledger_delta(totals0, totals1)
     return out
+
+
+def sleep_until(deadline_s: float) -> None:
+    """Sleep until ``time.monotonic()`` reaches ``deadline_s`` (at once when it has)."""
+    delay = deadline_s - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def submit_schedule(
+    pipeline: Pipeline, schedule: list[tuple[float, RequestClass]], t0: float, label: str,
+    finalize: ThreadPoolExecutor,
+) -> tuple[list[Any], list[tuple[str, Future[Any]]]]:
+    """Each scheduled request submitted at its arrival time (seconds after ``t0``), its finalizing handed to
+    ``finalize``: (the engine jobs, (class name, finalize future) per request)."""
+    futures: list[tuple[str, Future[Any]]] = []
+    jobs: list[Any] = []
+    lock = threading.Lock()
+    for i, (t, cls) in enumerate(schedule):
+        sleep_until(t0 + t)
+        pipeline.monitor.begin_work()
+        received_s = time.monotonic()
+        job = submit(pipeline.backend, cls.prompt_tokens, cls.output_tokens, f"{label}-{cls.name}-{i}", i)
+        jobs.append(job)
+        with lock:
+            futures.append((cls.name, finalize.submit(finish_request, pipeline, label, job, cls, received_s)))
+    return jobs, futures
+
+
+def finish_request(pipeline: Pipeline, label: str, job: Any, cls: RequestClass, received_s: float) -> Any:
+    """Wait for the job, end its work on the monitor and finalize it through the pipeline (which stores its row)."""
+    job.done.wait()
+    pipeline.monitor.end_work()
+    if job.error is not None:
+        raise job.error
+    return pipeline.finalize(job.result, RequestContext(f"bench://{label}/{cls.name}", "python", received_s,
+                                                        developer=f"class-{cls.name}"))
+
+
+def stored_rows_by_class(store: Store, records: list[tuple[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The stored completion rows of the finalized requests, grouped by class name."""
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for name, record in records:
+        row = store.completion(record.completion_id)
+        if row is not None:
+            by_class.setdefault(name, []).append(row)
+    return by_class
+
+
+def ledger_delta(totals0: LedgerTotals, totals1: LedgerTotals) -> dict[str, Any]:
+    """What the step ledger booked between two of its ``totals()`` (and its idle power at the end)."""
+    return {"requests_j": totals1.requests_j - totals0.requests_j,
+            "idle_j": totals1.idle_j - totals0.idle_j, "window_j": totals1.window_j - totals0.window_j,
+            "static_j": totals1.static_j - totals0.static_j, "idle_w": totals1.idle_w,
+            "measured_idle_w": totals1.measured_idle_w}
 
 
 def spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
