@@ -8,31 +8,19 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
+from tests.store.lock_holder import held_lock
 from tests.store.store_records import make_record
 
 from greentrack.config import Settings
 from greentrack.doctor import diagnose, render_diagnosis
 from greentrack.store import SCHEMA_VERSION, Store
-
-#: Another process holds the write lock of a WAL file: readers go on, writers wait.
-WRITER = textwrap.dedent("""
-    import sqlite3, sys
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    print("locked", flush=True)
-    sys.stdin.readline()
-    conn.execute("ROLLBACK")
-""")
 
 
 def _database(path: Path) -> dict[str, Any]:
@@ -64,16 +52,8 @@ def test_a_writable_database_is_ok(tmp_path: Path) -> None:
 
 def test_readable_but_locked_by_another_writer(tmp_path: Path) -> None:
     path = _recorded(tmp_path / "g.db")
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    with held_lock(path, "IMMEDIATE"):  # the write lock of a WAL file: readers go on, writers wait
         db = _database(path)
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        proc.wait(30)
     assert not db["ok"] and db["readable"] and not db["writable"]
     assert db["state"] == "locked" and "locked" in db["error"] and db["schema_version"] == SCHEMA_VERSION
     assert "readable but locked" in db["shown"] and "spooled" in db["shown"]

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.store.test_resilience import held_exclusive, tiny_filesystem
+from tests.store.lock_holder import held_exclusive
+from tests.store.test_resilience import tiny_filesystem
 
 from greentrack import pipeline as pipeline_module
 from greentrack.config import Settings

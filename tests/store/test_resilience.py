@@ -18,35 +18,12 @@ from pathlib import Path
 
 import pytest
 from tests.store.frozen import make_file, old_row
+from tests.store.lock_holder import held_exclusive
 from tests.store.store_records import make_record
 
 from greentrack.errors import StoreError
 from greentrack.store import SCHEMA_VERSION, Store, StoreUnwritable
 from greentrack.store.spool import Spool, rejected_path
-
-LOCKER = textwrap.dedent("""
-    import sqlite3, sys
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    conn.execute("BEGIN EXCLUSIVE")
-    print("locked", flush=True)
-    sys.stdin.readline()
-    conn.execute("ROLLBACK")
-""")
-
-
-@contextmanager
-def held_exclusive(path: Path) -> Iterator[None]:
-    """Another process holds ``BEGIN EXCLUSIVE`` on ``path`` until the block ends."""
-    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-        yield
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        proc.wait(30)
 
 
 def _v3_file(path: Path, *, wal: bool) -> None:
