@@ -22,6 +22,7 @@ from typing import Any
 from lsprotocol import types
 from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
+from pygls.workspace import TextDocument
 
 from greentrack import __version__
 from greentrack.config import Settings, read_client_settings
@@ -179,34 +180,16 @@ class GreentrackServer(LanguageServer):
         if source is None or not settings.enabled:
             return []
         uri = params.text_document.uri
-        if uri not in self.workspace.text_documents:
-            log.warning("inline completion for %s, which was never opened: ignored", uri)
-            return []
-        document = self.workspace.get_text_document(uri)
-        if (problem := completion_position_error(document.lines, params.position)) is not None:
-            log.warning("inline completion for %s: %s", uri, problem)
+        document = self._completable_document(uri, params.position)
+        if document is None:
             return []
         text = document.source
         offset = document.offset_at_position(params.position)
         token = self.supersede(uri)
         source.expect_work()
-        try:
-            await asyncio.sleep(settings.debounce_ms / 1000.0)
-        except asyncio.CancelledError:
-            token.cancel()
-            raise
-        if token.cancelled:
+        if not await _debounce(settings.debounce_ms / 1000.0, token):
             return []
-        request = CompletionRequest(
-            request_id=str(uuid.uuid4()),
-            document_key=uri,
-            text=text,
-            offset=offset,
-            language_id=document.language_id or "plaintext",
-            max_tokens=settings.max_tokens,
-            max_time_s=settings.max_time_ms / 1000.0,
-            context_tokens=settings.context_tokens,
-        )
+        request = _engine_request(uri, text, offset, document.language_id, settings)
         context = RequestContext(uri, request.language_id, received_s)
         try:
             suggestion = await source.complete(request, token, context)
@@ -217,14 +200,51 @@ class GreentrackServer(LanguageServer):
             del self._tokens[uri]
         if suggestion is None:
             return []
-        position = params.position
-        return [
-            types.InlineCompletionItem(
-                insert_text=suggestion.text,
-                range=types.Range(start=position, end=position),
-                command=types.Command(title="Accept", command=ACCEPT_COMMAND, arguments=[suggestion.completion_id]),
-            )
-        ]
+        return [_inline_item(suggestion.text, suggestion.completion_id, params.position)]
+
+    def _completable_document(self, uri: str, position: types.Position) -> TextDocument | None:
+        """The open document at ``uri`` when ``position`` lies in it; None (logged) otherwise."""
+        if uri not in self.workspace.text_documents:
+            log.warning("inline completion for %s, which was never opened: ignored", uri)
+            return None
+        document = self.workspace.get_text_document(uri)
+        if (problem := completion_position_error(document.lines, position)) is not None:
+            log.warning("inline completion for %s: %s", uri, problem)
+            return None
+        return document
+
+
+async def _debounce(debounce_s: float, token: CancelToken) -> bool:
+    """Waits ``debounce_s``; False when a newer request superseded this one meanwhile. Cancelled: cancels ``token``."""
+    try:
+        await asyncio.sleep(debounce_s)
+    except asyncio.CancelledError:
+        token.cancel()
+        raise
+    return not token.cancelled
+
+
+def _engine_request(uri: str, text: str, offset: int, language_id: str | None, settings: Settings) -> CompletionRequest:
+    """The engine's request for the cursor at ``offset`` of ``text``, within the settings' budget."""
+    return CompletionRequest(
+        request_id=str(uuid.uuid4()),
+        document_key=uri,
+        text=text,
+        offset=offset,
+        language_id=language_id or "plaintext",
+        max_tokens=settings.max_tokens,
+        max_time_s=settings.max_time_ms / 1000.0,
+        context_tokens=settings.context_tokens,
+    )
+
+
+def _inline_item(text: str, completion_id: str, position: types.Position) -> types.InlineCompletionItem:
+    """The suggestion inserted at the cursor, with the command that reports its acceptance."""
+    return types.InlineCompletionItem(
+        insert_text=text,
+        range=types.Range(start=position, end=position),
+        command=types.Command(title="Accept", command=ACCEPT_COMMAND, arguments=[completion_id]),
+    )
 
 
 def apply_client_settings(ls: GreentrackServer, options: dict[str, Any]) -> Settings:
@@ -240,6 +260,14 @@ def apply_client_settings(ls: GreentrackServer, options: dict[str, Any]) -> Sett
 def build_server(settings: Settings, remote: RemoteOptions | None = None) -> GreentrackServer:
     """The server with its features registered (separate from I/O so tests can drive it)."""
     server = GreentrackServer(settings, remote)
+    _add_session_features(server)
+    _add_completion_features(server)
+    _add_shutdown_feature(server)
+    return server
+
+
+def _add_session_features(server: GreentrackServer) -> None:
+    """``initialize`` and configuration changes apply the client's settings; ``initialized`` starts the source."""
 
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: GreentrackServer, params: types.InitializeParams) -> None:
@@ -257,6 +285,10 @@ def build_server(settings: Settings, remote: RemoteOptions | None = None) -> Gre
         if isinstance(params.settings, dict):
             ls.apply_settings(apply_client_settings(ls, params.settings))
 
+
+def _add_completion_features(server: GreentrackServer) -> None:
+    """Inline completions, and the command the client runs when one is accepted."""
+
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def on_inline_completion(
         ls: GreentrackServer, params: types.InlineCompletionParams
@@ -265,19 +297,26 @@ def build_server(settings: Settings, remote: RemoteOptions | None = None) -> Gre
 
     @server.command(ACCEPT_COMMAND)
     async def on_accept(ls: GreentrackServer, completion_id: str) -> bool:
-        source = ls.source
-        if source is None or not isinstance(completion_id, str):
-            return False
-        accepted = await source.accept(completion_id)
-        if not accepted:
-            log.warning("accept: no completion %s in the database", completion_id)
-        return accepted
+        return await _accept(ls, completion_id)
+
+
+async def _accept(ls: GreentrackServer, completion_id: str) -> bool:
+    """Marks ``completion_id`` accepted; False without a source, for an id that is not a string or not stored."""
+    source = ls.source
+    if source is None or not isinstance(completion_id, str):
+        return False
+    accepted = await source.accept(completion_id)
+    if not accepted:
+        log.warning("accept: no completion %s in the database", completion_id)
+    return accepted
+
+
+def _add_shutdown_feature(server: GreentrackServer) -> None:
+    """``shutdown``: the completion in flight stopped, what is pending stored, the model released."""
 
     @server.feature(types.SHUTDOWN)
     async def on_shutdown(ls: GreentrackServer, params: None) -> None:
         await ls.shutdown_source()
-
-    return server
 
 
 def serve_stdio(settings: Settings, remote: RemoteOptions | None = None) -> int:
