@@ -45,6 +45,13 @@ def source_text() -> str:
     return inspect.getsource(textwrap)
 
 
+#: The document the replay types into (it exists only in the client's messages).
+TYPED_URI = "file:///bench/textwrap_typed.py"
+
+#: A pending inline-completion request: (its task, when it was sent (monotonic s), its message id).
+Pending = tuple["asyncio.Task[object]", float, str]
+
+
 async def replay(
     debounce_ms: int, threads: int | None, chars: int, keystroke_s: float, pause_s: float, pause_every: int
 ) -> Run:
@@ -55,6 +62,38 @@ async def replay(
         env["GREENTRACK_THREADS"] = str(threads)
     client = LanguageClient("greentrack-bench", "0")
     ready = asyncio.Event()
+    listen(client, run, ready)
+    await client.start_io(sys.executable, "-m", "greentrack", "lsp", env=env)
+    assert client._server is not None
+    server = psutil.Process(client._server.pid)
+    stderr_log = db.with_suffix(".stderr.log")
+    drainer = asyncio.ensure_future(drain_stderr(client, stderr_log))
+    await initialize(client, debounce_ms, ready, stderr_log)
+    text = source_text()
+    start = text.index("def wrap(")  # type a real function, character by character
+    typed = text[start : start + chars]
+    prefix = text[:start]
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=TYPED_URI, language_id="python", version=1, text=prefix)
+        )
+    )
+    cpu_before = server.cpu_times()
+    settles = await type_text(client, run, typed, prefix.count("\n"), keystroke_s, pause_s, pause_every)
+    await asyncio.gather(*settles)
+    await asyncio.sleep(1.0)  # the last energy notifications
+    cpu_after = server.cpu_times()
+    run.server_cpu_s = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    drainer.cancel()
+    return run
+
+
+def listen(client: LanguageClient, run: Run, ready: asyncio.Event) -> None:
+    """The server's notifications the replay follows: its status (``ready`` is set once the model is loaded or
+    failed) and each completion's energy (summed into ``run`` by outcome)."""
 
     @client.feature("greentrack/status")
     def on_status(params):  # type: ignore[no-untyped-def]  # pygls reads annotations: leave it bare
@@ -68,20 +107,19 @@ async def replay(
         outcome = fields["outcome"]
         run.energy_by_outcome[outcome] = run.energy_by_outcome.get(outcome, 0.0) + fields["total_j"]
 
-    await client.start_io(sys.executable, "-m", "greentrack", "lsp", env=env)
-    assert client._server is not None
-    server = psutil.Process(client._server.pid)
-    stderr_log = db.with_suffix(".stderr.log")
 
-    async def drain_stderr() -> None:  # an unread stderr pipe would block the server once full
-        stream = client._server.stderr if client._server else None
-        if stream is None:
-            return
-        with stderr_log.open("wb") as sink:
-            while chunk := await stream.read(65536):
-                sink.write(chunk)
+async def drain_stderr(client: LanguageClient, stderr_log: Path) -> None:
+    """The server's stderr into ``stderr_log`` (an unread stderr pipe would block the server once full)."""
+    stream = client._server.stderr if client._server else None
+    if stream is None:
+        return
+    with stderr_log.open("wb") as sink:
+        while chunk := await stream.read(65536):
+            sink.write(chunk)
 
-    drainer = asyncio.ensure_future(drain_stderr())
+
+async def initialize(client: LanguageClient, debounce_ms: int, ready: asyncio.Event, stderr_log: Path) -> None:
+    """The LSP handshake with the policy's debounce, then wait (up to 300 s) for the server's model."""
     await client.initialize_async(
         types.InitializeParams(
             capabilities=types.ClientCapabilities(),
@@ -93,70 +131,70 @@ async def replay(
         await asyncio.wait_for(ready.wait(), 300)
     except TimeoutError:
         raise SystemExit(f"the server did not get ready; its log: {stderr_log}") from None
-    text = source_text()
-    start = text.index("def wrap(")  # type a real function, character by character
-    typed = text[start : start + chars]
-    uri = "file:///bench/textwrap_typed.py"
-    prefix = text[:start]
-    client.text_document_did_open(
-        types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=prefix))
-    )
-    line = prefix.count("\n")
+
+
+async def type_text(
+    client: LanguageClient, run: Run, typed: str, line: int, keystroke_s: float, pause_s: float, pause_every: int
+) -> list[asyncio.Task[None]]:
+    """Type ``typed`` from the start of ``line``, one keystroke at a time: cancel the previous request if it is
+    still running, send the change, request an inline completion; pause every ``pause_every`` keystrokes.
+    Returns the tasks that settle each request into ``run``."""
     col = 0
-    cpu_before = server.cpu_times()
-    pending: tuple[asyncio.Task[object], float, str] | None = None
-
-    async def settle(task: asyncio.Task[object], sent_s: float) -> None:
-        try:
-            result = await task
-        except Exception:
-            run.cancelled += 1
-            return
-        run.latencies_ms.append((time.monotonic() - sent_s) * 1000)
-        if result:
-            run.suggestions += 1
-
+    pending: Pending | None = None
     settles: list[asyncio.Task[None]] = []
     for version, char in enumerate(typed, start=2):
         if pending is not None and not pending[0].done():
             client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=pending[2]))
-        client.text_document_did_change(
-            types.DidChangeTextDocumentParams(
-                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-                content_changes=[
-                    types.TextDocumentContentChangePartial(
-                        range=types.Range(types.Position(line, col), types.Position(line, col)), text=char
-                    )
-                ],
-            )
-        )
+        send_keystroke(client, version, line, col, char)
         if char == "\n":
             line, col = line + 1, 0
         else:
             col += 1
-        msg_id = f"bench-{debounce_ms}-{version}"
-        params = types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri),
-            position=types.Position(line, col),
-            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
-        )
-        sent_s = time.monotonic()
-        task = asyncio.ensure_future(
-            client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id)
-        )
+        pending = request_completion(client, f"bench-{run.debounce_ms}-{version}", line, col)
         run.requests += 1
-        settles.append(asyncio.ensure_future(settle(task, sent_s)))
-        pending = (task, sent_s, msg_id)
+        settles.append(asyncio.ensure_future(settle(run, pending[0], pending[1])))
         await asyncio.sleep(pause_s if version % pause_every == 0 else keystroke_s)
-    await asyncio.gather(*settles)
-    await asyncio.sleep(1.0)  # the last energy notifications
-    cpu_after = server.cpu_times()
-    run.server_cpu_s = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
-    await client.shutdown_async(None)
-    client.exit(None)
-    await client.stop()
-    drainer.cancel()
-    return run
+    return settles
+
+
+def send_keystroke(client: LanguageClient, version: int, line: int, col: int, char: str) -> None:
+    """``didChange``: ``char`` inserted at (``line``, ``col``), the document now at ``version``."""
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=TYPED_URI, version=version),
+            content_changes=[
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(types.Position(line, col), types.Position(line, col)), text=char
+                )
+            ],
+        )
+    )
+
+
+def request_completion(client: LanguageClient, msg_id: str, line: int, col: int) -> Pending:
+    """An automatic ``textDocument/inlineCompletion`` request at (``line``, ``col``), sent now."""
+    params = types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(TYPED_URI),
+        position=types.Position(line, col),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+    )
+    sent_s = time.monotonic()
+    task = asyncio.ensure_future(
+        client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id)
+    )
+    return task, sent_s, msg_id
+
+
+async def settle(run: Run, task: asyncio.Task[object], sent_s: float) -> None:
+    """One request's outcome into ``run``: cancelled (it raised), or its latency and whether it had a suggestion."""
+    try:
+        result = await task
+    except Exception:
+        run.cancelled += 1
+        return
+    run.latencies_ms.append((time.monotonic() - sent_s) * 1000)
+    if result:
+        run.suggestions += 1
 
 
 def percentile(values: list[float], q: float) -> float:
