@@ -247,47 +247,79 @@ def open_monitor(
     module doc).
     """
     dev = device.strip().lower()
-    counter: Counter | None = None
-    reasons: list[str] = []
-    if dev.startswith("cuda") or dev == "auto":
-        ordinals = list(gpu_indices) if gpu_indices is not None else _cuda_ordinals(dev)
-        try:
-            counter = NvmlCounter(cuda_to_nvml_ids(ordinals) if ordinals is not None else None)
-        except MeterUnavailable as e:
-            reasons.append(str(e))
-        if counter is None:
-            try:
-                counter = AmdSmiCounter(visible_hip_ids(ordinals) if ordinals is not None else None)
-            except MeterUnavailable as e:
-                if strict and dev.startswith("cuda"):
-                    raise MeterUnavailable(f"no energy counter for {device}: {'; '.join([*reasons, str(e)])}") from e
-                reasons.append(str(e))
-    if counter is None and dev in ("mps", "cpu", "auto") and (dev == "mps" or is_apple_silicon()):
-        try:
-            counter = AppleSiliconCounter()
-        except MeterUnavailable as e:
-            if strict and dev == "mps":
-                raise MeterUnavailable(f"no energy counter for {device}: {e}") from e
-            reasons.append(str(e))
-    if counter is None and (dev == "cpu" or dev == "auto"):
-        try:
-            counter = RaplCounter(sysfs_root)
-        except MeterUnavailable as e:
-            if strict and dev == "cpu":
-                raise MeterUnavailable(f"no energy counter for {device}: {e}") from e
-            reasons.append(str(e))
+    reasons: list[str] = []  # why each meter tried is missing, for the log line or MeterUnavailable
+    counter = _gpu_counter(dev, device, gpu_indices, strict, reasons)
+    if counter is None:
+        counter = _apple_counter(dev, device, strict, reasons)
+    if counter is None:
+        counter = _rapl_counter(dev, device, sysfs_root, strict, reasons)
     if counter is None and calibration is not None:
         log.info("no energy counter (%s): using the calibrated model %s", "; ".join(reasons),
                  calibration.meter_name)
         return EnergyMonitor(None, calibration=calibration)
     if counter is None:
-        counter = CpuTimeEstimate()
-        if dev.startswith("cuda"):
-            log.warning("no GPU energy counter (%s): %s sees only CPU time, not the GPU; run "
-                        "`greentrack calibrate` where NVML works", "; ".join(reasons), counter.name)
-        else:
-            log.info("no energy counter (%s): using %s", "; ".join(reasons), counter.name)
+        counter = _cpu_time_estimate(dev, reasons)
     return EnergyMonitor(counter, calibration=calibration, period_s=period_s, on_demand=on_demand)
+
+
+def _gpu_counter(
+    dev: str, device: str, gpu_indices: Sequence[int] | None, strict: bool, reasons: list[str]
+) -> Counter | None:
+    """``cuda*`` or ``auto``: NVML over the CUDA ordinals, else amdsmi over the same; None (reasons noted) when
+    neither works, ``MeterUnavailable`` instead when ``strict`` and the user named a ``cuda`` device."""
+    if not (dev.startswith("cuda") or dev == "auto"):
+        return None
+    ordinals = list(gpu_indices) if gpu_indices is not None else _cuda_ordinals(dev)
+    try:
+        return NvmlCounter(cuda_to_nvml_ids(ordinals) if ordinals is not None else None)
+    except MeterUnavailable as e:
+        reasons.append(str(e))
+    try:
+        return AmdSmiCounter(visible_hip_ids(ordinals) if ordinals is not None else None)
+    except MeterUnavailable as e:
+        if strict and dev.startswith("cuda"):
+            raise MeterUnavailable(f"no energy counter for {device}: {'; '.join([*reasons, str(e)])}") from e
+        reasons.append(str(e))
+    return None
+
+
+def _apple_counter(dev: str, device: str, strict: bool, reasons: list[str]) -> Counter | None:
+    """``mps``, or ``cpu``/``auto`` on Apple Silicon: the SoC's counter; None (reason noted) when it does not open,
+    ``MeterUnavailable`` instead when ``strict`` and the user named ``mps``."""
+    if not (dev in ("mps", "cpu", "auto") and (dev == "mps" or is_apple_silicon())):
+        return None
+    try:
+        return AppleSiliconCounter()
+    except MeterUnavailable as e:
+        if strict and dev == "mps":
+            raise MeterUnavailable(f"no energy counter for {device}: {e}") from e
+        reasons.append(str(e))
+    return None
+
+
+def _rapl_counter(dev: str, device: str, sysfs_root: Path | str, strict: bool, reasons: list[str]) -> Counter | None:
+    """``cpu`` or ``auto``: RAPL under ``sysfs_root``; None (reason noted) when it does not open,
+    ``MeterUnavailable`` instead when ``strict`` and the user named ``cpu``."""
+    if not (dev == "cpu" or dev == "auto"):
+        return None
+    try:
+        return RaplCounter(sysfs_root)
+    except MeterUnavailable as e:
+        if strict and dev == "cpu":
+            raise MeterUnavailable(f"no energy counter for {device}: {e}") from e
+        reasons.append(str(e))
+    return None
+
+
+def _cpu_time_estimate(dev: str, reasons: list[str]) -> Counter:
+    """The last resort, the CPU-time estimate; a warning when the user asked for a GPU it cannot see."""
+    counter = CpuTimeEstimate()
+    if dev.startswith("cuda"):
+        log.warning("no GPU energy counter (%s): %s sees only CPU time, not the GPU; run "
+                    "`greentrack calibrate` where NVML works", "; ".join(reasons), counter.name)
+    else:
+        log.info("no energy counter (%s): using %s", "; ".join(reasons), counter.name)
+    return counter
 
 
 def probe_meters(sysfs_root: Path | str = DEFAULT_SYSFS_ROOT) -> list[MeterStatus]:
