@@ -112,7 +112,8 @@ def main() -> None:
             timed(f"  query: week sums + week before, {threads} thread(s)",
                   lambda t=threads: source.facts(sel.this_week(), sel.previous_week(), sel.boundaries(),
                                                  with_bins=False, threads=t), results)
-        timed("  query: the week before (totals)", lambda: source.sums(previous_sql(source.table, sel.previous_week())), results)
+        timed("  query: the week before (totals)",
+              lambda: source.sums(previous_sql(source.table, sel.previous_week())), results)
         timed("  query: length bins (only with calibrations of 2+ models)",
               lambda: source.sums(bins_sql(source.table, sel.this_week())), results)
     wall = sum(w for _, w, _ in results[:4])

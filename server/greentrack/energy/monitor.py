@@ -14,6 +14,7 @@ request arrives (before its debounce), the pipeline ``begin_work``/``end_work`` 
 ``phase_energy`` asks the sampler to cover the phases; idle, one heartbeat read every 5 s. ``meter_cost`` says
 what the meter itself costs (``greentrack doctor``, ``bench/meter_cost.py``).
 """
+
 from __future__ import annotations
 
 import contextlib
