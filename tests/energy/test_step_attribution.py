@@ -327,24 +327,36 @@ def test_steps_outside_the_window_are_noted_not_attributed() -> None:
 
 
 def test_an_early_figure_extrapolates_and_later_shares_go_to_late() -> None:
-    """The meter stalled: the figure is extrapolated; what the counter later shows for that request goes to the
-    idle window's ``late_j``, so Σ stored + idle still equals the counter's delta plus the extrapolation."""
+    """The meter stalled: the figure is extrapolated and booked against the idle window's ``late_j``; what the
+    counter later shows for that request goes there too, so Σ stored + idle equals the counter's delta exactly and
+    ``late_j`` holds (real later shares − the estimate)."""
     profile, steps = batched_trace()
     samples = continuous(profile, 0.0, steps[-1].end_s + 0.5)
     knots = find_knots(samples, update_period_s=0.0)
-    acc = StepAccounts(CONTINUOUS)
-    acc.start_at(knots[0])
-    for st in steps:
-        acc.add_step(st)
-    acc.request_done("c")
     mid = next(i for i, k in enumerate(knots) if k.t_s > steps[-15].start_s)
+
+    def accounts() -> StepAccounts:
+        acc = StepAccounts(CONTINUOUS)
+        acc.start_at(knots[0])
+        for st in steps:
+            acc.add_step(st)
+        acc.request_done("c")
+        return acc
+
+    full = accounts()
+    full.advance(knots)
+    truth = full.figure("c")
+    assert truth is not None
+
+    acc = accounts()
     acc.advance(knots[:mid])
     early = acc.figure("c", extrapolate_w=200.0)
     assert early is not None and early.extrapolated_j > 0 and early.notes
     acc.pop("c")
     acc.advance(knots)
     idle = acc.take_idle()
-    assert idle is not None and idle.late_j > 0
+    assert idle is not None
+    assert idle.late_j == pytest.approx(truth.energy_j - early.energy_j, rel=1e-9, abs=1e-9)
     assert acc.conservation_error_j <= 1e-9 * acc.window_j
 
 

@@ -364,7 +364,8 @@ class StepAccounts:
 
     def figure(self, request_id: str, *, extrapolate_w: float | None = None) -> RequestEnergy | None:
         """The request's figures so far (final when ``is_final``). With ``extrapolate_w``, step time past the
-        processed window is given that power and its later shares go to the idle bucket's ``late_j``."""
+        processed window is given that power, booked against the idle bucket's ``late_j``, where its later real shares
+        go (so the stored figures still add up to the counter's delta)."""
         acc = self._accs.get(request_id)
         if acc is None:
             return None
@@ -374,6 +375,14 @@ class StepAccounts:
             extra_j, extra_s, extra_share_s = self._uncovered(request_id, extrapolate_w)
             if extra_s > 0.0:
                 notes.append(f"extrapolated {extra_s * 1000:.0f} ms of steps past the counter's last step")
+            if not acc.reported and extra_j > 0.0 and self._idle is not None:
+                # The figure already holds this estimate; the steps' real shares reach the idle bucket later
+                # (late_j). Book the estimate against that bucket now, so stored requests + idle stay equal to
+                # the counter's delta exactly: idle ends up holding (real shares - estimate).
+                self._idle.late_j -= extra_j
+                self._idle.energy_j -= extra_j
+                self.idle_j -= extra_j
+                self.requests_j += extra_j
             acc.reported = True
         pre, dec = acc.prefill_j, acc.decode_j
         if extra_j > 0.0:  # split like what was attributed (all decode when nothing was)
