@@ -7,11 +7,11 @@ records') and ``uncertainty_j`` (worst-case bounds add linearly; None when a rec
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from greentrack.bench.load_stats import percentile
 from greentrack.bench.replay import ConfigRun
 
 _METHOD_RANK = {"measured": 0, "attributed": 1, "estimated": 2}
@@ -26,16 +26,6 @@ FINDINGS: tuple[tuple[str, str, str, tuple[float, float], str], ...] = (
 #: and a keystroke-to-suggestion p50 at most this many ms.
 GOAL_SHARE_OF_NAIVE = 0.10
 GOAL_P50_MS = 500.0
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-quantile (0–1) by linear interpolation; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def energy(total_j: float, uncertainty_j: float | None, method: str, meters: Sequence[str]) -> dict[str, Any]:
@@ -98,7 +88,7 @@ def summarize_config(run: ConfigRun) -> dict[str, Any]:
             "cancelled": outcomes.get("cancelled", 0),
             "never_accepted": len(wasted) - outcomes.get("cancelled", 0),
         },
-        "latency_ms": {"p50": percentile(run.latencies_ms, 0.5), "p95": percentile(run.latencies_ms, 0.95),
+        "latency_ms": {"p50": percentile(run.latencies_ms, 50), "p95": percentile(run.latencies_ms, 95),
                        "n": len(run.latencies_ms)},
         "tokens": {"prompt": prompt, "prompt_computed": prompt - reused, "prompt_reused": reused,
                    "generated": generated},
