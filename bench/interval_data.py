@@ -58,9 +58,13 @@ def load_recording(data: dict[str, Any]) -> Recording:
     )
 
 
-def truth_power_w(span: PhaseSpan, truth: dict[str, Any]) -> float:
-    key = f"prefill/{int(span.work)}" if span.kind == "prefill" else "decode/power"
-    return float(truth[key]["power_w"])
+def truth_power_w(span: PhaseSpan, truth: dict[str, Any], prefill_work: float | None = None) -> float:
+    """The steady power of the span's kind and size; a decode's from windows of its own request shape
+    (``decode/after/N``, N: its request's prompt tokens) where the recording has them, else ``decode/power``."""
+    if span.kind == "prefill":
+        return float(truth[f"prefill/{int(span.work)}"]["power_w"])
+    shaped = truth.get(f"decode/after/{int(prefill_work)}") if prefill_work is not None else None
+    return float((shaped or truth["decode/power"])["power_w"])
 
 
 @dataclass(frozen=True)
@@ -126,15 +130,16 @@ class _CaseCollector:
         """Attribute ``spans`` together; keep a case for each span in ``keep``, and (``completion``) one for all."""
         figures = self.run(spans)
         name, truth = self.rec.meter.name, self.rec.truth
+        prompt = spans[0].work if spans[0].kind == "prefill" else None
         for i in keep:
             sp, (e, u) = spans[i], figures[i]
-            self.out.append(Case(rid, sp.kind, _size(sp), sp.duration_s, e, truth_power_w(sp, truth) * sp.duration_s,
-                                 u, name, is_derived))
+            self.out.append(Case(rid, sp.kind, _size(sp), sp.duration_s, e,
+                                 truth_power_w(sp, truth, prompt) * sp.duration_s, u, name, is_derived))
         if completion:
             total = math.fsum(e for e, _ in figures)
             us = [u for _, u in figures]
             self.out.append(Case(rid, "completion", "completion", spans[-1].end_s - spans[0].start_s, total,
-                                 math.fsum(truth_power_w(sp, truth) * sp.duration_s for sp in spans),
+                                 math.fsum(truth_power_w(sp, truth, prompt) * sp.duration_s for sp in spans),
                                  None if None in us else math.fsum(u for u in us if u is not None), name, is_derived))
 
     def decode_cuts(self, rid: str, pre: PhaseSpan, dec: PhaseSpan) -> None:
