@@ -18,6 +18,7 @@ in every window); B1 = long prompts (2048 tokens, 8 out); B2 = long outputs (128
 ``--window-s`` arrivals plus a tail in which everything finishes: A alone, A + B1, A alone again (the noise of
 the marginal), A + B2. E(window) is the counter's delta over the window (read directly at its ends); marginal
 E(B) = E(A+B) − E(A alone); B's attributed total = Σ of its stored rows' ``total_j``. Goal: ratio within ±10 %.
+Then an idle window and B1, B2 alone, for B's Shapley value (``shapley``: the marginal in both orders, averaged).
 Both sides mean the same thing: energy above the engine's idle draw. The windows last equally long, so the idle
 draw cancels in the marginal; the ledger keeps it out of every request's figure (the calibration's ``idle_w`` ×
 time, steps' time included, stays in its idle bucket: ``ledger.static_j`` says how much of it was during steps).
@@ -226,14 +227,37 @@ def compare(alone: dict[str, Any], mixed: dict[str, Any], b: str) -> dict[str, A
 
 
 def comparisons(windows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """B1 against A; B2 against A2 (the A window next to it) where it ran, else A."""
+    """B1 against A; B2 against A2 (the A window next to it) where it ran, else A; each with B's Shapley value
+    where the B-alone and idle windows ran (``shapley``)."""
     out = []
     if "A" in windows and "AB1" in windows:
-        out.append(compare(windows["A"], windows["AB1"], "B1"))
-    alone = windows.get("A2", windows.get("A"))
-    if "AB2" in windows and alone is not None:
-        out.append(compare(alone, windows["AB2"], "B2"))
+        out.append(compare(windows["A"], windows["AB1"], "B1") | shapley(windows, "A", "AB1", "B1"))
+    alone_label = "A2" if "A2" in windows else "A"
+    if "AB2" in windows and alone_label in windows:
+        out.append(compare(windows[alone_label], windows["AB2"], "B2") | shapley(windows, alone_label, "AB2", "B2"))
     return out
+
+
+def shapley(windows: dict[str, dict[str, Any]], a: str, ab: str, b: str) -> dict[str, Any]:
+    """B's Shapley value over the two players A and B: the mean of its marginal in both orders,
+    ½ [(E(A+B) − E(A)) + (E(B) − E(∅))], each window's energy taken above the idle window's power × its length
+    (windows that overran are longer). The marginal E(A+B) − E(A) gives B all the saving of sharing steps with A;
+    the Shapley value splits it evenly, as a per-step split that shares each step's cost does. {} without the
+    B-alone window ``b`` and the idle window ``I``."""
+    if b not in windows or "I" not in windows:
+        return {}
+    idle_w = windows["I"]["energy_j"] / windows["I"]["window_s"]
+
+    def above(label: str) -> float:
+        w = windows[label]
+        return float(w["energy_j"] - idle_w * w["window_s"])
+
+    alone_b = above(b)
+    value = 0.5 * ((above(ab) - above(a)) + alone_b)
+    attributed = windows[ab]["attributed_j"].get(b, 0.0)
+    return {"idle_window_w": idle_w, "b_alone_above_idle_j": alone_b,
+            "b_alone_attributed_j": windows[b]["attributed_j"].get(b, 0.0),
+            "shapley_j": value, "ratio_to_shapley": attributed / value if value > 0 else None}
 
 
 def main() -> int:
@@ -300,7 +324,8 @@ def main() -> int:
         pipeline = Pipeline(settings, backend, monitor, store)
         result["ledger"] = pipeline.ledger is not None
         result["step_costs"] = vars(pipeline.ledger.costs) if pipeline.ledger is not None else None
-        plan = [("A", ["A"]), ("AB1", ["A", "B1"]), ("A2", ["A"]), ("AB2", ["A", "B2"])]
+        plan = [("A", ["A"]), ("AB1", ["A", "B1"]), ("A2", ["A"]), ("AB2", ["A", "B2"]), ("I", []),
+                ("B1", ["B1"]), ("B2", ["B2"])]
         windows: dict[str, dict[str, Any]] = {}
         run_window(pipeline, [CLASSES["A"]], 3.0, 1.0, args.seed + 99, "warmup")
         for label, names in plan:
