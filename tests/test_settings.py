@@ -43,11 +43,12 @@ def test_integer_ranges_are_package_jsons(key: str) -> None:
 
 def test_good_values_are_converted() -> None:
     settings, problems = read(maxTokens="32", contextTokens=256.0, debounceMs=0, carbonIntensity="FRA",
-                              enabled="false", device="cuda:1", backend="vllm", model=" org/model ")
+                              enabled="false", device="cuda:1", backend="vllm", model=" org/model ",
+                              suggestionCache=False)
     assert problems == []
     assert (settings.max_tokens, settings.context_tokens, settings.debounce_ms) == (32, 256, 0)
     assert settings.carbon_intensity == intensity_for_country("FRA")
-    assert (settings.enabled, settings.device) == (False, "cuda:1")
+    assert (settings.enabled, settings.device, settings.suggestion_cache) == (False, "cuda:1", False)
     assert (settings.backend, settings.model) == ("vllm", "org/model")
     assert all(isinstance(v, int) and not isinstance(v, bool)
                for v in (settings.max_tokens, settings.context_tokens, settings.debounce_ms))
@@ -77,6 +78,8 @@ def test_carbon_intensity_accepts_what_the_environment_variable_accepts(
         ("carbonIntensity", False, "carbon_intensity", "a non-negative number of gCO2e/kWh"),
         ("carbonIntensity", {"g": 1}, "carbon_intensity", "a non-negative number of gCO2e/kWh"),
         ("enabled", "maybe", "enabled", "true or false"),
+        ("suggestionCache", "maybe", "suggestion_cache", "true or false"),
+        ("suggestionCache", 0, "suggestion_cache", "true or false"),
         ("device", "gpu", "device", "one of auto, cpu, cuda or cuda:N"),
         ("backend", 3, "backend", "one of transformers, vllm"),
         ("model", "   ", "model", "a Hugging Face hub id"),
@@ -98,3 +101,25 @@ def test_absent_null_and_empty_keep_the_current_values() -> None:
     assert read(maxTokens=None, model="", carbonIntensity=None) == (BASE, [])
     settings, problems = read_client_settings({"greentrack": "oops"}, BASE)
     assert settings == BASE and len(problems) == 1 and "must be an object" in problems[0]
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0", False), (" no ", False), ("FALSE", False), ("1", True),
+                                                 ("yes", True), ("", True)])
+def test_the_suggestion_cache_environment_variable(text: str, expected: bool, monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("GREENTRACK_SUGGESTION_CACHE", text)
+    assert Settings.from_env().suggestion_cache is expected
+    assert Settings.from_env(suggestion_cache=True).suggestion_cache is True  # a command-line option wins
+    assert Settings.from_env(suggestion_cache=None).suggestion_cache is expected  # an option not given: the variable
+    assert caplog.records == []
+
+
+def test_a_bad_suggestion_cache_environment_variable_keeps_it_on_with_one_message(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("GREENTRACK_SUGGESTION_CACHE", "maybe")
+    assert Settings.from_env().suggestion_cache is True
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == ("GREENTRACK_SUGGESTION_CACHE='maybe' is not accepted; accepted: 1 or 0 "
+                                   "(also true/false, yes/no). Keeping 1 (on).")

@@ -41,6 +41,8 @@ export interface GreentrackSettings {
   debounceMs: number;
   carbonIntensity: number | null;
   enabled: boolean;
+  /** Serve what is typed into a suggestion still shown from the server's suggestion cache (0 J, no model work). */
+  suggestionCache: boolean;
 }
 
 /** Read the settings for a resource (or the window). */
@@ -57,6 +59,7 @@ export function getSettings(scope?: vscode.ConfigurationScope): GreentrackSettin
     debounceMs: c.get<number>('debounceMs', 150),
     carbonIntensity: c.get<number | null>('carbonIntensity', null),
     enabled: c.get<boolean>('enabled', true),
+    suggestionCache: c.get<boolean>('suggestionCache', true),
   };
 }
 

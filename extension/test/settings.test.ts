@@ -52,6 +52,12 @@ describe('settings', () => {
     assert.equal(getSettings().serverUrl, '');
   });
 
+  it('sends greentrack.suggestionCache to the server: on unless turned off', () => {
+    assert.equal(serverOptions(getSettings()).greentrack.suggestionCache, true);
+    state.config['greentrack.suggestionCache'] = false;
+    assert.equal(serverOptions(getSettings()).greentrack.suggestionCache, false);
+  });
+
   it('starts lsp --server URL in remote mode, with the token only in the environment', () => {
     const local = { ...getSettings(), serverUrl: '' };
     assert.deepEqual(lspArgs(local), ['lsp']);

@@ -78,6 +78,23 @@ def default_carbon_intensity() -> float:
     return resolve_intensity(os.environ.get(ENV_VAR), DEFAULT_CARBON_INTENSITY_G_PER_KWH)
 
 
+#: What an on/off setting accepts, as text (any case, surrounding spaces ignored): the first three mean on.
+FLAG_TEXTS = ("1", "true", "yes", "0", "false", "no")
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """The environment variable ``name`` as on/off (``FLAG_TEXTS``); unset or empty: ``default``. Any other value
+    keeps ``default``, with one warning naming the variable and the values it accepts."""
+    text = os.environ.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in FLAG_TEXTS:
+        return text in FLAG_TEXTS[:3]
+    log.warning("%s=%r is not accepted; accepted: 1 or 0 (also true/false, yes/no). Keeping %s.",
+                name, os.environ[name], "1 (on)" if default else "0 (off)")
+    return default
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the user chose. Names mirror the extension's ``greentrack.*`` settings (package.json)."""
@@ -94,6 +111,8 @@ class Settings:
     db_path: Path = Path()
     developer: str = ""
     store_text: bool = False
+    #: Serve what the user types into a suggestion still shown from the suggestion cache (``suggestion_cache.py``).
+    suggestion_cache: bool = True
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -104,6 +123,7 @@ class Settings:
             db_path=default_db_path(),
             developer=default_developer(),
             store_text=os.environ.get("GREENTRACK_STORE_TEXT", "") in ("1", "true", "yes"),
+            suggestion_cache=env_flag("GREENTRACK_SUGGESTION_CACHE", True),
         )
         return base.updated(**overrides)
 
@@ -128,6 +148,7 @@ EXTENSION_SETTINGS: dict[str, str] = {
     "debounceMs": "debounce_ms",
     "carbonIntensity": "carbon_intensity",
     "enabled": "enabled",
+    "suggestionCache": "suggestion_cache",
 }
 
 
@@ -171,8 +192,8 @@ def _text(value: object) -> str:
 def _flag(value: object) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
+    if isinstance(value, str) and value.strip().lower() in FLAG_TEXTS:
+        return value.strip().lower() in FLAG_TEXTS[:3]
     raise ValueError(value)
 
 
@@ -190,6 +211,7 @@ CLIENT_SETTING_RULES: dict[str, Rule] = {
     "debounceMs": _integer(0, 5000),
     "carbonIntensity": (_intensity, f"as {ENV_VAR}, {ACCEPTED}"),
     "enabled": (_flag, "true or false"),
+    "suggestionCache": (_flag, "true or false"),
 }
 
 

@@ -141,7 +141,8 @@ class Pipeline:
         self.on_idle: Callable[[IdleWindow], None] | None = None
         self._idle_lock = threading.Lock()  # a window is taken and stored as one step (``store_idle_energy``)
         self.ledger: StepLedger | None = self._open_ledger() if self.batches else None
-        #: What the user types into a suggestion still shown is served from here (None: off, as benchmarks' naive run).
+        #: What the user types into a suggestion still shown is served from here (None: off, by the
+        #: ``suggestion_cache`` setting through ``use_suggestion_cache``, or in benchmarks' naive run).
         self.suggestion_cache: SuggestionCache | None = SuggestionCache()
 
     def _open_ledger(self) -> StepLedger | None:
@@ -167,7 +168,8 @@ class Pipeline:
         """Generate (one at a time, unless the backend batches). ``BadInput`` propagates (nothing reached the
         model); any other failure of the engine becomes an ``error`` result whose elapsed time is still measured.
         The suggestion cache is asked first: a hit is a result with no model work (``extras["cached_from"]``)."""
-        cached = self._from_cache(request, cancel)
+        cache = self.suggestion_cache  # read once: ``use_suggestion_cache`` may switch it from another thread
+        cached = self._from_cache(cache, request, cancel)
         if cached is not None:
             return cached
         if self.batches:
@@ -175,16 +177,25 @@ class Pipeline:
         else:
             with self._generation_lock:
                 result = self._run(request, cancel)
-        if self.suggestion_cache is not None and result.text and not result.cancelled and result.stop_reason != "error":
-            self.suggestion_cache.remember(request.request_id, request.document_key, request.text, request.offset,
-                                           result.text)
+        if cache is not None and result.text and not result.cancelled and result.stop_reason != "error":
+            cache.remember(request.request_id, request.document_key, request.text, request.offset, result.text)
         return result
 
-    def _from_cache(self, request: CompletionRequest, cancel: CancelToken) -> EngineResult | None:
+    def use_suggestion_cache(self, on: bool) -> None:
+        """The ``suggestion_cache`` setting: on keeps the cache (a new, empty one when it was off); off drops it and
+        its suggestions. Takes effect from the next ``run``."""
+        if not on:
+            self.suggestion_cache = None
+        elif self.suggestion_cache is None:
+            self.suggestion_cache = SuggestionCache()
+
+    @staticmethod
+    def _from_cache(cache: SuggestionCache | None, request: CompletionRequest, cancel: CancelToken
+                    ) -> EngineResult | None:
         """The rest of a suggestion shown here before, when what was typed since is a prefix of it (no engine)."""
-        if self.suggestion_cache is None:
+        if cache is None:
             return None
-        hit = self.suggestion_cache.lookup(request.document_key, request.text, request.offset)
+        hit = cache.lookup(request.document_key, request.text, request.offset)
         if hit is None:
             return None
         now_s = time.monotonic()
@@ -426,6 +437,7 @@ def open_pipeline(
         backend.device, gpu_indices=gpu_indices, calibration=calibration, strict=strict_device, on_demand=True
     )
     pipeline = Pipeline(settings, backend, monitor, store)
+    pipeline.use_suggestion_cache(settings.suggestion_cache)
     pipeline.calibration_pending = not answered
     return pipeline
 

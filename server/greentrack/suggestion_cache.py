@@ -1,7 +1,9 @@
 """The suggestion cache: what the user types into a suggestion still shown is served from it, with no model work.
 
 Place in the flow: ``Pipeline.run`` asks ``lookup`` before the engine and ``remember``s every suggestion the engine
-made; a hit becomes a completion of its own, logged with 0 J and outcome ``cached`` (``docs/interfaces.md``).
+made; a hit becomes a completion of its own, logged with 0 J and outcome ``cached`` (``docs/interfaces.md``). The
+``suggestion_cache`` setting (``greentrack.suggestionCache``, ``GREENTRACK_SUGGESTION_CACHE``, ``greentrack serve
+--no-suggestion-cache``) switches it through ``Pipeline.use_suggestion_cache``.
 
 A hit needs the same document (``document_key``), the same text before the place where the suggestion was shown,
 the same text after the cursor, and what was typed since then being a prefix of the suggestion: the rest of the

@@ -128,6 +128,7 @@ class GreentrackServer(LanguageServer):
                     pipeline.close()
                     return
                 old, self.source = self.source, LocalSource(pipeline, self.notify_energy)
+                self.source.apply_settings(self.settings)  # those that changed while it loaded
             if isinstance(old, LocalSource):
                 old.retire()
             self.set_status(

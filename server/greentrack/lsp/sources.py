@@ -121,6 +121,7 @@ class LocalSource:
 
     def apply_settings(self, settings: Settings) -> None:
         self.pipeline.settings = settings
+        self.pipeline.use_suggestion_cache(settings.suggestion_cache)
 
     def retire(self) -> None:
         """Replaced by a newly loaded source: close once the generation in flight is done, without waiting."""

@@ -60,6 +60,12 @@ def serve(
     max_num_seqs: Annotated[
         int | None, typer.Option("--max-num-seqs", min=1, help="vLLM: requests batched at most (default 8).")
     ] = None,
+    suggestion_cache: Annotated[
+        bool | None,
+        typer.Option("--suggestion-cache/--no-suggestion-cache",
+                     help="Serve what is typed into a suggestion still shown from the cache, with no model work "
+                          "(default: $GREENTRACK_SUGGESTION_CACHE, else on)."),
+    ] = None,
 ) -> None:
     """Serve completions over HTTP (OpenAI-compatible and greentrack-native), metered per developer."""
     from greentrack.serve.run import ServeOptions
@@ -71,7 +77,8 @@ def serve(
         raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
     for name in ("greentrack", "uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(logging.INFO)
-    settings = Settings.from_env(db_path=db, model=model, backend=backend, device=device)
+    settings = Settings.from_env(db_path=db, model=model, backend=backend, device=device,
+                                 suggestion_cache=suggestion_cache)
     options = ServeOptions(host=host, port=port, idle_period_s=idle_period, max_body_bytes=max_body,
                            body_timeout_s=body_timeout, graceful_s=graceful, strict_device=device not in (None, "auto"),
                            tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
