@@ -96,14 +96,26 @@ export function formatCo2e(massG: number | null | undefined): string {
   return formatQuantity(massG, CO2E_UNITS);
 }
 
-/** The status bar text for the last suggestion: `$(zap) 3.21 J`. */
-export function energyText(energyJ: number | null | undefined): string {
-  return `$(zap) ${formatEnergy(energyJ)}`;
+/** The `meter` of a suggestion served from the suggestion cache (docs/interfaces.md): no model work, exactly 0 J. */
+export const CACHE_METER = 'cache';
+
+/** Whether `e` was served from the suggestion cache: outcome `cached`, or `cancelled` with the cache's meter. */
+export function fromSuggestionCache(e: Pick<EnergyParams, 'meter' | 'outcome'>): boolean {
+  return e.meter === CACHE_METER || e.outcome === 'cached';
+}
+
+/** The status bar text for the last suggestion: `$(zap) 3.21 J`; one served from the suggestion cache
+ * (`cached`) says so: `$(zap) 0 J · cached`. */
+export function energyText(energyJ: number | null | undefined, cached = false): string {
+  return `$(zap) ${formatEnergy(energyJ)}${cached ? ' · cached' : ''}`;
 }
 
 /** Say plainly how a figure was obtained. */
 export function describeMethod(method: string | undefined, meter: string | undefined): string {
   const via = meter ? ` (meter: \`${meter}\`)` : '';
+  if (meter === CACHE_METER && method === 'measured') {
+    return `measured — no model work was done, so exactly 0 J${via}`;
+  }
   switch (method) {
     case 'measured':
       return `measured — an energy counter read around each phase${via}`;
@@ -154,21 +166,27 @@ export function energyTooltip(e: EnergyParams, today: TodayTotal): string {
     e.uncertainty_j === null || e.uncertainty_j === undefined ? '' : ` ± ${formatEnergy(e.uncertainty_j)}`;
   const interval = intervalLine(e);
   const outcome = e.outcome ? ` (${escapeMarkdown(e.outcome)})` : '';
-  const lines: string[] = [
-    `**greentrack** — last suggestion${outcome}`,
-    '',
+  const cached = fromSuggestionCache(e);
+  const lines: string[] = [`**greentrack** — last suggestion${outcome}`, ''];
+  if (cached) {
+    lines.push('Served from the suggestion cache: what you typed is the start of an earlier suggestion for this ' +
+      'place, and its rest was shown again with no model work.', '');
+  }
+  lines.push(
     '| phase | energy | time |',
     '| --- | ---: | ---: |',
     `| prefill | ${formatEnergy(e.prefill_j)} | ${formatDuration(e.prefill_ms)} |`,
     `| decode | ${formatEnergy(e.decode_j)} | ${formatDuration(e.decode_ms)} |`,
     `| **total** | **${formatEnergy(e.total_j)}**${plusMinus} | ${formatDuration(e.latency_ms ?? sum(e.prefill_ms, e.decode_ms))} |`,
     '',
-  ];
+  );
   if (interval) lines.push(`${interval}; ± is the worst-case bound`, '');
   const prompt = e.prompt_tokens ?? 0;
   const reused = e.reused_prompt_tokens ?? 0;
   lines.push(
-    `Tokens: ${prompt} prompt (${reused} reused from cache), ${e.completion_tokens ?? 0} generated`,
+    cached
+      ? 'Tokens: none computed'
+      : `Tokens: ${prompt} prompt (${reused} reused from cache), ${e.completion_tokens ?? 0} generated`,
     '',
     `Method: ${describeMethod(e.method, e.meter)}`,
     '',

@@ -1,12 +1,13 @@
 /**
  * The status bar item: "starting" until the server says ready, then the last suggestion's energy
- * (`$(zap) 3.21 J`) with a tooltip of phases, tokens, method, CO2e and today's total; an error state with
- * the server's message. In remote mode a server that cannot be reached shows as "server unreachable" (a warning:
- * the language server reconnects by itself, and typing never waits for it) until the server says ready again.
+ * (`$(zap) 3.21 J`; `$(zap) 0 J · cached` for one served from the suggestion cache) with a tooltip of phases,
+ * tokens, method, CO2e and today's total; an error state with the server's message. In remote mode a server that
+ * cannot be reached shows as "server unreachable" (a warning: the language server reconnects by itself, and typing
+ * never waits for it) until the server says ready again.
  * Fed by `greentrack/status` and `greentrack/energy`; clicking opens the report.
  */
 import * as vscode from 'vscode';
-import { energyText, energyTooltip, TodayAccumulator } from './format';
+import { energyText, energyTooltip, fromSuggestionCache, TodayAccumulator } from './format';
 import { type EnergyParams, type StatusParams, UNREACHABLE_PREFIX } from './protocol';
 import { Commands } from './settings';
 
@@ -110,7 +111,7 @@ export class EnergyStatusBar implements vscode.Disposable {
       this.item.tooltip = 'greentrack is ready: the energy of the next suggestion shows here. Click for this week\'s report.';
       return;
     }
-    this.item.text = energyText(this.last.total_j);
+    this.item.text = energyText(this.last.total_j, fromSuggestionCache(this.last));
     const md = new vscode.MarkdownString(energyTooltip(this.last, this.today.total()));
     md.supportThemeIcons = true;
     this.item.tooltip = md;

@@ -58,6 +58,7 @@ describe('formatEnergy', () => {
   });
   it('negative zero is zero', () => assert.equal(formatEnergy(-0), '0 J'));
   it('status bar text carries the zap icon', () => assert.equal(energyText(3.214), '$(zap) 3.21 J'));
+  it('status bar text of a cache hit says so', () => assert.equal(energyText(0, true), '$(zap) 0 J · cached'));
 });
 
 describe('threeSignificant', () => {
@@ -170,6 +171,7 @@ describe('energyTooltip', () => {
   });
   it('names measured and attributed methods', () => {
     assert.match(describeMethod('measured', 'nvml'), /^measured — .*nvml/);
+    assert.equal(describeMethod('measured', 'cache'), 'measured — no model work was done, so exactly 0 J (meter: `cache`)');
     assert.match(describeMethod('attributed', 'rapl'), /^attributed — .*rapl/);
   });
 });

@@ -89,6 +89,32 @@ describe('EnergyStatusBar', () => {
     assert.equal(item.text, '$(zap) 2.50 kJ');
   });
 
+  it('says a suggestion served from the suggestion cache cost no model work, and the next one is a figure again', () => {
+    const bar = new EnergyStatusBar();
+    const item = state.items[0];
+    bar.onStatus({ state: 'ready' });
+    bar.onEnergy(energy(1.5));
+    const cached = { prompt_tokens: 0, completion_tokens: 0, method: 'measured', meter: 'cache', uncertainty_j: 0 };
+    bar.onEnergy(energy(0, { ...cached, outcome: 'cached' }));
+    assert.equal(item.text, '$(zap) 0 J · cached');
+    const tooltip = markdown(item.tooltip);
+    assert.match(tooltip, /last suggestion \(cached\)/);
+    assert.match(tooltip, /Served from the suggestion cache: .*earlier suggestion .*no model work/);
+    assert.match(tooltip, /\*\*0 J\*\* ± 0 J/);
+    assert.match(tooltip, /Method: measured — no model work was done, so exactly 0 J \(meter: `cache`\)/);
+    assert.match(tooltip, /Tokens: none computed/);
+    assert.doesNotMatch(tooltip, /energy counter read around each phase|reused from cache/);
+    assert.match(tooltip, /Today: 1\.50 J over 2 suggestions/); // a cache hit is a suggestion, at 0 J
+    bar.onEnergy(energy(0, { ...cached, outcome: 'cancelled' })); // cancelled like any suggestion: still the cache's
+    assert.equal(item.text, '$(zap) 0 J · cached');
+    assert.match(markdown(item.tooltip), /last suggestion \(cancelled\)/);
+    bar.onEnergy(energy(0, { outcome: 'empty' })); // 0 J from the model (nothing generated) is not a cache hit
+    assert.equal(item.text, '$(zap) 0 J');
+    assert.doesNotMatch(markdown(item.tooltip), /suggestion cache/);
+    bar.onEnergy(energy(2));
+    assert.equal(item.text, '$(zap) 2.00 J');
+  });
+
   it('ignores unknown states and guards a bad energy', () => {
     const bar = new EnergyStatusBar();
     const item = state.items[0];
