@@ -97,17 +97,46 @@ def test_the_oracle_accepts_a_planted_suggestion_and_rejects_a_wrong_one(targets
     target = targets["cache"]
     right = Segment.from_text("right.py", SOURCE, 12, seed=1).typed.split("\n")[0]  # e.g. "def f7(x):"
     run, _ = replay_planted(target, "right.py", right)
-    assert len(run.accepted_ids) == 1 and run.tabs == 1
+    # the first character typed, the rest of the line taken with Tab (the model may be right after it too: the
+    # body's first line at the editor's indentation, which SOURCE repeats twelve times)
+    assert run.tabs == len(run.accepted_ids) >= 1 and run.shown_log[0]["taken"] == len(right) - 1
+    assert (run.shown_log[0]["position"], run.shown_log[0]["cached"]) == (1, True)
     accepted = stored(target, run.accepted_ids[0])
     assert (accepted["outcome"], accepted["total_j"], accepted["method"], accepted["meter"], accepted["accepted"]) \
         == ("cached", 0.0, "measured", "cache", 1)
-    assert run.accepted_chars == len(right) - 1  # the first character typed, the rest taken with Tab
+    assert run.accepted_chars == sum(s["taken"] for s in run.shown_log)
     assert run.stop_reasons["cached"] >= 1
 
     wrong = right.replace("(x)", "(z)")
     run, _ = replay_planted(target, "wrong.py", wrong)
-    assert run.accepted_ids == [] and run.tabs == 0
-    assert run.stop_reasons["cached"] >= 1  # shown from the cache while the typing agreed with it, never taken
+    planted = [s for s in run.shown_log if s["cached"]]
+    assert planted and not any(s["taken"] for s in planted)  # shown while the typing agreed with it, never taken
+    assert run.stop_reasons["cached"] >= 1
+
+
+def test_the_last_suggestion_is_judged_by_what_the_file_goes_on_with_at_the_editor_indentation(
+        targets: dict[str, PipelineTarget]) -> None:
+    """Enter types the newline and the indentation (the editor's auto-indent), even where the segment ends inside
+    it; a suggestion shown after the last keystroke is judged by the file's continuation, and one that repeats the
+    indentation the editor already put there is not what the developer types next."""
+    target = targets["cache"]
+    cache = target.pipeline.suggestion_cache
+    assert cache is not None
+    for name, planted, taken in (("end-right.py", "y = x + 8", True), ("end-indent.py", "    y = x + 8", False)):
+        head = SOURCE.index("def f8(x):") + len("def f8(x):")  # one keystroke, Enter: no model suggestion before
+        segment = Segment(name, SOURCE[:head], SOURCE[head:head + 2], SOURCE[head + 2:head + 200])
+        assert segment.typed == "\n " and segment.after.startswith("   y = x + 8\n")
+        document = segment.before + segment.typed + segment.after[:3]  # the cursor at the body's indentation
+        cache.remember(f"planted-{name}", f"file:///bench/cache/{name}", document, len(document), planted)
+        run = ConfigRun(CACHE_ONLY)
+        for _ in replay(target, run, [segment], seed=1):
+            pass
+        run.records = target.records()
+        last = run.shown_log[-1]
+        assert (last["position"], last["cached"]) == (len(segment.typed) + 3, True), run.shown_log
+        assert last["next"].startswith("y = x + 8") and run.keystrokes == 1 and len(run.shown_log) == 1
+        assert (len(run.accepted_ids) == 1) is taken and (last["taken"] == len("y = x + 8")) is taken
+        assert sum(s["taken"] for s in run.shown_log) == run.accepted_chars and len(run.shown_log) == run.shown
 
 
 # -- the command ----------------------------------------------------------------------------------------------
@@ -131,7 +160,7 @@ CONFIG_KEYS = {
     "name", "description", "settings", "keystrokes", "tabs", "requests", "superseded_before_model", "completions",
     "by_outcome", "stop_reasons", "shown", "accepted", "acceptance_rate", "typed_chars", "accepted_chars", "energy",
     "j_per_accepted", "j_per_completion", "j_per_generated_token", "wasted", "latency_ms", "tokens",
-    "developer_time_s", "vs_naive",
+    "developer_time_s", "vs_naive", "suggestions",
 }
 
 
@@ -151,6 +180,9 @@ def test_the_json_has_every_figure(bench_run: dict[str, Any]) -> None:
         assert set(c["tokens"]) == {"prompt", "prompt_computed", "prompt_reused", "generated"}
         assert c["keystrokes"] + c["tabs"] == c["requests"]
         assert c["completions"] == c["requests"] - c["superseded_before_model"]
+        assert len(c["suggestions"]) == c["shown"]  # each one judged: what was suggested, what came next
+        assert sum(s["taken"] for s in c["suggestions"]) == c["accepted_chars"]["chars"]
+        assert sum(1 for s in c["suggestions"] if s["taken"]) == c["accepted"]
     assert {f["key"] for f in summary["findings"]} == {"babbling_suppression", "inference_optimizations"}
     assert len(summary["goals"]) == 2
 

@@ -7,12 +7,18 @@ from pathlib import Path
 import pytest
 
 from greentrack.bench.script import (
+    AFTER_CHARS,
     KEY_GAP_S,
     LINE_END_PAUSE_S,
+    MID_LINE_PAUSE_S,
+    THINK_PAUSE_S,
     Segment,
     accepted_length,
+    at_line_start,
+    at_token_boundary,
     default_paths,
     keystroke_delay_s,
+    keystroke_length,
 )
 
 UPCOMING = "return a + b\n    x = 1\n"
@@ -54,8 +60,53 @@ def test_timing_is_human_deterministic_and_pauses_at_line_ends() -> None:
     for i, delay in enumerate(delays):
         after_newline = i > 0 and segment.typed[i - 1] == "\n"
         low = KEY_GAP_S[0] + (LINE_END_PAUSE_S[0] if after_newline else 0.0)
-        high = KEY_GAP_S[1] + (LINE_END_PAUSE_S[1] if after_newline else 0.0)
+        high = KEY_GAP_S[1] + (LINE_END_PAUSE_S[1] + THINK_PAUSE_S[1] if after_newline else 0.0)
         assert low <= delay <= high
+
+
+def test_enter_types_the_indentation_and_the_pause_comes_after_it() -> None:
+    typed = "    if x:\n        y = f(a, b)\n\n    return y\n"
+    enter = typed.index("\n")
+    assert keystroke_length(typed, 0) == 1 and keystroke_length(typed, 4) == 1
+    assert keystroke_length(typed, enter) == 1 + 8  # the editor's auto-indent puts the cursor at the indentation
+    blank = typed.index("\n\n")
+    assert keystroke_length(typed, blank) == 1  # a blank line gets no indentation
+    assert keystroke_length(typed, blank + 1) == 1 + 4  # a dedent: Backspace folded into the Enter
+    assert keystroke_length("a\n  ", 1) == 1  # only blanks after it: nothing to indent for
+    assert at_line_start(typed, enter + 9) and not at_line_start(typed, enter) and not at_line_start(typed, 4)
+    segment = Segment("g.py", "", typed)
+    long_pauses = [p for p in range(1, len(typed)) if keystroke_delay_s(segment, p, 0) > KEY_GAP_S[1]]
+    assert enter + 9 in long_pauses and blank + 6 in long_pauses
+
+
+def test_mid_line_pauses_come_only_after_token_boundaries_now_and_then() -> None:
+    line = "        result = self.compute(value, other) if flag else None\n"
+    boundaries = [p for p in range(len(line)) if at_token_boundary(line, p)]
+    expected = {line.index("= ") + 2, line.index(".") + 1, line.index("(") + 1, line.index(", ") + 2,
+                line.index(" if ") + 4, line.index(" else ") + 6}
+    assert set(boundaries) == expected
+    assert not at_token_boundary(line, 8)  # the indentation alone is not a token boundary
+    pauses, boundary_pauses = 0, 0
+    for seed in range(40):
+        segment = Segment(f"m{seed}.py", "", line)
+        for p in range(1, len(line)):
+            delay = keystroke_delay_s(segment, p, seed)
+            assert KEY_GAP_S[0] <= delay <= KEY_GAP_S[1] + MID_LINE_PAUSE_S[1]
+            if delay > KEY_GAP_S[1]:
+                pauses += 1
+                boundary_pauses += p in expected
+    assert pauses == boundary_pauses and 0 < pauses < 40 * len(expected)  # some boundaries, never elsewhere
+
+
+def test_a_segment_keeps_what_the_file_goes_on_with_and_reads_crlf_as_lf(tmp_path: Path) -> None:
+    text = "".join(f"def f{i}(x):\r\n    return x + {i}\r\n\r\n" for i in range(30))
+    path = tmp_path / "crlf.py"
+    path.write_bytes(text.encode())
+    segment = Segment.from_file(path, 20, seed=3)
+    lf = text.replace("\r\n", "\n")
+    assert "\r" not in segment.before + segment.typed + segment.after and len(segment.typed) == 20
+    end = len(segment.before) + len(segment.typed)
+    assert lf.startswith(segment.before + segment.typed) and segment.after == lf[end:end + AFTER_CHARS]
 
 
 def test_segments_start_at_a_definition_after_the_first_third() -> None:

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from greentrack.bench.replay import Config, ConfigRun, HttpTarget, PipelineTarget, Target, interleave, replay
-from greentrack.bench.script import Segment, default_paths
+from greentrack.bench.script import DEFAULT_CHARS, DEFAULT_FILES, Segment, default_paths
 from greentrack.config import Settings
 from greentrack.errors import UsageError
 
@@ -133,8 +133,9 @@ def parse_configs(names: str | None, debounce_ms: int, compare_model: str | None
 def bench(
     paths: Annotated[list[Path] | None, typer.Argument(
         help="Files to re-type (default: a sample of Python's standard library, picked by --seed).")] = None,
-    chars: Annotated[int, typer.Option("--chars", min=1, help="Characters typed per file.")] = 160,
-    files: Annotated[int, typer.Option("--files", min=1, help="Standard-library files in the default sample.")] = 3,
+    chars: Annotated[int, typer.Option("--chars", min=1, help="Characters typed per file.")] = DEFAULT_CHARS,
+    files: Annotated[int, typer.Option(
+        "--files", min=1, help="Standard-library files in the default sample.")] = DEFAULT_FILES,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample, start positions and keystroke timing.")] = 0,
     configs: Annotated[str | None, typer.Option(
         "--configs", help="Comma-separated: naive, debounce, kv-reuse, stop-rules, cache, all (default: all six).",

@@ -72,6 +72,14 @@ def finding_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def acceptance_lines(summary: dict[str, Any]) -> list[str]:
+    """One plain line naming the configurations where no suggestion was accepted (their J per accepted: —)."""
+    none = [f"{c['name']} ({c['shown']} shown)" for c in summary["configurations"] if c["accepted"] == 0]
+    if not none:
+        return []
+    return ["nothing accepted in " + ", ".join(none) + ": J per accepted suggestion undefined (—)"]
+
+
 def goal_lines(summary: dict[str, Any]) -> list[str]:
     lines = []
     for g in summary["goals"]:
@@ -85,7 +93,8 @@ def goal_lines(summary: dict[str, Any]) -> list[str]:
 def rich_table(summary: dict[str, Any]) -> Table:
     meta = summary["meta"]
     table = Table(title=f"greentrack bench — {meta.get('model', '')} on {meta.get('device', '')}",
-                  caption="\n".join([method_line(summary), *finding_lines(summary), *goal_lines(summary)]),
+                  caption="\n".join([method_line(summary), *acceptance_lines(summary), *finding_lines(summary),
+                                      *goal_lines(summary)]),
                   caption_justify="left")
     for i, column in enumerate(COLUMNS):
         table.add_column(column, justify="left" if i == 0 else "right")
@@ -159,6 +168,18 @@ def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "".join(out)
 
 
+def _suggestion_table(configs: Sequence[dict[str, Any]], limit: int = 60) -> str:
+    """What the model suggested and what the developer typed next, for the ``all`` configuration (else the last)."""
+    chosen = next((c for c in configs if c["name"] == "all"), configs[-1] if configs else None)
+    if chosen is None:
+        return ""
+    rows = [[f"{s['file']}:{s['position']}", repr(s["suggestion"][:120]), repr(s["next"][:120]),
+             f"{s['taken']}" + (" (cache)" if s["cached"] else "")] for s in chosen["suggestions"][:limit]]
+    more = f" (the first {limit} here)" if len(chosen["suggestions"]) > limit else ""
+    return (f"<p>{escape(chosen['name'])}: {len(chosen['suggestions'])} shown{more}</p>"
+            + _html_table(["where", "suggested", "typed next", "taken (chars)"], rows))
+
+
 def render_html(summary: dict[str, Any]) -> str:
     meta = summary["meta"]
     configs = summary["configurations"]
@@ -173,6 +194,7 @@ def render_html(summary: dict[str, Any]) -> str:
             f'{escape(str(meta.get("date", "")))}; {escape(str(meta.get("command", "")))}</p>',
             _html_table(COLUMNS, table_rows(summary)),
             f"<p>{escape(method_line(summary))}</p>",
+            *(f"<p><strong>{escape(line)}</strong></p>" for line in acceptance_lines(summary)),
             "<h2>Energy on the same typing</h2>",
             '<p class="legend"><span style="background:#8cc79a"></span>every completion of the replay (± bound)</p>',
             _bar_chart("chart-total", names, [("bar-total", [c["energy"]["value_j"] for c in configs])], fmt_energy,
@@ -191,6 +213,8 @@ def render_html(summary: dict[str, Any]) -> str:
             '<ul class="tips">' + "".join(f"<li>{escape(x)}</li>" for x in finding_lines(summary)) + "</ul>",
             "<h2>Goals</h2>",
             '<ul class="tips">' + "".join(f"<li>{escape(x)}</li>" for x in goal_lines(summary)) + "</ul>",
+            "<h2>Suggestions shown with all optimizations</h2>",
+            _suggestion_table(configs),
             "<h2>Machine</h2>",
             _html_table(["figure", "value"], [[k, str(v)] for k, v in meta.items()])]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

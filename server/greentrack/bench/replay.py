@@ -30,7 +30,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from greentrack.bench.script import Segment, accepted_length, keystroke_delay_s
+from greentrack.bench.script import Segment, accepted_length, keystroke_delay_s, keystroke_length
 from greentrack.engine.types import CancelToken, CompletionRequest
 from greentrack.errors import GreentrackError
 
@@ -232,6 +232,9 @@ class ConfigRun:
     accepted_chars: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     virtual_s: float = 0.0
+    #: Every suggestion shown: the file, the position in its typed text, the suggestion, what the developer types
+    #: next (as long as the suggestion, at least to the line end), the characters taken with Tab (0: not taken).
+    shown_log: list[dict[str, Any]] = field(default_factory=list)
 
 
 def replay(target: Target, run: ConfigRun, segments: Sequence[Segment], seed: int,
@@ -241,20 +244,15 @@ def replay(target: Target, run: ConfigRun, segments: Sequence[Segment], seed: in
     for segment in segments:
         document_key = f"file:///bench/{run.config.name}/{segment.name}"
         typed = segment.typed
+        upcoming = typed + segment.after  # what the developer types next, judged by the oracle past the segment too
         position, now_s, busy_until_s = 0, 0.0, 0.0
         shown: Served | None = None
         while position < len(typed):
-            take = accepted_length(shown.text, typed[position:]) if shown is not None else 0
-            if take:
-                assert shown is not None
-                target.accept(shown.completion_id)
-                run.accepted_ids.append(shown.completion_id)
-                run.tabs += 1
-                run.accepted_chars += take
-            else:
-                take = 1
+            take = _judge(target, run, segment, position, shown, upcoming[position:])
+            if not take:
+                take = keystroke_length(upcoming, position)
                 run.keystrokes += 1
-                run.typed_chars += 1
+                run.typed_chars += take
             position += take
             shown = None
             key_s = now_s
@@ -264,7 +262,7 @@ def replay(target: Target, run: ConfigRun, segments: Sequence[Segment], seed: in
             if start_s >= next_s:  # the next keystroke comes first: superseded while waiting, never reaches the model
                 run.superseded_before_model += 1
             else:
-                text = segment.before + typed[:position]
+                text = segment.before + upcoming[:position]
                 served = target.complete(uuid.uuid4().hex, document_key, text, len(text), next_s - start_s)
                 end_s = start_s + served.duration_s
                 busy_until_s = end_s
@@ -277,7 +275,29 @@ def replay(target: Target, run: ConfigRun, segments: Sequence[Segment], seed: in
                 on_chars(take)
             yield
             now_s = next_s
+        _judge(target, run, segment, position, shown, upcoming[position:])  # shown after the last keystroke
         run.virtual_s += now_s
+
+
+def _judge(target: Target, run: ConfigRun, segment: Segment, position: int, shown: Served | None,
+           upcoming: str) -> int:
+    """The oracle on the suggestion shown now: Tab (accepted on ``target``) when the developer would take it.
+    Returns the characters taken, 0 when none. Every suggestion judged is logged in ``run.shown_log``."""
+    if shown is None:
+        return 0
+    take = accepted_length(shown.text, upcoming)
+    line_end = upcoming.find("\n", 1)
+    run.shown_log.append({
+        "file": segment.name, "position": position, "suggestion": shown.text,
+        "next": upcoming[:max(len(shown.text), line_end if line_end >= 0 else len(upcoming))],
+        "taken": take, "cached": shown.cached,
+    })
+    if take:
+        target.accept(shown.completion_id)
+        run.accepted_ids.append(shown.completion_id)
+        run.tabs += 1
+        run.accepted_chars += take
+    return take
 
 
 def interleave(replays: Sequence[Iterator[None]]) -> None:

@@ -3,9 +3,16 @@
 Place in the flow: the first stage of ``greentrack bench``. ``default_paths`` picks a small deterministic sample of
 Python's standard library; ``Segment.from_file`` chooses where in a file the developer starts typing (a function
 definition after the file's first third; the text before it is already there, nothing after the cursor);
-``keystroke_delay_s`` is the human timing of each character (~100–150 ms jittered, a pause at each line end), the
-same for a character whatever the configuration, so that configurations replay the same typing; ``accepted_length``
-is the acceptance oracle. Pure but for reading files.
+``keystroke_length`` is what one keystroke types (a character; Enter also types the next line's indentation, as the
+editor's auto-indent does); ``keystroke_delay_s`` is the human timing after each keystroke (~100–150 ms jittered,
+a pause after each Enter, now and then a longer one, and short pauses at some token boundaries mid-line), the same
+for a position whatever the configuration, so that configurations replay the same typing; ``accepted_length`` is
+the acceptance oracle. Pure but for reading files.
+
+The timing model (constants below; docs/benchmarks.md, issue 14): keystroke-log studies of programmers find
+inter-key gaps of a few hundred ms inside tokens and longer, heavy-tailed pauses at token and line boundaries,
+the longest before a new statement. The replay draws them from fixed ranges, never from what a model would suggest:
+where the developer pauses does not depend on the configuration or the model.
 """
 
 from __future__ import annotations
@@ -18,11 +25,30 @@ from pathlib import Path
 
 #: Keystroke gap (s): uniform between these, at every character.
 KEY_GAP_S = (0.100, 0.150)
-#: Extra pause (s) after a line end: the developer reads what they wrote, then thinks about the next line.
+#: Extra pause (s) after a line end (after Enter): the developer reads what they wrote, then thinks about the next line.
 LINE_END_PAUSE_S = (0.6, 1.4)
-#: Default sample: this many standard-library modules of between these sizes (characters).
-DEFAULT_FILES = 3
+#: Now and then (this share of line ends, seeded) the developer thinks longer before the next line: extra seconds.
+THINK_PAUSE_SHARE = 0.2
+THINK_PAUSE_S = (1.5, 4.0)
+#: Mid-line, after a token boundary (``MID_LINE_BOUNDARIES``, a keyword and a space), this share of the time
+#: (seeded) the developer pauses this much longer before going on: where short completions are asked for.
+MID_LINE_PAUSE_SHARE = 0.25
+MID_LINE_PAUSE_S = (0.3, 1.0)
+#: What a mid-line pause may follow: an opening bracket, an attribute dot, an assignment or a separator.
+MID_LINE_BOUNDARIES = ("(", "[", "{", ".", "= ", ", ", ": ", "-> ")
+#: Keywords after which (and a space) a mid-line pause may come.
+MID_LINE_KEYWORDS = frozenset({
+    "and", "as", "assert", "await", "class", "def", "del", "elif", "else", "except", "for", "from", "if", "import",
+    "in", "is", "lambda", "not", "or", "raise", "return", "while", "with", "yield",
+})
+#: Default sample: this many standard-library modules of between these sizes (characters), this many characters
+#: typed in each: ~110 s of developer time per configuration (~620 keystrokes, ~25 pauses), which a default run
+#: of the six configurations replays in ~8 minutes on 2 CPU cores with the embedded model (docs/benchmarks.md).
+DEFAULT_FILES = 4
+DEFAULT_CHARS = 200
 DEFAULT_SIZE_RANGE = (8_000, 40_000)
+#: How much of the file after the typed part a segment keeps to judge the last suggestion (characters).
+AFTER_CHARS = 400
 
 
 def default_paths(count: int = DEFAULT_FILES, seed: int = 0) -> list[Path]:
@@ -37,15 +63,18 @@ def default_paths(count: int = DEFAULT_FILES, seed: int = 0) -> list[Path]:
 
 @dataclass(frozen=True)
 class Segment:
-    """One file's replay: ``before`` is in the document when typing starts; ``typed`` is typed after it."""
+    """One file's replay: ``before`` is in the document when typing starts; ``typed`` is typed after it; ``after``
+    is what the file goes on with (never in the document: it judges a suggestion shown after the last keystroke)."""
 
     name: str
     before: str
     typed: str
+    after: str = ""
 
     @classmethod
     def from_file(cls, path: Path, chars: int, seed: int = 0) -> Segment:
-        """Start at a ``def`` line after the first third of ``path`` (picked by ``seed``); type ``chars`` characters."""
+        """Start at a ``def`` line after the first third of ``path`` (picked by ``seed``); type ``chars`` characters.
+        Line ends are read as ``\\n`` (universal newlines: a CRLF file is typed as the editor shows it)."""
         text = path.read_text(encoding="utf-8")
         return cls.from_text(path.name, text, chars, seed)
 
@@ -55,7 +84,8 @@ class Segment:
         if not starts:
             starts = [i for i in _line_starts(text) if i >= len(text) // 3] or [0]
         start = random.Random(_key(seed, name)).choice(starts)
-        return cls(name, text[:start], text[start:start + max(0, chars)])
+        end = start + max(0, chars)
+        return cls(name, text[:start], text[start:end], text[end:end + AFTER_CHARS])
 
 
 def _line_starts(text: str) -> list[int]:
@@ -66,12 +96,50 @@ def _key(seed: int, name: str, position: int = 0) -> int:
     return zlib.crc32(f"{seed}\x00{name}\x00{position}".encode())
 
 
+def keystroke_length(typed: str, position: int) -> int:
+    """Characters the keystroke at ``position`` of ``typed`` types: 1, or for Enter the newline and the next line's
+    indentation (the editor's auto-indent puts the cursor there; where the next line dedents, the developer's
+    Backspace is folded into the same keystroke). A blank next line gets no indentation. Pass the text the file
+    goes on with too (``Segment.typed + Segment.after``): a segment may end inside an indentation."""
+    if typed[position:position + 1] != "\n":
+        return 1
+    line_end = typed.find("\n", position + 1)
+    line = typed[position + 1:line_end if line_end >= 0 else len(typed)]
+    indent = len(line) - len(line.lstrip(" \t"))
+    return 1 + (indent if line[indent:] else 0)
+
+
+def at_line_start(typed: str, position: int) -> bool:
+    """Whether ``typed[:position]`` ends with a newline and the whole indentation after it (where Enter leaves the
+    cursor; typed a character at a time, as ``bench load`` does, the pause comes once, after the indentation)."""
+    head = typed[:position].rstrip(" \t")
+    return position > 0 and head.endswith("\n") and typed[position:position + 1] not in (" ", "\t")
+
+
+def at_token_boundary(typed: str, position: int) -> bool:
+    """Whether ``typed[:position]`` ends mid-line after ``MID_LINE_BOUNDARIES`` or a keyword and a space."""
+    head = typed[:position]
+    line = head[head.rfind("\n") + 1:]
+    if not line.strip():
+        return False
+    if line.endswith(MID_LINE_BOUNDARIES):
+        return True
+    words = line[:-1].split() if line.endswith(" ") else []
+    return bool(words) and words[-1] in MID_LINE_KEYWORDS
+
+
 def keystroke_delay_s(segment: Segment, position: int, seed: int) -> float:
-    """Seconds between the keystroke that typed ``typed[:position]`` and the next one (deterministic)."""
+    """Seconds between the keystroke that typed ``typed[:position]`` and the next one (deterministic for ``seed``):
+    a keystroke gap, plus a pause after Enter (now and then a long one), or now and then a short one after a token
+    boundary mid-line."""
     rng = random.Random(_key(seed, segment.name, position))
     delay = rng.uniform(*KEY_GAP_S)
-    if position > 0 and segment.typed[position - 1] == "\n":
+    if at_line_start(segment.typed, position):
         delay += rng.uniform(*LINE_END_PAUSE_S)
+        if rng.random() < THINK_PAUSE_SHARE:
+            delay += rng.uniform(*THINK_PAUSE_S)
+    elif at_token_boundary(segment.typed, position) and rng.random() < MID_LINE_PAUSE_SHARE:
+        delay += rng.uniform(*MID_LINE_PAUSE_S)
     return delay
 
 
