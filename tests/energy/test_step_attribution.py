@@ -282,6 +282,68 @@ def test_a_cancelled_request_is_charged_for_the_steps_it_was_in() -> None:
     assert c.last_s == c_steps[-1].end_s
 
 
+# -- steps and batching (the team report's share of batched steps) ------------------------------------------
+
+def test_two_requests_sharing_three_of_five_steps() -> None:
+    """a is in 5 steps, b joins it for the middle 3: a has 5 steps, 3 batched; b 3, all batched. Counts leave the
+    energy and its conservation as they were."""
+    b = ProfileBuilder(0.0, idle_w=120.0)
+    b.idle(0.3)
+    steps = []
+    for i in range(5):
+        start, end = b.hold(0.03, 250.0)
+        work = {"a": pre(100) if i == 0 else dec(100 + i)}
+        if 1 <= i <= 3:
+            work["b"] = pre(50) if i == 1 else dec(50 + i)
+        steps.append(StepRecord(start, end, work))
+    b.idle(0.4)
+    samples = continuous(b.build(), 0.0, end + 0.3)
+    out = attribute_steps(samples, steps, CONTINUOUS, update_period_s=0.0)
+    assert_conserved(out, samples, 0.0)
+    fa, fb = out.requests["a"], out.requests["b"]
+    assert (fa.steps, fa.batched_steps, fa.batch_requests) == (5, 3, 8)
+    assert (fb.steps, fb.batched_steps, fb.batch_requests) == (3, 3, 6)
+    assert fa.mean_batch_size == pytest.approx(1.6) and fb.mean_batch_size == pytest.approx(2.0)
+
+
+def test_batched_step_counts_on_the_three_request_trace() -> None:
+    """a alone for 6 steps, then with b (5), with b and c (6), with b (10); c (cancelled) only in steps of three."""
+    profile, steps = batched_trace()
+    samples = nvml_like(profile, 0.0, steps[-1].end_s + 0.6)
+    out = attribute_steps(samples, steps, H100, update_period_s=0.1, timing_slack_s=0.01)
+    a, b, c = out.requests["a"], out.requests["b"], out.requests["c"]
+    assert (a.steps, a.batched_steps) == (27, 21)
+    assert (b.steps, b.batched_steps) == (21, 21)
+    assert (c.steps, c.batched_steps, c.mean_batch_size) == (6, 6, 3.0)
+    assert a.mean_batch_size == pytest.approx((6 * 1 + 5 * 2 + 6 * 3 + 10 * 2) / 27)
+    for fig in out.requests.values():
+        assert 0 <= fig.batched_steps <= fig.steps
+
+
+def test_step_counts_of_the_incremental_accounts_and_a_request_alone() -> None:
+    """``StepAccounts.figure``, as the pipeline asks it, counts the same; a request alone has none batched; an
+    empty step counts for nobody."""
+    accounts = StepAccounts(CONTINUOUS)
+    accounts.start_at(Knot(0.0, 0.0, 0.0))
+    accounts.add_step(StepRecord(0.1, 0.2, {}))
+    accounts.add_step(StepRecord(0.2, 0.3, {"solo": pre(10)}))
+    accounts.add_step(StepRecord(0.3, 0.4, {"solo": dec(10), "pair": pre(10)}))
+    accounts.add_step(StepRecord(0.4, 0.5, {"pair": dec(10)}))
+    for rid in ("solo", "pair"):
+        accounts.request_done(rid)
+    accounts.advance([Knot(0.25, 25.0, 0.0), Knot(0.6, 60.0, 0.0)])
+    solo, pair = accounts.figure("solo"), accounts.figure("pair")
+    assert solo is not None and pair is not None
+    assert (solo.steps, solo.batched_steps, solo.mean_batch_size) == (2, 1, 1.5)
+    assert (pair.steps, pair.batched_steps, pair.mean_batch_size) == (2, 1, 1.5)
+    assert accounts.conservation_error_j <= 1e-9
+    accounts.add_step(StepRecord(0.7, 0.8, {"alone": pre(5)}))
+    accounts.request_done("alone")
+    alone = accounts.figure("alone")
+    assert alone is not None and (alone.steps, alone.batched_steps, alone.mean_batch_size) == (1, 0, 1.0)
+    assert accounts.figure("never") is None
+
+
 def test_a_step_fixed_cost_is_shared_evenly() -> None:
     costs = StepCosts(prefill_j_per_token=0.0, decode_j_per_token=0.0, fixed_j=1.0, note="fixed only")
     st = StepRecord(0.0, 0.1, {"p": pre(1000), "d": dec(10)})

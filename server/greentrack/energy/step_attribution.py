@@ -25,6 +25,10 @@ benchmarks). Method and proof: ``docs/measurement.md``, "Batched requests: attri
    is its share of its steps' bounds (less the idle draw during them), summed over the intervals (the idle
    bucket's: ΔC less the steps' bounds).
 
+Each figure also counts the request's engine steps and how many of them it shared with another request (the
+team report's share of batched steps, ``docs/interfaces.md`` "Report"); counts, not energy: a step before the
+counter's window counts too.
+
 Conservation is exact by construction: in every interval the idle part is ΔC less the steps' parts, and each
 step's part is split among its requests by normalised shares, so Σ requests + idle = Σ ΔC = the counter's delta
 over the processed window (``StepAccounts.conservation_error_j``; tests hold it to 1e-9 relative).
@@ -169,6 +173,8 @@ class RequestEnergy:
     ``lower_j``/``upper_j`` bound its true energy (its share of its steps' bounds); ``uncertainty_j`` adds the
     counter's resolution per interval touched and its relative error. ``extrapolated_j`` is part of ``energy_j``
     given to steps the counter did not cover yet (only when the caller could not wait: the meter stalled).
+    ``steps``: the engine steps it was in; ``batched_steps``: those of them shared with at least one other
+    request; ``batch_requests``: Σ over its steps of how many requests each held (``mean_batch_size``).
     """
 
     request_id: str
@@ -184,10 +190,17 @@ class RequestEnergy:
     last_s: float
     extrapolated_j: float = 0.0
     notes: tuple[str, ...] = ()
+    batched_steps: int = 0
+    batch_requests: int = 0
 
     @property
     def energy_j(self) -> float:
         return self.prefill_j + self.decode_j
+
+    @property
+    def mean_batch_size(self) -> float | None:
+        """How many requests its steps held on average (itself included); None when it was in none."""
+        return self.batch_requests / self.steps if self.steps > 0 else None
 
     def phases(self, meter: MeterInfo) -> list[PhaseEnergy]:
         """As the pipeline's ``PhaseEnergy`` list (prefill, decode); the uncertainty is split by energy."""
@@ -236,6 +249,8 @@ class _Acc:
     upper_j: float = 0.0
     touched: int = 0
     steps: int = 0
+    batched_steps: int = 0  # steps shared with another request
+    batch_requests: int = 0  # Σ requests in its steps
     prefill_tokens: int = 0
     decode_tokens: int = 0
     first_s: float = math.inf
@@ -306,9 +321,12 @@ class StepAccounts:
         if self.cursor is not None and step.start_s < self.cursor.t_s:
             self.unwindowed_s += min(step.end_s, self.cursor.t_s) - step.start_s
         self._steps.append(step)
+        batch = len(step.requests)
         for rid, w in step.requests.items():
             acc = self._accs.setdefault(rid, _Acc())
             acc.steps += 1
+            acc.batched_steps += 1 if batch > 1 else 0
+            acc.batch_requests += batch
             acc.prefill_tokens += w.prefill_tokens
             acc.decode_tokens += w.decode_tokens
             acc.first_s = min(acc.first_s, step.start_s)
@@ -400,7 +418,8 @@ class StepAccounts:
         if acc.whole_device:
             notes.append(WHOLE_DEVICE_NOTE)
         return RequestEnergy(request_id, pre, dec, lower, upper, uncertainty, acc.steps, acc.prefill_tokens,
-                             acc.decode_tokens, acc.first_s, acc.last_s, extra_j, tuple(notes))
+                             acc.decode_tokens, acc.first_s, acc.last_s, extra_j, tuple(notes),
+                             batched_steps=acc.batched_steps, batch_requests=acc.batch_requests)
 
     def pop(self, request_id: str) -> None:
         """Forget a request (its figure has been taken)."""
