@@ -34,7 +34,7 @@ from greentrack.suggestion_cache import SuggestionCache
 if TYPE_CHECKING:
     from greentrack.energy.calibration import Calibration
     from greentrack.energy.monitor import EnergyMonitor
-    from greentrack.energy.step_attribution import IdleWindow
+    from greentrack.energy.step_attribution import IdleWindow, RequestEnergy
     from greentrack.energy.step_ledger import StepLedger
     from greentrack.store import Store
 
@@ -229,7 +229,7 @@ class Pipeline:
     def finalize(self, result: EngineResult, context: RequestContext) -> CompletionRecord:
         """Attribute energy to the result's phases, build the record, store it. Blocks up to ~0.5 s
         while the meter catches up with the phases' end."""
-        energies = self._phase_energy(result)
+        energies, figure = self._phase_energy(result)
         prefill_j, decode_j, method, meter, uncertainty_j = combine_phase_energy(
             result, energies, self.monitor.meter_name, self.monitor.method
         )
@@ -265,6 +265,9 @@ class Pipeline:
             interval_high_j=interval.high_j if interval else None,
             interval_coverage=interval.coverage if interval else None,
             interval_basis=interval.basis if interval else None,
+            steps=figure.steps if figure else None,
+            batched_steps=figure.batched_steps if figure else None,
+            mean_batch_size=figure.mean_batch_size if figure else None,
         )
         if self.store is not None:
             self.store.record(record)
@@ -279,18 +282,19 @@ class Pipeline:
             self.store_idle_energy(min_window_s=IDLE_WINDOW_S)
         return record
 
-    def _phase_energy(self, result: EngineResult) -> list[PhaseEnergy]:
-        """The result's phases' energy: from the step ledger for a batched result, else from its own spans."""
+    def _phase_energy(self, result: EngineResult) -> tuple[list[PhaseEnergy], RequestEnergy | None]:
+        """The result's phases' energy: from the step ledger for a batched result (with its step figure: the
+        steps it was in, those batched), else from its own spans (no step figure)."""
         if not result.spans:
-            return []
+            return [], None
         engine_id = result.extras.get("engine_request_id")
         if self.ledger is not None and isinstance(engine_id, str):
             figure = self.ledger.request_energy(engine_id)
             if figure is not None:
                 meter = self.ledger.meter
-                return figure.phases(replace(meter, name=meter.name + STEPS_METER_SUFFIX))
+                return figure.phases(replace(meter, name=meter.name + STEPS_METER_SUFFIX)), figure
             log.warning("no engine step recorded for %s: attributed by its own phases", result.request_id)
-        return self.monitor.phase_energy(result.spans)
+        return self.monitor.phase_energy(result.spans), None
 
     def take_idle_energy(self, *, min_window_s: float = 0.0) -> IdleWindow | None:
         """The step ledger's idle energy since the last take (None without a ledger or when too short)."""

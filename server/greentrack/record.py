@@ -87,6 +87,12 @@ class CompletionRecord:
     interval_high_j: float | None = None
     interval_coverage: float | None = None
     interval_basis: str | None = None
+    #: For a completion attributed by engine step (vLLM's step ledger), the engine steps it was in, how many of
+    #: them it shared with at least one other request, and how many requests its steps held on average (itself
+    #: included); None where it was not (the transformers backend, a cached suggestion). Units: steps, requests.
+    steps: int | None = None
+    batched_steps: int | None = None
+    mean_batch_size: float | None = None
 
     def energy_fields(self) -> dict[str, Any]:
         """The ``greentrack/energy`` notification's params."""

@@ -61,9 +61,18 @@ CREATE INDEX IF NOT EXISTS "idx_idle_energy_started_ts" ON "idle_energy" ("start
 PRAGMA user_version = 4;
 """
 
+V5_SQL = """
+ALTER TABLE "completions" ADD COLUMN "interval_low_j" REAL;
+ALTER TABLE "completions" ADD COLUMN "interval_high_j" REAL;
+ALTER TABLE "completions" ADD COLUMN "interval_coverage" REAL;
+ALTER TABLE "completions" ADD COLUMN "interval_basis" TEXT;
+PRAGMA user_version = 5;
+"""
+
 #: The scripts that build a file of each version, in order.
 SCRIPTS: dict[int, tuple[str, ...]] = {1: (V1_SQL,), 2: (V1_SQL, V2_SQL), 3: (V1_SQL, V2_SQL, V3_SQL),
-                                       4: (V1_SQL, V2_SQL, V3_SQL, V4_SQL)}
+                                       4: (V1_SQL, V2_SQL, V3_SQL, V4_SQL),
+                                       5: (V1_SQL, V2_SQL, V3_SQL, V4_SQL, V5_SQL)}
 
 
 def old_row(i: int, **overrides: Any) -> dict[str, Any]:

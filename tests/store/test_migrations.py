@@ -1,4 +1,4 @@
-"""Migrations are frozen: files of versions 1, 2 and 3 written from frozen SQL migrate to today's schema; the
+"""Migrations are frozen: files of versions 1 to 5 written from frozen SQL migrate to today's schema; the
 record's stored fields match the columns; a foreign file is refused before anything is written to it."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def test_record_fields_are_the_stored_columns() -> None:
     assert latest == frozenset(schema.COMPLETION_COLUMNS) | {"next_gap_ms"}
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_frozen_sql_of_each_version_matches_its_migrations(tmp_path: Path, version: int) -> None:
     """The migrations up to ``version`` still make exactly the tables that version's files hold."""
     path = tmp_path / f"v{version}.db"
@@ -41,7 +41,7 @@ def test_frozen_sql_of_each_version_matches_its_migrations(tmp_path: Path, versi
     assert found == schema.tables_at(version)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_old_files_migrate_to_the_latest_version(tmp_path: Path, version: int) -> None:
     path = tmp_path / f"v{version}.db"
     rows = [
@@ -75,6 +75,26 @@ def test_old_files_migrate_to_the_latest_version(tmp_path: Path, version: int) -
         assert {t: frozenset(_columns(conn, t)) for t in tables} == schema.tables_at(SCHEMA_VERSION)
     with Store(path) as again:  # reopening a migrated file changes nothing
         assert again.schema_version == SCHEMA_VERSION and again.count() == 5
+
+
+def test_v5_file_migrates_to_v6_with_null_step_counts(tmp_path: Path) -> None:
+    """Version 6 adds the step counts: a version-5 file's rows (an interval each) keep their figures and read NULL
+    steps; a step-attributed completion recorded after the migration keeps its counts."""
+    path = tmp_path / "v5.db"
+    make_file(path, 5, [old_row(1, interval_low_j=1.0, interval_high_j=1.5, interval_coverage=0.9,
+                                interval_basis="calibrated")])
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 6
+        store.record(make_record(2, meter="nvml:gpu0/steps", steps=17, batched_steps=12, mean_batch_size=2.5))
+        got = {r["completion_id"]: r for r in store.completions()}
+    old, new = got["c000001"], got["c000002"]
+    assert (old["interval_low_j"], old["interval_coverage"], old["interval_basis"]) == (1.0, 0.9, "calibrated")
+    assert (old["steps"], old["batched_steps"], old["mean_batch_size"]) == (None, None, None)
+    assert (new["steps"], new["batched_steps"], new["mean_batch_size"]) == (17, 12, 2.5)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (6,)
+        types = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(completions)")}
+    assert (types["steps"], types["batched_steps"], types["mean_batch_size"]) == ("INTEGER", "INTEGER", "REAL")
 
 
 def test_v1_file_with_the_briefly_stored_today_columns_migrates(tmp_path: Path) -> None:

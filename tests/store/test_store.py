@@ -42,7 +42,7 @@ def test_new_file_is_private_whatever_the_umask(tmp_path: Path, umask: int) -> N
 def test_wal_version_and_roundtrip(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     with Store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 5
+        assert store.schema_version == SCHEMA_VERSION == 6
         assert store.db.journal_mode == "wal"
         assert store.path == path
         rec = make_record(1, ts="2026-11-18T11:00:00+01:00", text="secret")

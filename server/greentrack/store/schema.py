@@ -24,6 +24,9 @@ Versions (``PRAGMA user_version``):
 * 5 — columns ``completions.interval_low_j``, ``interval_high_j``, ``interval_coverage``, ``interval_basis``: the
   total's interval with a stated coverage beside the worst-case ``uncertainty_j`` (``energy/interval.py``); NULL
   for older rows.
+* 6 — columns ``completions.steps``, ``batched_steps``, ``mean_batch_size``: for a completion attributed by engine
+  step, the steps it was in, those shared with another request, and its steps' mean batch size; NULL otherwise
+  and for older rows.
 """
 
 from __future__ import annotations
@@ -119,6 +122,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         'ALTER TABLE "completions" ADD COLUMN "interval_coverage" REAL',
         'ALTER TABLE "completions" ADD COLUMN "interval_basis" TEXT',
     ),
+    6: (
+        'ALTER TABLE "completions" ADD COLUMN "steps" INTEGER',
+        'ALTER TABLE "completions" ADD COLUMN "batched_steps" INTEGER',
+        'ALTER TABLE "completions" ADD COLUMN "mean_batch_size" REAL',
+    ),
 }
 
 SCHEMA_VERSION: int = max(MIGRATIONS)
@@ -132,6 +140,7 @@ COMPLETION_COLUMNS: tuple[str, ...] = (
     "method", "meter", "uncertainty_j", "co2e_g", "outcome",
     "ts", "developer", "accepted", "accepted_ts", "text", "served_by",
     "interval_low_j", "interval_high_j", "interval_coverage", "interval_basis",
+    "steps", "batched_steps", "mean_batch_size",
 )
 
 #: Columns the report, the CSV export and ``Store.completions`` expose: everything but the opt-in ``text``,
