@@ -95,6 +95,8 @@ EXPECTED_ALICE: dict[str, Any] = {
                               "basis": "unknown: 6 of 6 completions have neither an interval nor a bound"}},
     "j_per_completion": 1.3125,
     "j_per_accepted": 3.9375,
+    # no completion attributed by engine step (transformers rows): no share of batched steps
+    "batched_steps": {"completions": 0, "steps": 0, "batched": 0, "share": None, "mean_batch_size": None},
     "co2e_g": 0.000875,  # 7.875 J / 3.6e6 J/kWh * 400 g/kWh
     "carbon_intensity_g_per_kwh": 400.0,
     "method_share": {"measured": 0.381, "attributed": 0.5714, "estimated": 0.0476},

@@ -10,6 +10,7 @@ from greentrack.report.query import (
     AGG_KEYS,
     AGG_VALUES,
     INTERVAL_VALUES,
+    STEP_VALUES,
     Range,
     Source,
     aggregate_sql,
@@ -38,7 +39,7 @@ def _db(tmp_path: Path) -> Path:
 def test_the_statements_end_in_a_select_whose_columns_are_the_names() -> None:
     for statements, names in (
         (aggregate_sql("t", WEEK, DAYS), ["day", *(k for k, _ in AGG_KEYS), *(v for v, _ in AGG_VALUES),
-                                          *(v for v, _ in INTERVAL_VALUES)]),
+                                          *(v for v, _ in INTERVAL_VALUES), *(v for v, _ in STEP_VALUES)]),
         (previous_sql("t", WEEK), ["developer", "accepted", "n", "total_j"]),
         (bins_sql("t", WEEK), ["developer", "model", "device", "in_bin", "out_bin", "n", "total_j"]),
     ):

@@ -66,6 +66,22 @@ def week_interval(groups: Sequence[Group]) -> dict[str, Any] | None:
             "basis": f"unknown: {n - bounded} of {n} completions have neither an interval nor a bound"}
 
 
+def batched_steps(groups: Sequence[Group]) -> dict[str, Any]:
+    """The developer's share of batched engine steps: ``{completions, steps, batched, share, mean_batch_size}``.
+
+    Over the completions attributed by engine step (``completions``): the steps they were in, those shared with at
+    least one other request, ``share`` = batched / steps and the steps' mean batch size (requests per step, each
+    completion's own steps); ``share`` and ``mean_batch_size`` null when there are none. A step that two of the
+    developer's own completions shared counts once for each.
+    """
+    parts = [g.steps for g in groups]
+    steps = sum(p.steps for p in parts)
+    batched = sum(p.batched for p in parts)
+    return {"completions": sum(p.completions for p in parts), "steps": steps, "batched": batched,
+            "share": rshare(batched / steps) if steps else None,
+            "mean_batch_size": round(math.fsum(p.requests for p in parts) / steps, 3) + 0.0 if steps else None}
+
+
 def summarize(
     developer: str,
     *,
@@ -152,6 +168,7 @@ def summarize(
                      "interval": week_interval(this)},
         "j_per_completion": rj(total_j / n) if n else None,
         "j_per_accepted": rj(total_j / accepted) if accepted else None,
+        "batched_steps": batched_steps(this),
         "co2e_g": float(f"{co2e_grams(total_j, carbon_intensity_g_per_kwh):.9g}"),
         "carbon_intensity_g_per_kwh": carbon_intensity_g_per_kwh,
         "method_share": method_share,

@@ -131,6 +131,15 @@ INTERVAL_VALUES: tuple[tuple[str, str], ...] = (
      "(CASE WHEN uncertainty_j IS NOT NULL THEN MAX(0, COALESCE(total_j, 0) - uncertainty_j) ELSE 0 END)"),
     ("bound_high_j", "(CASE WHEN uncertainty_j IS NOT NULL THEN COALESCE(total_j, 0) + uncertainty_j ELSE 0 END)"),
 )
+# -- engine steps (docs/interfaces.md "Report": batched_steps; schema v6) ------------------------------------
+#: Per group: completions attributed by engine step (their ``steps`` known), the steps they were in, those shared
+#: with another request, and Σ requests over those steps (mean batch size × steps). Older rows are NULL: none.
+STEP_VALUES: tuple[tuple[str, str], ...] = (
+    ("step_rows", "(CASE WHEN steps IS NOT NULL THEN 1 ELSE 0 END)"),
+    ("step_n", "COALESCE(steps, 0)"),
+    ("step_batched", "COALESCE(batched_steps, 0)"),
+    ("step_requests", "COALESCE(mean_batch_size * steps, 0)"),
+)
 #: Values combined by MIN rather than summed.
 MIN_VALUES: frozenset[str] = frozenset({"iv_coverage"})
 AGG_KEYS: tuple[tuple[str, str], ...] = (
@@ -178,12 +187,13 @@ def aggregate_sql(
 
     Also summed: computed prompt tokens (and those beyond each of ``CONTEXT_CAPS``) and, for the debounce tip,
     the rows whose ``next_gap_ms`` is under each of ``DEBOUNCE_CANDIDATES_MS`` and their energy, and the
-    interval sums of ``INTERVAL_VALUES``.
+    interval sums of ``INTERVAL_VALUES`` and the engine-step counts of ``STEP_VALUES``.
     """
     params: dict[str, Any] = {}
     day = day_index_sql(boundaries, params)
     return upsert_sums_sql(src, rng, table=table, keys=[("day", day), *AGG_KEYS],
-                           values=[*AGG_VALUES, *INTERVAL_VALUES], params=params, min_values=MIN_VALUES)
+                           values=[*AGG_VALUES, *INTERVAL_VALUES, *STEP_VALUES], params=params,
+                           min_values=MIN_VALUES)
 
 
 #: The week before: completions and energy per developer and acceptance.
@@ -243,6 +253,20 @@ class IntervalSums:
 
 
 @dataclass(frozen=True)
+class StepSums:
+    """The engine-step counts of a group's completions (``STEP_VALUES``). Units: completions, steps, requests.
+
+    ``completions``: those attributed by engine step; ``steps``: Σ the steps each was in; ``batched``: Σ those
+    shared with at least one other request; ``requests``: Σ over those steps of the requests each held.
+    """
+
+    completions: int = 0
+    steps: int = 0
+    batched: int = 0
+    requests: float = 0.0
+
+
+@dataclass(frozen=True)
 class Group:
     """One aggregate row of ``aggregate_sql``. Units: J, tokens (prompt tokens computed: prompt − reused)."""
 
@@ -262,6 +286,7 @@ class Group:
     #: debounce ms → (rows whose next request came sooner, their energy J)
     superseded_within: dict[int, tuple[int, float]] = field(default_factory=dict)
     interval: IntervalSums = field(default_factory=IntervalSums)
+    steps: StepSums = field(default_factory=StepSums)
 
 
 @dataclass(frozen=True)
@@ -324,6 +349,8 @@ def group_of(row: dict[str, Any]) -> Group:
             coverage=float(row["iv_coverage"]), bounded=int(row["bound_n"]), bound_low_j=float(row["bound_low_j"]),
             bound_high_j=float(row["bound_high_j"]),
         ),
+        steps=StepSums(completions=int(row["step_rows"]), steps=int(row["step_n"]),
+                       batched=int(row["step_batched"]), requests=float(row["step_requests"])),
     )
 
 

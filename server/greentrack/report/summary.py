@@ -32,6 +32,15 @@ def interval_text(interval: dict[str, Any] | None) -> str:
             "(completions' intervals summed linearly: errors of one cause)")
 
 
+def batched_text(steps: dict[str, Any] | None) -> str | None:
+    """The developer's share of batched engine steps in words (``figures.batched_steps``); None when none of their
+    completions was attributed by engine step (no line then)."""
+    if not steps or steps.get("share") is None:
+        return None
+    return (f"{fmt_pct(steps['share'])} of {steps['steps']} engine steps shared with other requests "
+            f"(mean batch {steps['mean_batch_size']:.1f}, {steps['completions']} completions)")
+
+
 def summary_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, text) for each headline figure of one report (``figures.summarize``'s object)."""
     e = r["energy_j"]
@@ -44,6 +53,11 @@ def summary_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("Wasted", f"{fmt_energy(e['wasted'])} on suggestions never accepted"),
         ("Per completion", fmt_opt_energy(r["j_per_completion"])),
         ("Per accepted", fmt_opt_energy(r["j_per_accepted"])),
+    ]
+    batched = batched_text(r.get("batched_steps"))
+    if batched is not None:
+        lines.append(("Batched steps", batched))
+    lines += [
         ("CO2e", f"{fmt_co2e(r['co2e_g'])} at {r['carbon_intensity_g_per_kwh']:g} gCO2e/kWh"),
         ("Method", ", ".join(f"{m} {fmt_pct(ms[m])}" for m in ("measured", "attributed", "estimated"))),
     ]
