@@ -116,6 +116,16 @@ def test_concurrent_developers_are_batched_and_add_up_with_idle_to_the_meter(
     families = _metrics(server, tokens[ADMIN])  # stores the idle energy up to now first
     meter_j = _value(families, "greentrack_meter_energy_joules")
     rows = _rows(server.db)
+    # every step-attributed completion keeps its step counts (schema v6)
+    stepped = [row for row in rows if row["meter"].endswith("/steps")]
+    assert len(stepped) >= len(DEVELOPERS)
+    for row in stepped:
+        assert row["steps"] >= 1, row
+        assert 0 <= row["batched_steps"] <= row["steps"] and 1.0 <= row["mean_batch_size"] <= 8.0, row
+    # their requests overlapped in the engine: each step holds every running request, so they shared steps
+    concurrent = [r for r in rows if r["completion_id"] in {a["completion_id"] for a in answers.values()}]
+    assert len(concurrent) == len(DEVELOPERS)
+    assert sum(1 for r in concurrent if r["batched_steps"] > 0) >= 2, concurrent
     with Store(server.db) as store:
         idle = [{"energy_j": e, "meter": m} for e, m in store.conn.execute("SELECT energy_j, meter FROM idle_energy")]
     assert idle and all(r["meter"].endswith("/steps") for r in idle)
@@ -174,3 +184,13 @@ def test_the_team_report_has_the_servers_figures(team: tuple[Server, dict[str, s
     assert abs(week["completions_j"] - report_j) <= 1e-6 * len(body["developers"])
     assert 0.0 < since["utilisation"] < 1.0 and since["window_s"] > 0
     assert abs(since["conservation_error_j"]) <= 1e-9 * since["meter_j"]
+    # each developer's share of batched steps, as the team view (?all=true) gives it
+    with server.client(tokens[ADMIN]) as admin:
+        team_view = admin.get("/v1/greentrack/report", params={"all": "true"}).json()
+    batched = {d["developer"]: d["batched_steps"] for d in team_view}
+    assert set(batched) == set(DEVELOPERS)
+    assert batched == {d["developer"]: d["batched_steps"] for d in body["developers"]}
+    for figure in batched.values():
+        assert figure["completions"] >= 1 and figure["steps"] >= 1 and 0 <= figure["batched"] <= figure["steps"]
+        assert figure["share"] == pytest.approx(figure["batched"] / figure["steps"], abs=1e-4)
+    assert sum(f["batched"] for f in batched.values()) > 0

@@ -300,6 +300,9 @@ def test_two_overlapping_requests_are_attributed_by_step_with_conservation(backe
         assert fb.prefill_tokens == b.prompt_tokens - b.reused_prompt_tokens
         assert fa.decode_tokens == a.completion_tokens - 1 and fb.decode_tokens == b.completion_tokens - 1
         assert fa.energy_j > 0 and fb.energy_j > 0
+        # b's prefill ran in one of a's decode steps: both counted it as batched (a pair at least)
+        assert 1 <= fa.batched_steps <= fa.steps and 1 <= fb.batched_steps <= fb.steps
+        assert fb.mean_batch_size is not None and fb.mean_batch_size > 1.0
         ledger.flush()
         totals = ledger.totals()
         assert totals.window_j > 0
