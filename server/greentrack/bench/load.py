@@ -7,7 +7,7 @@ Usage (any server, yours included; ``bench/load.py`` is the same entry point):
 
 Place in the flow: each developer is a thread with its own token and its own file (a sample of Python's standard
 library: ``bench.script``), re-typing it in real time with human timing (``script.keystroke_delay_s``: keystrokes
-100–150 ms jittered, a pause at each line end). As the editor does (``lsp/server.py``; docs/interfaces.md, "HTTP
+100–150 ms jittered, pauses at line ends and mid-line). As the editor does (``lsp/server.py``; docs/interfaces.md, "HTTP
 API"): every keystroke supersedes the previous request — one still in its debounce is never sent, one in flight
 is cancelled (``POST /v1/greentrack/cancel``, or ``--cancel disconnect``: the connection is closed); a request
 that survives the debounce goes to the native endpoint ``POST /v1/greentrack/complete``; a suggestion that arrives
