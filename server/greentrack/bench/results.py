@@ -137,15 +137,21 @@ def summarize(runs: Sequence[ConfigRun], meta: dict[str, Any]) -> dict[str, Any]
         goals.append({"goal": "all optimizations: J per accepted suggestion ≤ 10 % of the naive baseline's",
                       "value": share, "limit": GOAL_SHARE_OF_NAIVE,
                       "met": None if share is None else share <= GOAL_SHARE_OF_NAIVE,
-                      "note": None if share is not None or naive is None else _undefined_share_note(naive, everything)})
+                      "note": _share_note(naive, everything, share)})
         p50 = everything["latency_ms"]["p50"]
         goals.append({"goal": "all optimizations: keystroke → suggestion p50 ≤ 500 ms", "value": p50,
                       "limit": GOAL_P50_MS, "met": None if p50 is None else p50 <= GOAL_P50_MS, "note": None})
     return {"meta": meta, "configurations": configs, "findings": findings, "goals": goals}
 
 
-def _undefined_share_note(naive: dict[str, Any], everything: dict[str, Any]) -> str:
-    """Why the J-per-accepted goal has no value, and the bound that the same typing still gives."""
+def _share_note(naive: dict[str, Any] | None, everything: dict[str, Any], share: float | None) -> str | None:
+    """How many acceptances the J-per-accepted goal rests on; where it has no value, why, and the bound that the same
+    typing still gives."""
+    if naive is None:
+        return None
+    if share is not None:
+        return (f"on {naive['accepted']} accepted of {naive['shown']} shown in the naive baseline, "
+                f"{everything['accepted']} of {everything['shown']} with all optimizations")
     if everything["accepted"] == 0:
         return (f"nothing accepted with all optimizations ({everything['shown']} shown): "
                 "its J per accepted suggestion is undefined")
