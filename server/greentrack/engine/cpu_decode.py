@@ -13,8 +13,9 @@ What makes a decode step cheap (issue 15; figures in docs/benchmarks.md, "CPU en
 - attention for one query token is three float32 operations over the cache (``bmm``, ``softmax``, ``bmm``):
   PyTorch's bf16 flash-attention kernel costs ~6x more for a single query on this CPU;
 - q, k, v and gate, up are one matrix each (fewer kernel calls per layer).
-A prefill of more than ``quantize.DENSE_ROWS`` tokens uses the dense bf16 weights and PyTorch's bf16
-``scaled_dot_product_attention``, as the transformers model does, so prefill stays as fast as before.
+A prefill of more than ``quantize.DENSE_ROWS`` tokens uses the dense bf16 weights (mapped from a file one
+matrix at a time: ``quantize.DenseFile``) and PyTorch's bf16 ``scaled_dot_product_attention``, as the
+transformers model does, so prefill stays as fast as before.
 
 The q/k rows keep the GGUF's interleaved rotary layout, so rotary embedding is a complex multiply; q·k is the
 same as with transformers' half-split layout (both are the same rotation of the same pairs).

@@ -486,7 +486,7 @@ class LoadedModel:
     """A model ready to run, with its tokenizer and where it came from."""
 
     model: Any  # transformers PreTrainedModel
-    tokenizer: Any  # transformers PreTrainedTokenizerBase
+    tokenizer: Any  # transformers PreTrainedTokenizerBase, or tokenizer.FastTokenizer (the int4 CPU engine)
     source: ModelSource
     folder: Path
     device: torch.device
@@ -507,8 +507,6 @@ def load_model(source: ModelSource, device: str = "auto", dtype: str | None = No
     A llama GGUF on the CPU is loaded into the int4 CPU engine (``load_cpu_model``) unless a dtype is named;
     a GGUF of another architecture falls back to the transformers model.
     """
-    transformers: Any = importlib.import_module("transformers")
-
     dev = pick_device(device)
     if dev.type == "cpu":
         configure_threads()
@@ -519,6 +517,7 @@ def load_model(source: ModelSource, device: str = "auto", dtype: str | None = No
             if "CPU int4 engine" not in str(e):
                 raise
             log.info("%s; loading the transformers model instead", e)
+    transformers: Any = importlib.import_module("transformers")  # not before: the int4 engine does without it
     torch_dtype = pick_dtype(dev, dtype)
     folder = materialize_hf_folder(source)
     transformers.utils.logging.disable_progress_bar()
@@ -541,35 +540,44 @@ def load_cpu_model(source: ModelSource) -> LoadedModel:
     """A llama GGUF → ``cpu_decode.CpuLlama`` (int4 weights read from the file; no transformers model is built).
 
     The tokenizer, ``config.json`` and ``generation_config.json`` come from the converted folder
-    (``materialize_hf_folder``, once per file). Peak memory stays low: each tensor is read, converted, dropped.
+    (``materialize_hf_folder``, once per file). Peak memory stays low: each tensor is read, converted, dropped;
+    transformers is not imported (``tokenizer.FastTokenizer``), and the dense bf16 prefill weights live in a
+    file of that folder, mapped (``quantize.DenseFile``).
     """
-    transformers: Any = importlib.import_module("transformers")
     import torch
 
     from greentrack.engine.cpu_decode import CpuLlama
-    from greentrack.engine.quantize import read_gguf_llama
+    from greentrack.engine.quantize import DENSE_FILE, read_gguf_llama
 
     folder = materialize_hf_folder(source)
-    transformers.utils.logging.disable_progress_bar()
     try:
         with _progress(f"Loading {source.model_id} (cpu, int4)") as step:
             step("tokenizer")
-            # the concrete class: AutoTokenizer imports every model family's modules (~170 MiB resident)
-            tokenizer_class = (transformers.PreTrainedTokenizerFast if (folder / "tokenizer.json").is_file()
-                               else transformers.AutoTokenizer)
-            tokenizer = tokenizer_class.from_pretrained(str(folder), local_files_only=True)
+            tokenizer = _cpu_tokenizer(folder)
             config, generation_config = _plain_configs(folder)
             step("weights")
             limit_heap_growth()
             head = os.environ.get("GREENTRACK_CPU_HEAD", "").strip().lower() or "int4"
             # GREENTRACK_CPU_PREFILL=int4: no dense bf16 copy (~200 MiB less resident, long prefills ~1.8x slower)
             dense = os.environ.get("GREENTRACK_CPU_PREFILL", "").strip().lower() != "int4"
-            weights = read_gguf_llama(source.path, keep_dense=dense, head_format=head)
+            weights = read_gguf_llama(source.path, keep_dense=dense, head_format=head, dense_file=folder / DENSE_FILE)
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"cannot load model {source.model_id} from {source.path}: {e}") from e
     release_free_memory()
     model = CpuLlama(weights, config, generation_config)
     return LoadedModel(model, tokenizer, source, folder, torch.device("cpu"), torch.bfloat16)
+
+
+def _cpu_tokenizer(folder: Path) -> Any:
+    """The int4 engine's tokenizer: ``FastTokenizer`` over ``tokenizer.json`` (the ``tokenizers`` library alone,
+    ~70 MiB less resident than transformers' classes), else transformers' ``AutoTokenizer``."""
+    if (folder / "tokenizer.json").is_file():
+        from greentrack.engine.tokenizer import FastTokenizer
+
+        return FastTokenizer.from_folder(folder)
+    transformers: Any = importlib.import_module("transformers")
+    transformers.utils.logging.disable_progress_bar()
+    return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
 def _plain_configs(folder: Path) -> tuple[SimpleNamespace, SimpleNamespace]:

@@ -14,13 +14,20 @@ and a decode step reads 0.625 bytes per weight instead of bf16's 2 (docs/archite
 
 A dense bf16 copy of each matrix (``Int4Linear.dense``, exactly ``bf16(d * q + m)``, the values the bf16
 transformers model holds) serves long prefills, where bf16 matrix multiplies beat the int4 kernel (it is
-tuned for a few rows). The q/k rows keep the GGUF's order (rotary pairs interleaved: llama.cpp's convention),
-which ``cpu_decode`` applies as a complex rotation.
+tuned for a few rows). The loader keeps that copy in a file (``DenseFile``, written once per GGUF into its
+converted folder) mapped into memory: a matrix's pages come in from the page cache when a prefill multiplies
+with it and are dropped right after, so the ~200 MiB copy is never resident in the process all at once (issue
+15's peak-RSS goal; docs/benchmarks.md). The q/k rows keep the GGUF's order (rotary pairs interleaved:
+llama.cpp's convention), which ``cpu_decode`` applies as a complex rotation.
 """
 
 from __future__ import annotations
 
+import logging
+import mmap
+import os
 import struct
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +37,8 @@ import numpy as np
 import torch
 
 from greentrack.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
 
 #: Weights per quantization group (GGUF's Q4_1 and Q8_0 block size; a group size the int4 CPU kernel accepts).
 GROUP = 32
@@ -46,13 +55,129 @@ class Int4Linear:
     dense: torch.Tensor | None  # bf16 [N, K] or None
     out_features: int
     in_features: int
+    dense_pages: DensePages | None = None  # ``dense`` mapped from a ``DenseFile``: its pages, dropped after use
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: bf16 [M, K]. The int4 kernel for a few rows, the dense bf16 weights (when kept) for more."""
         if self.dense is not None and x.shape[0] > DENSE_ROWS:
-            return torch.nn.functional.linear(x, self.dense)
+            dense_out = torch.nn.functional.linear(x, self.dense)
+            if self.dense_pages is not None:
+                self.dense_pages.release()
+            return dense_out
         out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scales_zeros)
         return out
+
+
+@dataclass(frozen=True)
+class DensePages:
+    """A page-aligned byte range of a ``DenseFile``'s mapping: one matrix's dense weights."""
+
+    mapping: mmap.mmap
+    offset: int
+    length: int  # a multiple of the page size
+
+    def release(self) -> None:
+        """Unmap the range's pages from this process (``MADV_DONTNEED``): they stay in the page cache, unchanged
+        (the mapping is private and never written), and the next use faults them back in (~1 % of a 512-token
+        prefill, within its noise: docs/benchmarks.md)."""
+        self.mapping.madvise(mmap.MADV_DONTNEED, self.offset, self.length)
+
+
+class DenseFile:
+    """The dense bf16 prefill weights of ``read_gguf_llama``'s block matrices, in their order, each from a page
+    boundary, in a file of their own (``DENSE_FILE`` in the GGUF's converted folder, keyed by the GGUF's
+    SHA-256). ``write`` fills a temporary file matrix by matrix and renames it into place (concurrent loaders
+    never see half a file); ``map`` returns each matrix as a tensor over a private mapping of the file, with its
+    ``DensePages``."""
+
+    def __init__(self, path: Path, shapes: list[tuple[int, int]]) -> None:
+        self.path = path
+        self.shapes = shapes
+        self.offsets: list[int] = []
+        size = 0
+        for n, k in shapes:
+            self.offsets.append(size)
+            size += _page_round(2 * n * k)
+        self.size = size
+        self._tmp: BinaryIO | None = None
+        self._tmp_path = path
+
+    def complete(self) -> bool:
+        """Whether the file exists with this layout's size (written whole: it is renamed into place)."""
+        try:
+            return self.path.stat().st_size == self.size
+        except OSError:
+            return False
+
+    @property
+    def writing(self) -> bool:
+        return self._tmp is not None
+
+    def begin(self) -> None:
+        """Start writing a temporary file unless the file is there, complete."""
+        if self.complete():
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".tmp-")
+        self._tmp, self._tmp_path = os.fdopen(fd, "w+b"), Path(tmp)
+        self._tmp.truncate(self.size)
+
+    def take(self, index: int, linear: Int4Linear) -> None:
+        """While writing: matrix ``index``'s dense bf16 values [N, K] from ``linear`` into the file, and
+        ``linear.dense`` dropped."""
+        dense = linear.dense
+        if self._tmp is None or dense is None:
+            return
+        if tuple(dense.shape) != self.shapes[index] or dense.dtype != torch.bfloat16:
+            raise ValueError(f"dense matrix {index}: {tuple(dense.shape)} {dense.dtype}, not {self.shapes[index]}")
+        self._tmp.seek(self.offsets[index])
+        self._tmp.write(dense.contiguous().view(torch.uint8).numpy().data)
+        linear.dense = None
+
+    def attach(self, linears: list[Int4Linear]) -> None:
+        """The file finished (when written) and mapped: each of ``linears`` gets its matrix and pages."""
+        self.end_write()
+        for linear, (dense, pages) in zip(linears, self.map(), strict=True):
+            linear.dense, linear.dense_pages = dense, pages
+
+    def end_write(self) -> None:
+        """Flush, sync and rename the temporary file into place."""
+        if self._tmp is None:
+            return
+        tmp, self._tmp = self._tmp, None
+        try:
+            tmp.flush()
+            os.fsync(tmp.fileno())
+            tmp.close()
+            os.replace(self._tmp_path, self.path)
+        finally:
+            tmp.close()
+            self._tmp_path.unlink(missing_ok=True)
+
+    def abort_write(self) -> None:
+        if self._tmp is not None:
+            self._tmp.close()
+            self._tmp_path.unlink(missing_ok=True)
+            self._tmp = None
+
+    def map(self) -> list[tuple[torch.Tensor, DensePages]]:
+        """Each matrix as a bf16 tensor over a private (copy-on-write, never written) mapping of the file."""
+        with self.path.open("rb") as f:
+            mapping = mmap.mmap(f.fileno(), self.size, access=mmap.ACCESS_COPY)
+        whole = torch.frombuffer(mapping, dtype=torch.uint8)
+        views = []
+        for (n, k), offset in zip(self.shapes, self.offsets, strict=True):
+            tensor = whole[offset : offset + 2 * n * k].view(torch.bfloat16).view(n, k)
+            views.append((tensor, DensePages(mapping, offset, _page_round(2 * n * k))))
+        return views
+
+
+def _page_round(size: int) -> int:
+    return -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+#: ``DenseFile``'s name in a GGUF's converted folder (the version names the layout: block order, q/k/v and
+#: gate/up stacked, GGUF row order, page-aligned bf16).
+DENSE_FILE = "cpu-prefill-bf16.v1.bin"
 
 
 @dataclass
@@ -357,40 +482,76 @@ def dense_tensor(tensor: GgufTensor, dtype: torch.dtype) -> torch.Tensor:
     return shaped.to(dtype)
 
 
-def read_gguf_llama(path: Path, keep_dense: bool = True, head_format: str = "int4") -> LlamaWeights:
-    """Read a llama GGUF into ``LlamaWeights`` (one tensor at a time; the file is memory-mapped)."""
+#: Each layer's matrices as GGUF tensor names (several: stacked into one matrix), in ``LayerWeights``' order.
+_LAYER_MATRICES = (("attn_q", "attn_k", "attn_v"), ("attn_output",), ("ffn_gate", "ffn_up"), ("ffn_down",))
+
+
+def read_gguf_llama(
+    path: Path, keep_dense: bool = True, head_format: str = "int4", dense_file: Path | None = None
+) -> LlamaWeights:
+    """Read a llama GGUF into ``LlamaWeights`` (one tensor at a time, read, converted, dropped).
+
+    ``keep_dense``: the dense bf16 copy for long prefills, mapped from ``dense_file`` (``DenseFile``: written
+    on the first load, reused afterwards) or, without a file or when it cannot be written, held in memory.
+    """
     try:
         meta, tensors = read_gguf(path)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{path} is not a GGUF file this engine can read: {e}") from e
     shape = read_gguf_shape(meta, tensors)
+    if keep_dense and dense_file is not None:
+        try:
+            return _read_llama(path, tensors, shape, head_format, False, _dense_file(dense_file, tensors, shape))
+        except OSError as e:
+            log.warning("cannot keep the dense prefill weights in %s (%s): holding them in memory", dense_file, e)
+    return _read_llama(path, tensors, shape, head_format, keep_dense, None)
 
-    def linear(*names: str) -> Int4Linear:
-        parts = [_groups(tensors[name]) for name in names]
+
+def _dense_file(path: Path, tensors: dict[str, GgufTensor], shape: LlamaShape) -> DenseFile:
+    """The ``DenseFile`` layout of ``tensors``' block matrices (``_LAYER_MATRICES`` of each layer)."""
+    shapes = []
+    for i in range(shape.layers):
+        for names in _LAYER_MATRICES:
+            parts = [tensors[f"blk.{i}.{name}.weight"] for name in names]
+            shapes.append((sum(t.rows for t in parts), parts[0].cols))
+    return DenseFile(path, shapes)
+
+
+def _read_llama(
+    path: Path, tensors: dict[str, GgufTensor], shape: LlamaShape, head_format: str, keep_dense: bool,
+    dense_file: DenseFile | None,
+) -> LlamaWeights:
+    """``read_gguf_llama`` past the header: dense copies in memory (``keep_dense``) or in ``dense_file``."""
+    linears: list[Int4Linear] = []
+
+    def linear(layer: int, names: tuple[str, ...]) -> Int4Linear:
+        parts = [_groups(tensors[f"blk.{layer}.{name}.weight"]) for name in names]
         q = torch.cat([p[0] for p in parts])
         d = torch.cat([p[1] for p in parts])
         m = torch.cat([p[2] for p in parts])
-        return int4_from_groups(q, d, m, keep_dense)
+        made = int4_from_groups(q, d, m, keep_dense or (dense_file is not None and dense_file.writing))
+        if dense_file is not None:
+            dense_file.take(len(linears), made)
+        linears.append(made)
+        return made
 
     try:
+        if dense_file is not None:
+            dense_file.begin()
         layers = []
         for i in range(shape.layers):
             b = f"blk.{i}."
+            qkv, out, gate_up, down = (linear(i, names) for names in _LAYER_MATRICES)
             layers.append(LayerWeights(
                 attn_norm=dense_tensor(tensors[b + "attn_norm.weight"], torch.bfloat16),
-                qkv=linear(b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"),
-                out=linear(b + "attn_output.weight"),
+                qkv=qkv, out=out,
                 mlp_norm=dense_tensor(tensors[b + "ffn_norm.weight"], torch.bfloat16),
-                gate_up=linear(b + "ffn_gate.weight", b + "ffn_up.weight"),
-                down=linear(b + "ffn_down.weight"),
+                gate_up=gate_up, down=down,
             ))
+        if dense_file is not None:
+            dense_file.attach(linears)
         token_embd = tensors["token_embd.weight"]
-        embed: Q8Rows | torch.Tensor
-        if token_embd.kind == "Q8_0":
-            raw = torch.from_numpy(token_embd.data).view(token_embd.rows, token_embd.cols // GROUP, _Q8_0_BYTES)
-            embed = Q8Rows(raw)
-        else:
-            embed = dense_tensor(token_embd, torch.bfloat16)
+        embed = _embedding(token_embd)
         output = tensors.get("output.weight")
         head = _head(output or token_embd, head_format)
         norm = dense_tensor(tensors["output_norm.weight"], torch.bfloat16)
@@ -398,7 +559,18 @@ def read_gguf_llama(path: Path, keep_dense: bool = True, head_format: str = "int
         raise ModelLoadError(f"{path}: tensor {e} missing for a llama model") from e
     except (ValueError, NotImplementedError) as e:
         raise ModelLoadError(f"{path}: a tensor type this engine cannot read: {e}") from e
+    finally:
+        if dense_file is not None:
+            dense_file.abort_write()  # a no-op once written
     return LlamaWeights(shape, embed, layers, norm, head, head_is_embed=output is None)
+
+
+def _embedding(token_embd: GgufTensor) -> Q8Rows | torch.Tensor:
+    """The token embedding: ``Q8_0`` blocks kept as they are (``Q8Rows``), other types dense bf16."""
+    if token_embd.kind == "Q8_0":
+        raw = torch.from_numpy(token_embd.data).view(token_embd.rows, token_embd.cols // GROUP, _Q8_0_BYTES)
+        return Q8Rows(raw)
+    return dense_tensor(token_embd, torch.bfloat16)
 
 
 def _row_chunks(tensor: GgufTensor, rows: int = 4096) -> Iterator[GgufTensor]:
