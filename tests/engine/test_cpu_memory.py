@@ -93,19 +93,21 @@ def test_dense_file_is_exactly_the_dense_copy(tmp_path: Path) -> None:
     for mine, theirs, again in zip(in_memory.layers, written.layers, reused.layers, strict=True):
         for name in ("qkv", "out", "gate_up", "down"):
             expected, got, got_again = (getattr(layer, name) for layer in (mine, theirs, again))
-            assert expected.dense_pages is None and got.dense_pages is not None
             assert torch.equal(expected.dense, got.dense) and torch.equal(expected.dense, got_again.dense)
-            for linear in (got, got_again):
-                assert linear.dense_pages is not None
-                linear.dense_pages.release()  # the comparison read them in
+        assert mine.dense_pages is None
+        for layer in (theirs, again):
+            assert layer.dense_pages is not None
+            layer.dense_pages.release()  # the comparison read them in
     assert mapped_pages_kib(path) == 0
     ids = list(range(1000, 1100))
     expected_logits = prefill_logits(in_memory, ids)
     assert torch.equal(prefill_logits(reused, ids), expected_logits)
-    assert mapped_pages_kib(path) == 0  # each matrix's pages dropped after its multiply
+    assert mapped_pages_kib(path) == 0  # each layer's pages dropped after its multiplies
     path.write_bytes(b"short")  # a file of the wrong size is rewritten
+    (tmp_path / "cpu-prefill-bf16.v1.bin").write_bytes(b"old layout")  # another version's file is removed
     rewritten = read_gguf_llama(gguf, keep_dense=True, dense_file=path)
     assert torch.equal(prefill_logits(rewritten, ids), expected_logits)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [DENSE_FILE]
 
 
 _CHILD = """

@@ -13,8 +13,8 @@ What makes a decode step cheap (issue 15; figures in docs/benchmarks.md, "CPU en
 - attention for one query token is three float32 operations over the cache (``bmm``, ``softmax``, ``bmm``):
   PyTorch's bf16 flash-attention kernel costs ~6x more for a single query on this CPU;
 - q, k, v and gate, up are one matrix each (fewer kernel calls per layer).
-A prefill of more than ``quantize.DENSE_ROWS`` tokens uses the dense bf16 weights (mapped from a file one
-matrix at a time: ``quantize.DenseFile``) and PyTorch's bf16 ``scaled_dot_product_attention``, as the
+A prefill of more than ``quantize.DENSE_ROWS`` tokens uses the dense bf16 weights (mapped from a file, one
+layer resident at a time: ``quantize.DenseFile``) and PyTorch's bf16 ``scaled_dot_product_attention``, as the
 transformers model does, so prefill stays as fast as before.
 
 The q/k rows keep the GGUF's interleaved rotary layout, so rotary embedding is a complex multiply; q·k is the
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from greentrack.engine.quantize import Int4Linear, LlamaWeights
+from greentrack.engine.quantize import DENSE_ROWS, Int4Linear, LlamaWeights
 from greentrack.engine.runners import reusable_tokens
 
 _CACHE_ROUND = 256  # KV capacity grows in multiples of this many tokens
@@ -126,6 +126,8 @@ class CpuLlama:
             x = F.rms_norm(h, (s.hidden,), layer.mlp_norm, s.rms_eps)
             gate, up = layer.gate_up(x).chunk(2, dim=-1)
             h = h + layer.down(F.silu(gate).mul_(up))
+            if count > DENSE_ROWS and layer.dense_pages is not None:
+                layer.dense_pages.release()  # the dense weights' pages leave the process's resident memory
         cache.length = end
         last = F.rms_norm(h[-1:], (s.hidden,), self.weights.norm, s.rms_eps)
         logits: torch.Tensor = self.weights.head(last)[0]

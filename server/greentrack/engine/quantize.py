@@ -15,9 +15,9 @@ and a decode step reads 0.625 bytes per weight instead of bf16's 2 (docs/archite
 A dense bf16 copy of each matrix (``Int4Linear.dense``, exactly ``bf16(d * q + m)``, the values the bf16
 transformers model holds) serves long prefills, where bf16 matrix multiplies beat the int4 kernel (it is
 tuned for a few rows). The loader keeps that copy in a file (``DenseFile``, written once per GGUF into its
-converted folder) mapped into memory: a matrix's pages come in from the page cache when a prefill multiplies
-with it and are dropped right after, so the ~200 MiB copy is never resident in the process all at once (issue
-15's peak-RSS goal; docs/benchmarks.md). The q/k rows keep the GGUF's order (rotary pairs interleaved:
+converted folder) mapped into memory: a layer's pages come in from the page cache when a prefill multiplies
+with them and are dropped right after the layer, so the ~200 MiB copy is never resident in the process all at
+once (issue 15's peak-RSS goal; docs/benchmarks.md). The q/k rows keep the GGUF's order (rotary pairs interleaved:
 llama.cpp's convention), which ``cpu_decode`` applies as a complex rotation.
 """
 
@@ -29,6 +29,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -55,50 +56,54 @@ class Int4Linear:
     dense: torch.Tensor | None  # bf16 [N, K] or None
     out_features: int
     in_features: int
-    dense_pages: DensePages | None = None  # ``dense`` mapped from a ``DenseFile``: its pages, dropped after use
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: bf16 [M, K]. The int4 kernel for a few rows, the dense bf16 weights (when kept) for more."""
         if self.dense is not None and x.shape[0] > DENSE_ROWS:
-            dense_out = torch.nn.functional.linear(x, self.dense)
-            if self.dense_pages is not None:
-                self.dense_pages.release()
-            return dense_out
+            return torch.nn.functional.linear(x, self.dense)
         out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scales_zeros)
         return out
 
 
 @dataclass(frozen=True)
 class DensePages:
-    """A page-aligned byte range of a ``DenseFile``'s mapping: one matrix's dense weights."""
+    """A byte range of a ``DenseFile``'s mapping, from a huge-page boundary: one layer's dense weights."""
 
     mapping: mmap.mmap
     offset: int
-    length: int  # a multiple of the page size
+    length: int  # a multiple of the huge-page size
 
     def release(self) -> None:
         """Unmap the range's pages from this process (``MADV_DONTNEED``): they stay in the page cache, unchanged
-        (the mapping is private and never written), and the next use faults them back in (~1 % of a 512-token
-        prefill, within its noise: docs/benchmarks.md)."""
+        (the mapping is private and never written), and the next prefill maps them back in, 2 MiB a fault where
+        the page cache holds them as huge folios (docs/benchmarks.md: no slower than resident weights)."""
         self.mapping.madvise(mmap.MADV_DONTNEED, self.offset, self.length)
 
 
 class DenseFile:
-    """The dense bf16 prefill weights of ``read_gguf_llama``'s block matrices, in their order, each from a page
-    boundary, in a file of their own (``DENSE_FILE`` in the GGUF's converted folder, keyed by the GGUF's
-    SHA-256). ``write`` fills a temporary file matrix by matrix and renames it into place (concurrent loaders
-    never see half a file); ``map`` returns each matrix as a tensor over a private mapping of the file, with its
-    ``DensePages``."""
+    """The dense bf16 prefill weights of ``read_gguf_llama``'s block matrices, in their order, in a file of their
+    own (``DENSE_FILE`` in the GGUF's converted folder, keyed by the GGUF's SHA-256): each layer's ``group``
+    matrices from a 2 MiB boundary (so the layer's range maps as whole huge pages and is dropped without
+    splitting one), each matrix from a page boundary. ``begin``/``take``/``attach`` write a temporary file
+    matrix by matrix and rename it into place (concurrent loaders never see half a file); ``map`` returns each
+    matrix as a tensor over a private mapping of the file, and each layer's ``DensePages``."""
 
-    def __init__(self, path: Path, shapes: list[tuple[int, int]]) -> None:
+    def __init__(self, path: Path, shapes: list[tuple[int, int]], group: int) -> None:
         self.path = path
         self.shapes = shapes
+        self.group = group
         self.offsets: list[int] = []
+        self.group_ranges: list[tuple[int, int]] = []  # (start, length) of each group's pages
         size = 0
-        for n, k in shapes:
+        for index, (n, k) in enumerate(shapes):
+            if index % group == 0:
+                size = _round_up(size, _HUGE_PAGE)
+                self.group_ranges.append((size, 0))
             self.offsets.append(size)
-            size += _page_round(2 * n * k)
-        self.size = size
+            size += _round_up(2 * n * k, mmap.PAGESIZE)
+            start = self.group_ranges[-1][0]
+            self.group_ranges[-1] = (start, _round_up(size - start, _HUGE_PAGE))
+        self.size = _round_up(size, _HUGE_PAGE)
         self._tmp: BinaryIO | None = None
         self._tmp_path = path
 
@@ -114,9 +119,12 @@ class DenseFile:
         return self._tmp is not None
 
     def begin(self) -> None:
-        """Start writing a temporary file unless the file is there, complete."""
+        """Start writing a temporary file unless the file is there, complete (other versions' files removed)."""
         if self.complete():
             return
+        for stale in self.path.parent.glob(DENSE_FILE_PATTERN):
+            if stale.name != self.path.name and ".tmp-" not in stale.name:
+                stale.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".tmp-")
         self._tmp, self._tmp_path = os.fdopen(fd, "w+b"), Path(tmp)
         self._tmp.truncate(self.size)
@@ -133,20 +141,26 @@ class DenseFile:
         self._tmp.write(dense.contiguous().view(torch.uint8).numpy().data)
         linear.dense = None
 
-    def attach(self, linears: list[Int4Linear]) -> None:
-        """The file finished (when written) and mapped: each of ``linears`` gets its matrix and pages."""
+    def attach(self, linears: list[Int4Linear]) -> list[DensePages]:
+        """The file finished (when written) and mapped: each of ``linears`` gets its matrix; each group's pages."""
         self.end_write()
-        for linear, (dense, pages) in zip(linears, self.map(), strict=True):
-            linear.dense, linear.dense_pages = dense, pages
+        tensors, groups = self.map()
+        for linear, dense in zip(linears, tensors, strict=True):
+            linear.dense = dense
+        return groups
 
     def end_write(self) -> None:
-        """Flush, sync and rename the temporary file into place."""
+        """Flush, sync and rename the temporary file into place. Its pages then leave the page cache: written, it
+        sits there in small folios (mapped 4 KiB a fault, ~1 % of a prefill); read back by the first prefill
+        through a huge-page mapping, in 2 MiB folios (one fault each)."""
         if self._tmp is None:
             return
         tmp, self._tmp = self._tmp, None
         try:
             tmp.flush()
             os.fsync(tmp.fileno())
+            with suppress(OSError, AttributeError):
+                os.posix_fadvise(tmp.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             tmp.close()
             os.replace(self._tmp_path, self.path)
         finally:
@@ -159,25 +173,29 @@ class DenseFile:
             self._tmp_path.unlink(missing_ok=True)
             self._tmp = None
 
-    def map(self) -> list[tuple[torch.Tensor, DensePages]]:
-        """Each matrix as a bf16 tensor over a private (copy-on-write, never written) mapping of the file."""
+    def map(self) -> tuple[list[torch.Tensor], list[DensePages]]:
+        """Each matrix as a bf16 tensor over a private (copy-on-write, never written) mapping of the file, and
+        each group's pages. The mapping asks for huge pages (``MADV_HUGEPAGE``): a 512-token prefill then maps
+        the ~200 MiB in ~100 faults instead of ~3 000 (docs/benchmarks.md)."""
         with self.path.open("rb") as f:
             mapping = mmap.mmap(f.fileno(), self.size, access=mmap.ACCESS_COPY)
+        with suppress(OSError, AttributeError):  # no transparent huge pages: 4 KiB pages, slightly slower
+            mapping.madvise(mmap.MADV_HUGEPAGE)
         whole = torch.frombuffer(mapping, dtype=torch.uint8)
-        views = []
-        for (n, k), offset in zip(self.shapes, self.offsets, strict=True):
-            tensor = whole[offset : offset + 2 * n * k].view(torch.bfloat16).view(n, k)
-            views.append((tensor, DensePages(mapping, offset, _page_round(2 * n * k))))
-        return views
+        tensors = [whole[offset : offset + 2 * n * k].view(torch.bfloat16).view(n, k)
+                   for (n, k), offset in zip(self.shapes, self.offsets, strict=True)]
+        return tensors, [DensePages(mapping, start, length) for start, length in self.group_ranges]
 
 
-def _page_round(size: int) -> int:
-    return -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+def _round_up(size: int, unit: int) -> int:
+    return -(-size // unit) * unit
 
 
+_HUGE_PAGE = 2 << 20  # x86-64's and arm64's (4 KiB base pages) transparent huge page
 #: ``DenseFile``'s name in a GGUF's converted folder (the version names the layout: block order, q/k/v and
-#: gate/up stacked, GGUF row order, page-aligned bf16).
-DENSE_FILE = "cpu-prefill-bf16.v1.bin"
+#: gate/up stacked, GGUF row order, bf16, layers from 2 MiB boundaries); other versions are removed.
+DENSE_FILE = "cpu-prefill-bf16.v2.bin"
+DENSE_FILE_PATTERN = "cpu-prefill-bf16.v*.bin"
 
 
 @dataclass
@@ -300,6 +318,7 @@ class LayerWeights:
     mlp_norm: torch.Tensor
     gate_up: Int4Linear  # gate, up stacked: [2 * intermediate, hidden]
     down: Int4Linear
+    dense_pages: DensePages | None = None  # the dense matrices' pages when mapped (``DenseFile``): dropped after use
 
 
 Head = Int4Linear | Int8Linear | BF16Linear
@@ -514,7 +533,7 @@ def _dense_file(path: Path, tensors: dict[str, GgufTensor], shape: LlamaShape) -
         for names in _LAYER_MATRICES:
             parts = [tensors[f"blk.{i}.{name}.weight"] for name in names]
             shapes.append((sum(t.rows for t in parts), parts[0].cols))
-    return DenseFile(path, shapes)
+    return DenseFile(path, shapes, len(_LAYER_MATRICES))
 
 
 def _read_llama(
@@ -549,7 +568,8 @@ def _read_llama(
                 gate_up=gate_up, down=down,
             ))
         if dense_file is not None:
-            dense_file.attach(linears)
+            for layer, pages in zip(layers, dense_file.attach(linears), strict=True):
+                layer.dense_pages = pages
         token_embd = tensors["token_embd.weight"]
         embed = _embedding(token_embd)
         output = tensors.get("output.weight")
