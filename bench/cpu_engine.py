@@ -5,6 +5,9 @@ Three engines, each in its own worker process (so each one's peak RSS is its own
 from the same GGUF):
 
 - ``int4``: greentrack's CPU engine (``engine/cpu_decode.py``, the default for the embedded model);
+- ``int4-resident`` (not run by default): the same engine with its dense bf16 prefill weights copied into
+  resident memory, as before they were mapped from a file (``quantize.DenseFile``): the prefill's side-by-side
+  reference for that change;
 - ``bf16``: greentrack's transformers model as before issue 15 (``GREENTRACK_CPU_ENGINE=transformers``);
 - ``llamacpp``: llama-cpp-python, from its own virtual environment (``--llamacpp-python``; never the product's).
 
@@ -33,17 +36,21 @@ from pathlib import Path
 from typing import Any
 
 ENGINES = ("int4", "bf16", "llamacpp")
+WORKER_ENGINES = (*ENGINES, "int4-resident")
 DEFAULT_LLAMACPP_PYTHON = "/work/venv-llamacpp/bin/python"
 
 
 def rss_mib() -> tuple[float, float]:
-    """(current, peak) resident memory of this process, MiB."""
+    """(current, peak) resident memory of this process, MiB. The peak is ``VmHWM``, this process's own high-water
+    mark: ``ru_maxrss`` of a process spawned through ``vfork`` starts at its parent's peak."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     current = peak
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 current = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
     except OSError:
         pass
     return current, peak
@@ -65,6 +72,22 @@ class GreentrackWorker:
 
         self.torch = torch
         self.backend = TransformersBackend(warmup=True)
+        if engine == "int4-resident":
+            self._resident_dense()
+
+    def _resident_dense(self) -> None:
+        """The dense prefill weights copied out of their file mapping into resident memory (before DenseFile)."""
+        for layer in self.backend.model.weights.layers:
+            if layer.dense_pages is None:
+                continue
+            for linear in (layer.qkv, layer.out, layer.gate_up, layer.down):
+                if linear.dense is not None:
+                    linear.dense = linear.dense.clone()
+            layer.dense_pages.release()
+            layer.dense_pages = None
+        from greentrack.engine.loading import release_free_memory
+
+        release_free_memory()
 
     def run(self, ids: list[int], steps: int) -> list[float]:
         """Prefill ``ids``, then ``steps`` greedy steps; returns [prefill cpu, prefill wall, decode cpu, wall]."""
@@ -214,9 +237,9 @@ def quality_gate(points: int, context_tokens: int, max_tokens: int) -> dict[str,
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", choices=ENGINES)
+    parser.add_argument("--worker", choices=WORKER_ENGINES)
     parser.add_argument("--gguf", default="")
-    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--engines", default=",".join(ENGINES), help=f"any of {', '.join(WORKER_ENGINES)}")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=32, help="decode steps per measurement")
     parser.add_argument("--prefill", type=int, default=512)
