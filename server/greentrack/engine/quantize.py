@@ -77,7 +77,8 @@ class DensePages:
         """Unmap the range's pages from this process (``MADV_DONTNEED``): they stay in the page cache, unchanged
         (the mapping is private and never written), and the next prefill maps them back in, 2 MiB at a time
         where the page cache holds them as huge folios (docs/benchmarks.md: no slower than resident weights)."""
-        self.mapping.madvise(mmap.MADV_DONTNEED, self.offset, self.length)
+        with suppress(AttributeError, OSError):  # no madvise (Windows): the pages stay mapped, as resident weights
+            self.mapping.madvise(mmap.MADV_DONTNEED, self.offset, self.length)
 
 
 class DenseFile:
