@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "script": "bench/fit_interval_model.py " + " ".join(p.name for p in args.recordings),
         "sampler": "NVML energy counter read every 20 ms (always on in the recording; on demand: the same reads "
                    "around work)",
-        "truth": "steady power of ≥ 2.5 s windows of identical phases × the phase's duration",
+        "truth": "steady power of ≥ 2.5 s windows of identical phases × the phase's duration; decodes, where the "
+                 "recording has it, from windows of their own request shape (decode/after/N)",
         "note": "relative error = truth / figure − 1; decode pieces cut from real decodes (bench/interval_data.py)",
     })
     args.out.write_text(json.dumps(model.to_dict(), indent=1) + "\n")

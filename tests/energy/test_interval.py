@@ -159,3 +159,21 @@ def test_sum_is_linear_and_keeps_a_common_coverage() -> None:
     mixed = sum_intervals([a, Interval(1.0, 3.0, None, "worst-case bound")])
     assert mixed is not None and mixed.coverage is None and mixed.low_j == 10.0
     assert sum_intervals([]) is None
+
+
+def test_shipped_model_on_the_recorded_h200_run_with_shaped_decode_truth() -> None:
+    """The H200 run of 2026-11-26 (120 completions; decode truth from windows of the workload's own request
+    shape): the 90 % interval covers 85–95 % of completions ≥ 100 ms with a median half-width ≤ 20 %, and the
+    calibrated decode is within ±10 % of that truth (docs/benchmarks.md)."""
+    model = shipped_model()
+    assert model is not None and "H200" in model.provenance["device"]
+    rec = load_recording(json.loads((DATA / "h200_mixed.json").read_text()))
+    assert {"decode/after/128", "decode/after/1024", "decode/after/4096"} <= set(rec.truth)
+    for calibrated in (False, True):
+        all_cases = cases(rec, calibrated=calibrated, derived=False)
+        long = summarize([(c, interval_of(c, model, calibrated)) for c in all_cases if c.kind == "completion"],
+                         min_s=0.1)
+        assert long["n"] >= 100 and 0.85 <= long["coverage"] <= 0.95, long
+        assert long["median_half_width_pct"] <= 20.0 < long["median_bound_half_width_pct"], long
+    accuracy = phase_accuracy(cases(rec, calibrated=True, derived=False))
+    assert abs(accuracy["decode"]["mean_error_pct"]) <= 10.0, accuracy
