@@ -7,6 +7,7 @@ one that burns CPU per read like NVML's ~3 ms call. The thread's CPU time is rea
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import time
 
@@ -16,7 +17,7 @@ from tests.energy.fakes import ProfileBuilder, ReplayCounter
 from greentrack.energy.counter import Counter
 from greentrack.energy.monitor import EnergyMonitor
 from greentrack.energy.sampler import Sampler
-from greentrack.energy.types import PhaseSpan
+from greentrack.energy.types import CounterSample, PhaseSpan
 
 
 class BusyReadCounter(Counter):
@@ -204,3 +205,17 @@ def test_monitor_work_context_and_cost() -> None:
         assert cost["always_on_core_pct"] == pytest.approx(100 * 0.001 / 0.02)
         described = monitor.describe()
         assert isinstance(described["cost"], dict) and described["cost"]["reads"] == monitor.sampler.reads
+
+
+def test_samples_between_is_the_window_with_its_margins() -> None:
+    """The walk back from the newest read returns exactly the bisect window: ``margin`` reads before the start,
+    every read inside, ``margin`` after the end (also for a start before the ring and an end past it)."""
+    sampler = Sampler(BusyReadCounter(0.0), period_s=0.02)  # never started: the ring is filled by hand
+    ring = [CounterSample(0.02 * i, 0.5 * i, 0.0) for i in range(200)]
+    sampler._ring.extend(ring)
+    ts = [s.t_s for s in ring]
+    for start_s, end_s, margin in ((1.0, 2.0, 2), (1.005, 1.995, 2), (-5.0, 1.0, 2), (3.5, 99.0, 3), (3.9, 3.95, 0),
+                                   (9.0, 10.0, 2)):
+        lo = max(0, bisect.bisect_left(ts, start_s) - margin)
+        hi = min(len(ring), bisect.bisect_right(ts, end_s) + margin)
+        assert sampler.samples_between(start_s, end_s, margin=margin) == ring[lo:hi], (start_s, end_s, margin)
