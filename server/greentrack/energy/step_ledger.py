@@ -108,6 +108,7 @@ class StepLedger:
         deadline = time.monotonic() + timeout_s
         sampler = self.monitor.sampler
         assert sampler is not None
+        waited_s = -math.inf  # when the last wait began: a step after the target already in hand, wait for new
         while True:
             with self._lock:
                 self._advance()
@@ -126,7 +127,11 @@ class StepLedger:
                 break
             if not known and now - self._steps_until_s > 1.0 and not self._busy:
                 return None  # the engine never reported it (steps not recorded for it)
-            sampler.wait_for_step_after(target_s, min(deadline, now + 0.05))
+            # The counter already stepped after the request's last step but the figure is not final yet (the
+            # engine is busy and later steps are still coming in): wait for the next step, never spin. Spinning
+            # here held the GIL and the ledger's lock from the engine thread (py-spy, H200, 64 developers).
+            sampler.wait_for_step_after(target_s if target_s > waited_s else now, min(deadline, now + 0.05))
+            waited_s = now
             if sampler.error is not None or not sampler.running:
                 time.sleep(0.01)
         with self._lock:
