@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import queue
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -114,6 +115,39 @@ def inline_params(uri: str, line: int, character: int) -> types.InlineCompletion
         position=types.Position(line=line, character=character),
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
     )
+
+
+def collected(client: LanguageClient) -> Collected:
+    """What ``start_session`` collected for ``client`` (the fixtures keep it as ``client.greentrack``)."""
+    return client.greentrack  # type: ignore[attr-defined,no-any-return]
+
+
+def stored_row(db: Path, completion_id: str) -> dict[str, Any]:
+    """The completion's row in the server's SQLite file (asserts that it was stored)."""
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        found = conn.execute("select * from completions where completion_id = ?", (completion_id,)).fetchone()
+    assert found is not None, f"completion {completion_id} was not stored"
+    return dict(found)
+
+
+def configure(client: LanguageClient, settings: dict[str, Any]) -> None:
+    """Send ``settings`` as the ``greentrack`` section of ``workspace/didChangeConfiguration``."""
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"greentrack": settings}))
+
+
+def warnings(client: LanguageClient, containing: str = "") -> list[str]:
+    """The warning messages the server showed so far (those containing ``containing``)."""
+    return [m.message for m in client.messages if m.type == types.MessageType.Warning and containing in m.message]
+
+
+async def wait_for_warnings(client: LanguageClient, count: int, containing: str = "",
+                            timeout_s: float = 10.0) -> list[str]:
+    """``warnings(client, containing)`` once there are ``count`` of them, or at ``timeout_s``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while len(warnings(client, containing)) < count and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    return warnings(client, containing)
 
 
 def frame(payload: bytes) -> bytes:

@@ -17,7 +17,7 @@ import pytest
 import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient
-from tests.lsp.support import Collected, inline_params, make_config, open_document, start_session
+from tests.lsp.support import collected, inline_params, make_config, open_document, start_session
 
 from greentrack.record import ENERGY_FIELDS
 
@@ -47,10 +47,6 @@ async def client(lsp_client: LanguageClient) -> Any:
     lsp_client.greentrack = await start_session(lsp_client, {"maxTokens": 48})  # type: ignore[attr-defined]
     yield
     await lsp_client.shutdown_session()
-
-
-def collected(client: LanguageClient) -> Collected:
-    return client.greentrack  # type: ignore[attr-defined,no-any-return]
 
 
 async def test_capabilities_advertised(client: LanguageClient) -> None:

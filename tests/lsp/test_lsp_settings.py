@@ -5,17 +5,24 @@ message naming it and its accepted values, keeps its last good value, and never 
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_lsp
-from lsprotocol import types
 from pytest_lsp import LanguageClient
-from tests.lsp.support import Collected, inline_params, make_config, open_document, start_session
+from tests.lsp.support import (
+    collected,
+    configure,
+    inline_params,
+    make_config,
+    open_document,
+    start_session,
+    stored_row,
+    wait_for_warnings,
+    warnings,
+)
 
 from greentrack.carbon import intensity_for_country
 
@@ -35,18 +42,6 @@ async def client(lsp_client: LanguageClient) -> Any:
     await lsp_client.shutdown_session()
 
 
-def collected(client: LanguageClient) -> Collected:
-    return client.greentrack  # type: ignore[attr-defined,no-any-return]
-
-
-def row(completion_id: str) -> dict[str, Any]:
-    with sqlite3.connect(DB) as conn:
-        conn.row_factory = sqlite3.Row
-        found = conn.execute("select * from completions where completion_id = ?", (completion_id,)).fetchone()
-    assert found is not None, f"completion {completion_id} was not stored"
-    return dict(found)
-
-
 async def complete_and_log(client: LanguageClient, name: str) -> dict[str, Any]:
     """One completion; returns its ``greentrack/energy`` notification once its row is in the database."""
     uri = f"file:///work/{name}.py"
@@ -59,30 +54,15 @@ async def complete_and_log(client: LanguageClient, name: str) -> dict[str, Any]:
     energy: dict[str, Any] = await found.wait_for(
         lambda: next((e for e in found.energy if e["completion_id"] == completion_id), None)
     )
-    assert row(completion_id)["total_j"] == energy["total_j"]
+    assert stored_row(DB, completion_id)["total_j"] == energy["total_j"]
     return energy
-
-
-def warnings(client: LanguageClient) -> list[str]:
-    return [m.message for m in client.messages if m.type == types.MessageType.Warning]
-
-
-async def wait_for_warnings(client: LanguageClient, count: int, timeout_s: float = 10.0) -> list[str]:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while len(warnings(client)) < count and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.05)
-    return warnings(client)
-
-
-def configure(client: LanguageClient, settings: dict[str, Any]) -> None:
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"greentrack": settings}))
 
 
 async def test_country_code_for_carbon_intensity_is_resolved(client: LanguageClient) -> None:
     energy = await complete_and_log(client, "country")
     expected_g = energy["total_j"] / 3.6e6 * intensity_for_country("FRA")
     assert energy["co2e_g"] == pytest.approx(expected_g, rel=1e-9)
-    assert row(energy["completion_id"])["co2e_g"] == pytest.approx(expected_g, rel=1e-9)
+    assert stored_row(DB, energy["completion_id"])["co2e_g"] == pytest.approx(expected_g, rel=1e-9)
     assert not any("carbonIntensity" in m for m in warnings(client))
 
 

@@ -7,17 +7,23 @@ cache, 0 J — and off again; a bad value gets one message naming the setting an
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_lsp
-from lsprotocol import types
 from pytest_lsp import LanguageClient
-from tests.lsp.support import Collected, inline_params, make_config, open_document, start_session
+from tests.lsp.support import (
+    collected,
+    configure,
+    inline_params,
+    make_config,
+    open_document,
+    start_session,
+    stored_row,
+    wait_for_warnings,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -32,18 +38,6 @@ async def client(lsp_client: LanguageClient) -> Any:
     await lsp_client.shutdown_session()
 
 
-def collected(client: LanguageClient) -> Collected:
-    return client.greentrack  # type: ignore[attr-defined,no-any-return]
-
-
-def stored(completion_id: str) -> dict[str, Any]:
-    with sqlite3.connect(DB) as conn:
-        conn.row_factory = sqlite3.Row
-        found = conn.execute("select * from completions where completion_id = ?", (completion_id,)).fetchone()
-    assert found is not None, f"completion {completion_id} was not stored"
-    return dict(found)
-
-
 async def ask(client: LanguageClient, uri: str) -> tuple[str, dict[str, Any]]:
     """One inline completion at the end of ``CODE``: (its text, its ``greentrack/energy`` notification)."""
     items = await client.text_document_inline_completion_async(inline_params(uri, 1, len("    return ")))
@@ -54,7 +48,7 @@ async def ask(client: LanguageClient, uri: str) -> tuple[str, dict[str, Any]]:
     energy: dict[str, Any] = await found.wait_for(
         lambda: next((e for e in found.energy if e["completion_id"] == completion_id), None)
     )
-    assert stored(completion_id)["outcome"] == energy["outcome"]
+    assert stored_row(DB, completion_id)["outcome"] == energy["outcome"]
     text = items[0].insert_text
     assert isinstance(text, str) and text
     return text, energy
@@ -69,10 +63,6 @@ async def ask_twice(client: LanguageClient, name: str) -> tuple[dict[str, Any], 
     assert second_text == first_text  # the same suggestion, whether from the model or the cache
     assert (first["outcome"], first["meter"]) != ("cached", "cache") and first["completion_tokens"] > 0
     return first, second
-
-
-def configure(client: LanguageClient, settings: dict[str, Any]) -> None:
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"greentrack": settings}))
 
 
 def assert_from_the_model(energy: dict[str, Any]) -> None:
@@ -100,15 +90,8 @@ async def test_the_setting_turns_it_on(client: LanguageClient) -> None:
 
 
 async def test_a_bad_value_gets_one_message_and_keeps_it_on(client: LanguageClient) -> None:
-    def warnings() -> list[str]:
-        return [m.message for m in client.messages
-                if m.type == types.MessageType.Warning and "greentrack.suggestionCache" in m.message]
-
     configure(client, {"suggestionCache": "maybe"})
-    deadline = asyncio.get_running_loop().time() + 10.0
-    while not warnings() and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.05)
-    (message,) = warnings()
+    (message,) = await wait_for_warnings(client, 1, "greentrack.suggestionCache")
     assert "'maybe' is not accepted" in message and "true or false" in message and "Keeping True" in message
     first, second = await ask_twice(client, "bad_value")
     assert_from_the_cache(second, first)
