@@ -19,6 +19,7 @@ from greentrack.bench.script import (
     default_paths,
     keystroke_delay_s,
     keystroke_length,
+    line_budget_tokens,
 )
 
 UPCOMING = "return a + b\n    x = 1\n"
@@ -122,3 +123,14 @@ def test_the_default_sample_is_the_standard_library_picked_by_seed() -> None:
     assert len(paths) == 3 and paths == default_paths(3, seed=0)
     assert all(isinstance(p, Path) and p.is_file() and p.suffix == ".py" for p in paths)
     assert paths != default_paths(3, seed=1)
+
+
+@pytest.mark.parametrize(("upcoming", "cap", "budget"), [
+    ("2 * math.pi * self.radius\n    def area", 64, 9),  # the rest of the line: 25 characters / 3.5, + the newline
+    ("\n\n    return total\n", 64, 5),  # at a line end: the next line with something on it
+    ("x\n", 64, 2),
+    ("", 64, 1),  # nothing left: one token
+    ("a" * 1000, 16, 16),  # never past the cap
+])
+def test_line_budget_is_the_next_lines_tokens(upcoming: str, cap: int, budget: int) -> None:
+    assert line_budget_tokens(upcoming, cap) == budget

@@ -17,6 +17,7 @@ where the developer pauses does not depend on the configuration or the model.
 
 from __future__ import annotations
 
+import math
 import random
 import sysconfig
 import zlib
@@ -49,6 +50,9 @@ DEFAULT_CHARS = 200
 DEFAULT_SIZE_RANGE = (8_000, 40_000)
 #: How much of the file after the typed part a segment keeps to judge the last suggestion (characters).
 AFTER_CHARS = 400
+#: Characters per token of Python source, for ``line_budget_tokens``: SmolLM2's tokenizer on the non-blank lines of
+#: six standard-library modules (4 963 lines) gives 3.47 characters and 9.7 tokens a line (docs/benchmarks.md).
+CHARS_PER_TOKEN = 3.5
 
 
 def default_paths(count: int = DEFAULT_FILES, seed: int = 0) -> list[Path]:
@@ -141,6 +145,21 @@ def keystroke_delay_s(segment: Segment, position: int, seed: int) -> float:
     elif at_token_boundary(segment.typed, position) and rng.random() < MID_LINE_PAUSE_SHARE:
         delay += rng.uniform(*MID_LINE_PAUSE_S)
     return delay
+
+
+def line_budget_tokens(upcoming: str, cap: int) -> int:
+    """The token budget of ``--budget line``: what a model that suggests the developer's next line and stops at its
+    end would generate — the rest of the current line, or the next line with something on it when the cursor is at
+    the end of one — at ``CHARS_PER_TOKEN``, plus one for the newline; at least 1, at most ``cap``.
+
+    For models that cannot stop there: the random-weight models of a real model's shape that GPU benchmarks use
+    (weights cannot be downloaded here) run every request to the budget, so a fixed budget would time 64-token
+    babbles where a real model writes one line (Fernandez et al.: median ~8 output tokens on code completion).
+    """
+    line = upcoming.split("\n", 1)[0]
+    if not line.strip():
+        line = next((rest for rest in upcoming.split("\n")[1:] if rest.strip()), "")
+    return max(1, min(cap, math.ceil(len(line.strip()) / CHARS_PER_TOKEN) + 1))
 
 
 def accepted_length(suggestion: str, upcoming: str) -> int:
