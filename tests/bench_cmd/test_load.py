@@ -95,14 +95,16 @@ def test_two_developers_type_against_a_real_server(tmp_path: Path) -> None:
     try:
         run = subprocess.run(
             [sys.executable, "bench/load.py", "--server", server.url, "--mint-db", str(server.db), "--levels", "2:6",
-             "--max-tokens", "4", "--record-wait", "5", "--out", str(out)],
+             "--max-tokens", "4", "--budget", "line", "--record-wait", "5", "--out", str(out)],
             capture_output=True, text=True, timeout=240,
         )
     finally:
         server.terminate()
     assert run.returncode == 0, run.stderr[-3000:] + server.log()[-3000:]
     assert run.stdout.splitlines()[0].startswith("| N |")
-    [level] = json.loads(out.read_text())["levels"]
+    result = json.loads(out.read_text())
+    assert result["settings"]["budget"] == "line" and result["settings"]["max_tokens"] == 4
+    [level] = result["levels"]
     assert level["developers"] == 2 and level["keystrokes"] >= 20 and level["errors"] == 0
     assert level["requests_sent"] >= 1 and level["records"] >= 1 and level["energy_j"] > 0
     assert level["idle_energy_j"] is not None  # /metrics was read with the minted administrator token

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.bench.load_stats import RequestLog, markdown_table, parse_prometheus, summarize_level
-from greentrack.bench.script import Segment, accepted_length, default_paths, keystroke_delay_s
+from greentrack.bench.script import Segment, accepted_length, default_paths, keystroke_delay_s, line_budget_tokens
 
 #: Developers start typing spread over this long (s), so that N developers do not all press a key at once.
 STAGGER_S = 2.0
@@ -122,6 +122,7 @@ class LoadOptions:
     admin_token: str | None = None
     debounce_ms: int = 150
     max_tokens: int | None = None
+    budget: str = "fixed"  # or "line": each request's budget is the developer's next line (script.line_budget_tokens)
     cancel: str = "endpoint"  # or "disconnect"
     seed: int = 0
     files: list[Path] = field(default_factory=list)
@@ -175,20 +176,23 @@ class Developer:
             if send_s < next_s:
                 _sleep_until(send_s)
                 text = segment.before + typed[:position]
-                suggestion = self._request(log, document_key, text, next_s)
+                budget = (line_budget_tokens(typed[position:] + segment.after, self.options.max_tokens or 64)
+                          if self.options.budget == "line" else self.options.max_tokens)
+                suggestion = self._request(log, document_key, text, next_s, budget)
                 if log.answered and suggestion and log.done_s <= next_s:
                     log.shown = True
                     shown = (log, suggestion)
             t_s = next_s
 
-    def _request(self, log: RequestLog, document_key: str, text: str, deadline_s: float) -> str:
-        """Send the request; cancel it at ``deadline_s`` (the next keystroke) if it has not been answered.
-        Returns the suggestion's text ("" when cancelled or failed)."""
+    def _request(self, log: RequestLog, document_key: str, text: str, deadline_s: float,
+                 max_tokens: int | None) -> str:
+        """Send the request (``max_tokens`` None: the server's budget); cancel it at ``deadline_s`` (the next
+        keystroke) if it has not been answered. Returns the suggestion's text ("" when cancelled or failed)."""
         payload: dict[str, Any] = {"text": text, "offset": len(text), "uri": document_key,
                                    "document_key": document_key, "language_id": "python",
                                    "completion_id": log.completion_id}
-        if self.options.max_tokens is not None:
-            payload["max_tokens"] = self.options.max_tokens
+        if max_tokens is not None:
+            payload["max_tokens"] = max_tokens
         holder: dict[str, http.client.HTTPConnection] = {}
         finished = threading.Event()
 
@@ -441,7 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--admin-token", default=os.environ.get("GREENTRACK_ADMIN_TOKEN"),
                         help="token of an administrator, to read /metrics (default $GREENTRACK_ADMIN_TOKEN)")
     parser.add_argument("--debounce-ms", type=int, default=150)
-    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--max-tokens", type=int, help="token budget (default: the server's; with --budget line, "
+                        "the cap, default 64)")
+    parser.add_argument("--budget", choices=("fixed", "line"), default="fixed",
+                        help="line: each request's budget is the developer's next line, for models that never stop "
+                        "at a line end (random weights; script.line_budget_tokens)")
     parser.add_argument("--cancel", choices=("endpoint", "disconnect"), default="endpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--files", type=Path, nargs="*", help="files to re-type (default: 16 stdlib modules)")
@@ -460,13 +468,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokens, minted_admin = mint_tokens(args.mint_db, most)
         admin = admin or minted_admin
     options = LoadOptions(url=args.server, tokens=tokens, admin_token=admin, debounce_ms=args.debounce_ms,
-                          max_tokens=args.max_tokens, cancel=args.cancel, seed=args.seed, files=list(args.files or []),
+                          max_tokens=args.max_tokens, budget=args.budget, cancel=args.cancel, seed=args.seed,
+                          files=list(args.files or []),
                           record_wait_s=args.record_wait,
                           gpus=[int(g) for g in args.gpus.split(",")] if args.gpus else None)
     run = LoadRun(options)
     result: dict[str, Any] = {"meta": machine_meta(list(argv) if argv is not None else sys.argv[1:]),
                               "settings": {"debounce_ms": args.debounce_ms, "cancel": args.cancel, "seed": args.seed,
-                                           "max_tokens": args.max_tokens, "gpu_probe": run.probe.source,
+                                           "max_tokens": args.max_tokens, "budget": args.budget,
+                                           "gpu_probe": run.probe.source,
                                            "files": [str(p) for p in run.files]},
                               "levels": []}
     for n, duration_s in levels:
