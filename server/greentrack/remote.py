@@ -205,8 +205,10 @@ _STORED_FIELDS = tuple(f.name for f in fields(CompletionRecord) if is_stored(f))
 
 def record_from_view(view: Mapping[str, Any], *, served_by: str, text: str | None = None) -> CompletionRecord:
     """The server's record of a completion (``GET /v1/greentrack/completions/{id}``) as a row of the local database,
-    marked ``served_by`` the server. Its figures and ``developer`` are the server's. ``GreentrackError`` when the
-    server's record lacks a field the row needs."""
+    marked ``served_by`` the server. Its figures and ``developer`` are the server's, the engine-step figures
+    (``steps``, ``batched_steps``, ``mean_batch_size``) included, so a local report shows the batched-steps line of
+    remote completions too. A field an older server's record lacks (those, the ``interval_*`` ones) stays None.
+    ``GreentrackError`` when the server's record lacks a field the row needs."""
     values: dict[str, Any] = {name: view[name] for name in _STORED_FIELDS if name in view}
     values["accepted"] = int(bool(values.get("accepted", 0)))
     values["served_by"] = served_by

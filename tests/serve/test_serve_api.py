@@ -89,6 +89,8 @@ def test_concurrent_developers_get_their_own_rows_and_never_each_others(team: tu
             record = alice.get(f"/v1/greentrack/completions/{cid}", params={"wait": 10}).json()
             assert record["energy_final"] is True and record["developer"] == ALICE
             assert record["total_j"] >= 0 and record["method"] in ("measured", "attributed", "estimated")
+            # the engine-step figures: keys always there, null on the transformers backend (not step-attributed)
+            assert (record["steps"], record["batched_steps"], record["mean_batch_size"]) == (None, None, None)
             assert bob.get(f"/v1/greentrack/completions/{cid}").status_code == 404
             assert bob.post("/v1/greentrack/accept", json={"completion_id": cid}).status_code == 404
     rows = _rows(server.db)

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.serve.support import Server, hang_up_during, native, wait_row
 
+from greentrack.serve.models import STEP_FIELDS
 from greentrack.store import Store
 
 pytestmark = [
@@ -126,6 +127,10 @@ def test_concurrent_developers_are_batched_and_add_up_with_idle_to_the_meter(
     concurrent = [r for r in rows if r["completion_id"] in {a["completion_id"] for a in answers.values()}]
     assert len(concurrent) == len(DEVELOPERS)
     assert sum(1 for r in concurrent if r["batched_steps"] > 0) >= 2, concurrent
+    # the HTTP record carries the same step figures (a remote editor mirrors them into its own database)
+    for row in concurrent:
+        record = records[row["developer"]]
+        assert {name: record[name] for name in STEP_FIELDS} == {name: row[name] for name in STEP_FIELDS}, record
     with Store(server.db) as store:
         idle = [{"energy_j": e, "meter": m} for e, m in store.conn.execute("SELECT energy_j, meter FROM idle_energy")]
     assert idle and all(r["meter"].endswith("/steps") for r in idle)

@@ -227,12 +227,18 @@ def openai_chunk(
     return chunk
 
 
+#: The per-completion engine-step figures (schema v6) the record carries besides the ``greentrack/energy`` fields:
+#: null where the completion was not attributed by engine step (the transformers backend, a cached suggestion).
+STEP_FIELDS: tuple[str, ...] = ("steps", "batched_steps", "mean_batch_size")
+
+
 def record_view(row: dict[str, Any]) -> dict[str, Any]:
     """A stored completion (a record's fields or a store row) as ``GET /v1/greentrack/completions/{id}``
-    returns it: the ``greentrack/energy`` fields plus ``ts``, ``developer`` and acceptance."""
+    returns it: the ``greentrack/energy`` fields plus the engine-step figures, ``ts``, ``developer`` and
+    acceptance. A remote editor mirrors it into its own database (``remote.record_from_view``)."""
     from greentrack.record import ENERGY_FIELDS
 
-    out = {name: row.get(name) for name in ENERGY_FIELDS}
+    out = {name: row.get(name) for name in (*ENERGY_FIELDS, *STEP_FIELDS)}
     out.update(
         ts=row.get("ts"), developer=row.get("developer"), accepted=bool(row.get("accepted")),
         accepted_ts=row.get("accepted_ts"), energy_final=True,
