@@ -52,6 +52,7 @@ def test_health_needs_no_token_but_everything_else_does(team: tuple[Server, dict
     with server.client() as anonymous:
         health = anonymous.get("/health")
         assert health.status_code == 200 and health.json()["model"] == "embedded"
+        assert health.json()["suggestion_cache"] is True  # on by default (--no-suggestion-cache: see its tests)
         for method, path in (("GET", "/v1/models"), ("POST", "/v1/completions"), ("GET", "/metrics"),
                              ("GET", "/v1/greentrack/report"), ("POST", "/v1/greentrack/complete")):
             response = anonymous.request(method, path, json={})

@@ -1,6 +1,6 @@
 """``greentrack serve --suggestion-cache/--no-suggestion-cache`` on a real server (embedded model, real SQLite file):
 the same request asked twice reaches the model twice when off, and is served from the cache (0 J) when on. The
-option wins over ``GREENTRACK_SUGGESTION_CACHE``."""
+option wins over ``GREENTRACK_SUGGESTION_CACHE``, and ``GET /health`` says which (``suggestion_cache``)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def twice(option: str, environment: str, db: Path) -> tuple[dict[str, Any], dict
     server.start()
     try:
         with server.client() as client:
+            assert client.get("/health").json()["suggestion_cache"] is (option == "--suggestion-cache")
             answers = [client.post("/v1/greentrack/complete", json=native(CODE, uri="file:///add.py")).json()
                        for _ in range(2)]
         assert answers[0]["text"] and answers[1]["text"] == answers[0]["text"], (answers, server.log()[-2000:])

@@ -178,6 +178,8 @@ def _add_service_state_routes(app: FastAPI, service: CompletionService) -> None:
             "device": service.pipeline.backend.device, "meter": monitor.meter_name, "method": monitor.method,
             "queue_depth": service.scheduler.depth, "running": service.scheduler.running,
             "slots": service.scheduler.slots,
+            # --suggestion-cache/--no-suggestion-cache as the pipeline runs it (Pipeline.use_suggestion_cache)
+            "suggestion_cache": service.pipeline.suggestion_cache is not None,
         }
         return JSONResponse(body, 503 if problem else 200)
 
