@@ -8,7 +8,13 @@ The pipeline is driven rather than the language server over stdio: six configura
 and interleave keystroke by keystroke, and the replay can skip idle time (``replay``); ``Pipeline.run`` /
 ``finalize_later`` / ``accept`` are exactly what the language server calls, and the debounce and cancellation are
 reproduced as it does them. ``--server URL`` replays the same typing against ``greentrack serve`` instead, as one
-configuration (the server's own settings), debounced client-side.
+configuration (the server's own settings, its suggestion cache as its ``GET /health`` says), debounced client-side.
+
+``--budget fixed`` (the default) gives every request the same token budget (``--max-tokens``, else the settings';
+against ``--server``, the server's own). ``--budget line`` gives each request the tokens of what the developer types
+next from its position (``script.line_budget_tokens``, at most ``--max-tokens``/the settings'; sent to the server as
+the request's ``max_tokens``): for random-weight models of a real model's shape, which never stop at a line end and
+would run every request to the fixed budget. The mode is the JSON's ``meta.budget`` (docs/interfaces.md).
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from greentrack.errors import UsageError
 
 if TYPE_CHECKING:
     from greentrack.engine.loading import LoadedModel
+
+#: ``--budget``: the same token budget for every request, or the developer's next line (``replay``).
+BUDGETS = ("fixed", "line")
 
 
 def open_pipeline_targets(settings: Settings, configs: list[Config], db_path: Path) -> list[PipelineTarget]:
@@ -80,6 +89,19 @@ def open_pipeline_targets(settings: Settings, configs: list[Config], db_path: Pa
     return targets
 
 
+def open_server_target(url: str, token: str | None, debounce_ms: int,
+                       meta: dict[str, Any]) -> tuple[HttpTarget, Config]:
+    """``--server``: the target (token: ``--token``, else ``$GREENTRACK_TOKEN``) and its one configuration, with
+    the server's suggestion cache as its ``GET /health`` says; adds the server's figures to ``meta``. An older server
+    whose ``/health`` does not say is counted as on (its default) and marked unknown: ``server_suggestion_cache``
+    null."""
+    target = HttpTarget(url, token if token is not None else os.environ.get("GREENTRACK_TOKEN"))
+    cache = target.suggestion_cache()
+    meta.update(model=f"greentrack serve at {url}", device="server", meter="the server's",
+                server_suggestion_cache=cache)
+    return target, Config("server", debounce_ms, True, True, True if cache is None else cache, model=None)
+
+
 def machine_meta(argv: list[str]) -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     cpu = ""
@@ -97,15 +119,18 @@ def machine_meta(argv: list[str]) -> dict[str, Any]:
 
 def run_bench(
     segments: list[Segment], configs: list[Config], targets: list[Target], seed: int, *, progress: bool,
+    line_budget_cap: int | None = None,
 ) -> list[ConfigRun]:
-    """Replay ``segments`` on every target, interleaved, with a progress bar on stderr; then collect the records."""
+    """Replay ``segments`` on every target, interleaved, with a progress bar on stderr; then collect the records.
+    ``line_budget_cap``: None, the targets' fixed budget; else ``--budget line`` capped at this (``replay``)."""
     runs = [ConfigRun(config) for config in configs]
     total = sum(len(s.typed) for s in segments) * len(configs)
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TextColumn("characters"),
                   TimeElapsedColumn(), console=console, disable=not progress, transient=True) as bar:
         task = bar.add_task("typing", total=total)
-        replays = [replay(target, run, segments, seed, on_chars=lambda n: bar.advance(task, n))
+        replays = [replay(target, run, segments, seed, on_chars=lambda n: bar.advance(task, n),
+                          line_budget_cap=line_budget_cap)
                    for target, run in zip(targets, runs, strict=True)]
         interleave(replays)
     for target, run in zip(targets, runs, strict=True):
@@ -145,7 +170,11 @@ def bench(
     debounce_ms: Annotated[int | None, typer.Option(
         "--debounce-ms", min=1, max=5000, help="The debounce of configurations that debounce (default: settings').",
     )] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, max=1024, help="Token budget.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        "--max-tokens", min=1, max=1024, help="Token budget (with --budget line: its cap).")] = None,
+    budget: Annotated[str, typer.Option(
+        "--budget", help="fixed: every request the same budget; line: each request the tokens of the developer's "
+                         "next line, at most --max-tokens (for models that never stop at a line end).")] = "fixed",
     context_tokens: Annotated[int | None, typer.Option(
         "--context-tokens", min=64, max=32768, help="Prompt window in tokens.")] = None,
     server: Annotated[str | None, typer.Option(
@@ -166,12 +195,11 @@ def bench(
     settings = Settings.from_env(model=model, device=device).updated(max_tokens=max_tokens,
                                                                        context_tokens=context_tokens)
     debounce = debounce_ms if debounce_ms is not None else settings.debounce_ms
-    chosen = ([Config("server", debounce, True, True, True, model=None)] if server
-              else parse_configs(configs, debounce, compare_model))
+    chosen = [] if server else parse_configs(configs, debounce, compare_model)  # --server: its own, read below
+    if budget not in BUDGETS:
+        raise UsageError(f"--budget must be {' or '.join(BUDGETS)}, not {budget!r}")
     if server and (configs or compare_model):
         raise UsageError("--server runs the server's own configuration: --configs and --compare-model do not apply")
-    if server and token is None:
-        token = os.environ.get("GREENTRACK_TOKEN")
     missing = [p for p in (paths or []) if not p.is_file()]
     if missing:
         raise UsageError(f"no such file: {missing[0]}")
@@ -179,12 +207,12 @@ def bench(
     segments = [Segment.from_file(p, chars, seed) for p in sources]
     meta = machine_meta(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     meta.update(seed=seed, files=[str(p) for p in sources], chars_per_file=chars, max_tokens=settings.max_tokens,
-                context_tokens=settings.context_tokens, debounce_ms=debounce)
+                budget=budget, context_tokens=settings.context_tokens, debounce_ms=debounce)
     targets: list[Target]
     temporary: tempfile.TemporaryDirectory[str] | None = None
     if server:
-        targets = [HttpTarget(server, token)]
-        meta.update(model=f"greentrack serve at {server}", device="server", meter="the server's")
+        http_target, server_config = open_server_target(server, token, debounce, meta)
+        chosen, targets = [server_config], [http_target]
     else:
         if db is None:
             temporary = tempfile.TemporaryDirectory(prefix="greentrack-bench-")
@@ -197,7 +225,8 @@ def bench(
                     meter=first.monitor.meter_name, method=first.monitor.method, db=str(db) if db else None)
         targets = list(pipeline_targets)
     try:
-        runs = run_bench(segments, chosen, targets, seed, progress=sys.stderr.isatty())
+        runs = run_bench(segments, chosen, targets, seed, progress=sys.stderr.isatty(),
+                         line_budget_cap=settings.max_tokens if budget == "line" else None)
     finally:
         for target in targets:
             target.close()

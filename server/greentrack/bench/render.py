@@ -90,9 +90,14 @@ def goal_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def budget_note(meta: dict[str, Any]) -> str:
+    """``, token budget: the next line (≤ 64)`` under ``--budget line``; nothing for the fixed budget."""
+    return f", token budget: the next line (≤ {meta.get('max_tokens')})" if meta.get("budget") == "line" else ""
+
+
 def rich_table(summary: dict[str, Any]) -> Table:
     meta = summary["meta"]
-    table = Table(title=f"greentrack bench — {meta.get('model', '')} on {meta.get('device', '')}",
+    table = Table(title=f"greentrack bench — {meta.get('model', '')} on {meta.get('device', '')}{budget_note(meta)}",
                   caption="\n".join([method_line(summary), *acceptance_lines(summary), *finding_lines(summary),
                                       *goal_lines(summary)]),
                   caption_justify="left")
@@ -190,7 +195,8 @@ def render_html(summary: dict[str, Any]) -> str:
     goal = (naive["j_per_accepted"]["value_j"] * 0.10) if naive and naive["j_per_accepted"] else None
     title = "greentrack bench"
     body = [f"<h1>{escape(title)}</h1>",
-            f'<p class="sub">{escape(str(meta.get("model", "")))} on {escape(str(meta.get("device", "")))}, '
+            f'<p class="sub">{escape(str(meta.get("model", "")))} on {escape(str(meta.get("device", "")))}'
+            f'{escape(budget_note(meta))}, '
             f'{escape(str(meta.get("date", "")))}; {escape(str(meta.get("command", "")))}</p>',
             _html_table(COLUMNS, table_rows(summary)),
             f"<p>{escape(method_line(summary))}</p>",

@@ -6,6 +6,11 @@ own path: ``Pipeline.run`` with its suggestion cache, then ``Pipeline.finalize_l
 ``HttpTarget`` asks a running ``greentrack serve`` (``POST /v1/greentrack/complete``, ``…/cancel``, ``…/accept``,
 the record's long-poll).
 
+Token budget (``greentrack bench --budget``): ``fixed``, every request gets the target's own budget (the settings'
+``max_tokens``; for ``HttpTarget`` the server's); ``line``, each request asks for the tokens of what the developer
+types next from its position (``script.line_budget_tokens``, capped by the settings' ``max_tokens``), for
+random-weight models that never stop at a line end.
+
 Timing, as the language server does it (``lsp/server.py``): every keystroke sends a request; the server waits the
 debounce; a newer keystroke cancels the request before it (superseded while waiting or queued: it never reaches the
 model; generating: stopped within one decode step, its energy still logged as ``cancelled``); one generation at a
@@ -30,7 +35,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from greentrack.bench.script import Segment, accepted_length, keystroke_delay_s, keystroke_length
+from greentrack.bench.script import Segment, accepted_length, keystroke_delay_s, keystroke_length, line_budget_tokens
 from greentrack.engine.types import CancelToken, CompletionRequest
 from greentrack.errors import GreentrackError
 
@@ -89,7 +94,9 @@ class Target(Protocol):
     """What answers the replay's requests for one configuration."""
 
     def complete(self, completion_id: str, document_key: str, text: str, offset: int,
-                 cancel_after_s: float) -> Served: ...
+                 cancel_after_s: float, max_tokens: int | None = None) -> Served:
+        """One request; ``max_tokens`` None: the target's own budget."""
+        ...
 
     def accept(self, completion_id: str) -> None: ...
 
@@ -111,12 +118,13 @@ class PipelineTarget:
         self._futures: list[Future[CompletionRecord]] = []
 
     def complete(self, completion_id: str, document_key: str, text: str, offset: int,
-                 cancel_after_s: float) -> Served:
+                 cancel_after_s: float, max_tokens: int | None = None) -> Served:
         from greentrack.pipeline import RequestContext
 
         token = CancelToken()
         timer = threading.Timer(max(0.0, cancel_after_s), token.cancel)  # the next keystroke supersedes it
-        request = CompletionRequest(completion_id, document_key, text, offset, "python", self.max_tokens,
+        budget = self.max_tokens if max_tokens is None else max_tokens
+        request = CompletionRequest(completion_id, document_key, text, offset, "python", budget,
                                     self.max_time_s, self.context_tokens)
         self.pipeline.monitor.expect_work()
         received_s = time.monotonic()
@@ -178,19 +186,21 @@ class HttpTarget:
             raise GreentrackError(f"bench: cannot reach {self.url} ({e})") from e
 
     def complete(self, completion_id: str, document_key: str, text: str, offset: int,
-                 cancel_after_s: float) -> Served:
+                 cancel_after_s: float, max_tokens: int | None = None) -> Served:
+        """``max_tokens`` None: the server's own budget (the body has no ``max_tokens``)."""
         def cancel() -> None:
             with contextlib.suppress(GreentrackError):  # it finished meanwhile: the answer says so
                 self._call("POST", "/v1/greentrack/cancel", {"completion_id": completion_id})
 
+        body: dict[str, Any] = {"text": text, "offset": offset, "uri": document_key, "language_id": "python",
+                                "completion_id": completion_id}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
         timer = threading.Timer(max(0.0, cancel_after_s), cancel)
         started_s = time.monotonic()
         timer.start()
         try:
-            answer = self._call("POST", "/v1/greentrack/complete", {
-                "text": text, "offset": offset, "uri": document_key, "language_id": "python",
-                "completion_id": completion_id,
-            }) or {}
+            answer = self._call("POST", "/v1/greentrack/complete", body) or {}
         finally:
             timer.cancel()
         duration_s = time.monotonic() - started_s
@@ -199,6 +209,12 @@ class HttpTarget:
         cancelled = bool(answer.get("cancelled"))
         return Served(completion_id, "" if cancelled else str(answer.get("text") or ""), cancelled, True, duration_s,
                       str(green.get("stop_reason") or ""), green.get("outcome") == "cached")
+
+    def suggestion_cache(self) -> bool | None:
+        """Whether the server runs its suggestion cache (``GET /health``); None when it does not say (older)."""
+        health = self._call("GET", "/health") or {}
+        on = health.get("suggestion_cache")
+        return on if isinstance(on, bool) else None
 
     def accept(self, completion_id: str) -> None:
         self._call("POST", "/v1/greentrack/accept", {"completion_id": completion_id})
@@ -238,8 +254,10 @@ class ConfigRun:
 
 
 def replay(target: Target, run: ConfigRun, segments: Sequence[Segment], seed: int,
-           on_chars: Callable[[int], None] | None = None) -> Iterator[None]:
-    """Type ``segments`` against ``target``; yields after every keystroke (the driver interleaves configurations)."""
+           on_chars: Callable[[int], None] | None = None, *, line_budget_cap: int | None = None) -> Iterator[None]:
+    """Type ``segments`` against ``target``; yields after every keystroke (the driver interleaves configurations).
+    ``line_budget_cap`` None: every request gets the target's own budget (``--budget fixed``); else each asks for
+    ``line_budget_tokens`` of what is typed next from its position, at most this many tokens (``--budget line``)."""
     debounce_s = run.config.debounce_ms / 1000.0
     for segment in segments:
         document_key = f"file:///bench/{run.config.name}/{segment.name}"
@@ -263,7 +281,9 @@ def replay(target: Target, run: ConfigRun, segments: Sequence[Segment], seed: in
                 run.superseded_before_model += 1
             else:
                 text = segment.before + upcoming[:position]
-                served = target.complete(uuid.uuid4().hex, document_key, text, len(text), next_s - start_s)
+                budget = None if line_budget_cap is None else line_budget_tokens(upcoming[position:], line_budget_cap)
+                served = target.complete(uuid.uuid4().hex, document_key, text, len(text), next_s - start_s,
+                                         max_tokens=budget)
                 end_s = start_s + served.duration_s
                 busy_until_s = end_s
                 run.stop_reasons["cached" if served.cached else (served.stop_reason or "none")] += 1
