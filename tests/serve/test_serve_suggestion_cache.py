@@ -27,6 +27,8 @@ def twice(option: str, environment: str, db: Path) -> tuple[dict[str, Any], dict
             answers = [client.post("/v1/greentrack/complete", json=native(CODE, uri="file:///add.py")).json()
                        for _ in range(2)]
         assert answers[0]["text"] and answers[1]["text"] == answers[0]["text"], (answers, server.log()[-2000:])
+        cached = option == "--suggestion-cache"  # a cache hit says so in its answer, before its record is stored
+        assert [a["greentrack"]["outcome"] == "cached" for a in answers] == [False, cached], answers
         first, second = (wait_row(server, answer["completion_id"]) for answer in answers)
     finally:
         server.kill()
