@@ -176,7 +176,10 @@ def test_the_json_has_every_figure(bench_run: dict[str, Any]) -> None:
         assert set(c["energy"]) == {"value_j", "uncertainty_j", "method", "meter"}
         assert c["energy"]["method"] in ("measured", "attributed", "estimated") and c["energy"]["value_j"] >= 0
         assert set(c["wasted"]) == {"energy_j", "share", "completions", "cancelled", "never_accepted"}
-        assert set(c["latency_ms"]) == {"p50", "p95", "n"}
+        assert set(c["latency_ms"]) == {"p50", "p95", "n", "model"}
+        cached = sum(1 for s in c["suggestions"] if s["cached"])  # the model's latencies leave the cache hits out
+        assert c["latency_ms"]["model"]["n"] == c["latency_ms"]["n"] - cached
+        assert all(s["latency_ms"] > 0 for s in c["suggestions"])
         assert set(c["tokens"]) == {"prompt", "prompt_computed", "prompt_reused", "generated"}
         assert c["keystrokes"] + c["tabs"] == c["requests"]
         assert c["completions"] == c["requests"] - c["superseded_before_model"]

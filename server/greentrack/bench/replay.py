@@ -243,6 +243,7 @@ class ConfigRun:
     shown: int = 0
     accepted_ids: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
+    latency_by_id: dict[str, float] = field(default_factory=dict)  # keystroke → suggestion, per shown completion
     stop_reasons: Counter[str] = field(default_factory=Counter)
     typed_chars: int = 0
     accepted_chars: int = 0
@@ -291,6 +292,7 @@ def replay(target: Target, run: ConfigRun, segments: Sequence[Segment], seed: in
                     shown = served
                     run.shown += 1
                     run.latencies_ms.append((end_s - key_s) * 1000.0)
+                    run.latency_by_id[served.completion_id] = (end_s - key_s) * 1000.0
             if on_chars is not None:
                 on_chars(take)
             yield
@@ -310,7 +312,7 @@ def _judge(target: Target, run: ConfigRun, segment: Segment, position: int, show
     run.shown_log.append({
         "file": segment.name, "position": position, "suggestion": shown.text,
         "next": upcoming[:max(len(shown.text), line_end if line_end >= 0 else len(upcoming))],
-        "taken": take, "cached": shown.cached,
+        "taken": take, "cached": shown.cached, "latency_ms": run.latency_by_id.get(shown.completion_id),
     })
     if take:
         target.accept(shown.completion_id)

@@ -89,12 +89,18 @@ def summarize_config(run: ConfigRun) -> dict[str, Any]:
             "never_accepted": len(wasted) - outcomes.get("cancelled", 0),
         },
         "latency_ms": {"p50": percentile(run.latencies_ms, 50), "p95": percentile(run.latencies_ms, 95),
-                       "n": len(run.latencies_ms)},
+                       "n": len(run.latencies_ms), "model": _model_latency(run)},
         "tokens": {"prompt": prompt, "prompt_computed": prompt - reused, "prompt_reused": reused,
                    "generated": generated},
         "developer_time_s": run.virtual_s,
         "suggestions": run.shown_log,
     }
+
+
+def _model_latency(run: ConfigRun) -> dict[str, float | int | None]:
+    """Keystroke → suggestion of the suggestions the model made (cache hits left out: they cost no model work)."""
+    model = [e["latency_ms"] for e in run.shown_log if not e["cached"] and e["latency_ms"] is not None]
+    return {"p50": percentile(model, 50), "p95": percentile(model, 95), "n": len(model)}
 
 
 def accepted_chars_share(run: ConfigRun) -> dict[str, Any]:
