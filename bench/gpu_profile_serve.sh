@@ -3,7 +3,8 @@
 # server answered p95 in 1.9 s while the GPU was ~12 % busy). On the device machine, after the two-call vLLM
 # install, from the repo root, with .whl/pyspy carried:
 #   source .vx/c2/install.sh && bash bench/gpu_profile_serve.sh "$OUT"
-# Starts the server (as bench/gpu_serve.sh does), drives N developers (GT_DEVS, default 64) with bench/load.py for
+# Starts the server (as bench/gpu_serve.sh does), drives N developers (GT_DEVS, default 64; GT_BUDGET=line for
+# line budgets) with bench/load.py for
 # GT_LOAD_S seconds, and meanwhile samples the server's and the load client's Python stacks with py-spy (every
 # thread, idle frames left out, engine-core subprocesses included), and their threads' CPU with top. Files in $OUT:
 # serve_log.txt, load.json, load_log.txt, pyspy_server.txt, pyspy_client.txt, top.txt, summary.txt.
@@ -25,6 +26,7 @@ start_serve $port "$out/serve_log.txt" 180 --backend vllm --device cuda --model 
   --idle-period 5 --max-num-seqs 128
 echo "server up? $(health_of $port)"
 python3 bench/load.py --server "http://127.0.0.1:$port" --mint-db "$db" --levels "$devs:$load_s" \
+  --budget "${GT_BUDGET:-fixed}" \
   --out "$out/load.json" > "$out/load_log.txt" 2>&1 &
 client=$!
 sleep 12

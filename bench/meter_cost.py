@@ -95,8 +95,10 @@ def measure(device: str, mode: str, idle_s: float, completions: int,
         cpu0, reads0 = _cpu(monitor), sampler.reads
         energy_j = 0.0
         stage_reads = {"debounce": 0, "work": 0, "cover": 0, "after": 0}
+        windows: list[tuple[float, float, float, float]] = []  # (expect, begin, end, covered) per completion
         for i in range(completions):
             r0 = sampler.reads
+            expect_s = time.monotonic()
             monitor.expect_work()
             time.sleep(0.15)  # the debounce
             r1 = sampler.reads
@@ -109,6 +111,7 @@ def measure(device: str, mode: str, idle_s: float, completions: int,
                      PhaseSpan(f"c{i}", "decode", start + 0.05, end)]
             energy_j += sum(p.energy_j for p in monitor.phase_energy(spans, timeout_s=1.0))
             r3 = sampler.reads
+            windows.append((expect_s, start, end, time.monotonic()))
             time.sleep(1.0)  # the user reads the suggestion
             for stage, n in zip(stage_reads, (r1 - r0, r2 - r1, r3 - r2, sampler.reads - r3), strict=True):
                 stage_reads[stage] += n
@@ -128,6 +131,10 @@ def measure(device: str, mode: str, idle_s: float, completions: int,
             "completion_j": energy_j / max(1, completions),
             "meter_share_of_completion_energy_pct": 100 * active_cpu_s * w_per_thread / energy_j if energy_j else None,
             "w_per_thread": w_per_thread,
+            # For replaying the read schedule offline: every read of the active part, and the completions' times.
+            "trace": {"windows": windows,
+                      "reads": [(x.t_s, x.energy_j, x.read_s) for x in sampler.samples()
+                                if windows and x.t_s >= windows[0][0] - 1.0]},
         }
 
 
@@ -148,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "device": args.device,
                                "simulated_nvml_read_ms": args.read_ms if args.simulate_nvml else None, "runs": runs}
     for r in results["runs"]:
-        print(json.dumps(r), flush=True)
+        print(json.dumps({k: v for k, v in r.items() if k != "trace"}), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "meter_cost.json").write_text(json.dumps(results, indent=1))
     return results
