@@ -11,6 +11,13 @@ change and back on the grid at the next one). A knot's bracket is the time betwe
 read after it. Polling every 20 ms gives ~23 ms brackets for five reads per step; once the grid is known, one read
 ending just before the predicted step and one starting just after it give a narrower bracket for two reads.
 
+Reads that wait for the update (measured on an idle H200, ``docs/benchmarks.md``, "The read planner on the real
+counter"): a read made while the driver updates the counter does not return until the new value is there — it takes
+~15 ms instead of ~3.4 (133 of 133 reads that saw a step, and no long read without one). Such a read tells when the
+step came (at its end) and costs ~18 ms of CPU. So a long read that saw a step is taken as the step at its end (a
+narrow bracket for the grid; the knots still use the reads' own brackets), the update's duration is learned from
+them, and the read before a window is planned to end before the update begins.
+
 Phase lock: the narrow brackets of recent steps (≤ ``narrow_s``) are projected onto one another along the grid
 (nominal period, each projection widened by the period's uncertainty per step); the reference that most of them
 agree with (≥ 2) gives the grid's window. Unlocked (at start, after a long gap, when steps drift off the grid) the
@@ -26,6 +33,10 @@ import statistics
 from collections import deque
 
 from greentrack.energy.types import CounterSample
+
+#: A read this many times longer than the recent ones' median, that saw a step, waited for the counter's update (one
+#: that starts late in the update waits less than the ~12 ms of one that starts at its beginning).
+WAITED = 1.75
 
 
 class ReadPlanner:
@@ -64,6 +75,7 @@ class ReadPlanner:
         self.min_agreeing = min_agreeing
         self._steps: deque[tuple[float, float]] = deque(maxlen=history)  # narrow step brackets (lo, hi)
         self._reads_s: deque[float] = deque([read_cost_s], maxlen=9)
+        self._updates_s: deque[float] = deque(maxlen=history)  # how long reads that waited for an update waited
         self._last: CounterSample | None = None
         self._last_step_hi: float = -math.inf  # the end of the last narrow step bracket
         self._grid: tuple[float, float] | None = None  # the locked window of the reference step
@@ -75,18 +87,23 @@ class ReadPlanner:
     def observe(self, sample: CounterSample) -> None:
         """One read, in time order (every read the sampler makes, heartbeats included)."""
         prev, self._last = self._last, sample
-        self._reads_s.append(sample.read_s)
+        usual_s = self.read_s  # before this read joins the recent ones
+        if sample.read_s <= WAITED * usual_s:
+            self._reads_s.append(sample.read_s)
         if prev is None or sample.energy_j == prev.energy_j:
             return
         lo = prev.t_s - 0.5 * prev.read_s
         hi = sample.t_s + 0.5 * sample.read_s
+        if sample.read_s > WAITED * usual_s:  # it waited for the update: the step came as it returned
+            self._updates_s.append(sample.read_s - usual_s)
+            lo = max(lo, hi - usual_s)
         if self._grid is not None and hi - lo < self.period_s and self._early(hi):  # the step came before its
             self._grid = None  # window (a wide bracket): poll until enough steps agree on a grid again
             self._steps.clear()
         if hi - lo <= self.narrow_s:  # a wide bracket (after a gap, or a step earlier than its window) says
-            self._last_step_hi = hi  # nothing of which step it was: the planner brackets the next window anyway
-            self._steps.append((lo, hi))
+            self._steps.append((lo, hi))  # nothing of which step it was: the planner brackets the next window anyway
             self._grid = self._vote()
+            self._last_step_hi = hi
 
     def _vote(self) -> tuple[float, float] | None:
         """The grid window at the newest step that agrees with it, or None (fewer than two steps agree)."""
@@ -137,8 +154,14 @@ class ReadPlanner:
 
     @property
     def read_s(self) -> float:
-        """The median duration of the recent reads."""
+        """The median duration of the recent reads that did not wait for an update."""
         return statistics.median(self._reads_s)
+
+    @property
+    def update_s(self) -> float:
+        """How long before a step the counter's update starts holding reads (0 until a read has waited for one): the
+        longest recent wait (a read that starts inside the update waits only for the rest of it)."""
+        return max(self._updates_s, default=0.0)
 
     def window(self, n: int) -> tuple[float, float]:
         """The predicted window (guard included) of the step ``n`` periods after the grid's reference step."""
@@ -167,8 +190,8 @@ class ReadPlanner:
         lo, hi = window
         read_s = self.read_s
         last_end_s = last.t_s + 0.5 * last.read_s
-        if last_end_s < lo - 2.0 * read_s - self.late_period_s:  # no read just before the window: take one
-            when = lo - read_s
+        if last_end_s < lo - 2.0 * read_s - self.late_period_s - self.update_s:  # none just before: take one,
+            when = lo - read_s - self.update_s  # ending before the update starts (a read in it waits ~12 ms)
         elif self.grid_width_s > self.fine_s and last_end_s < 0.5 * (lo + hi) - read_s:  # not yet fine: halve it
             when = 0.5 * (lo + hi) - 0.5 * read_s
         elif last_start_s < hi:  # the read before the step is done: now the one after it
@@ -191,8 +214,8 @@ class ReadPlanner:
         window = self.first_window_after(max(self._last_step_hi + 0.4 * self.period_s,
                                              last_start_s - 0.5 * self.period_s))
         # Skip the windows we woke too late for: no read fits before them and none was taken just before them.
-        while window is not None and last_end_s < window[0] - 2.0 * self.read_s - self.late_period_s \
-                and now_s + self.read_s > window[0]:
+        while window is not None and last_end_s < window[0] - 2.0 * self.read_s - self.late_period_s - self.update_s \
+                and now_s + self.read_s + self.update_s > window[0]:
             window = self.first_window_after(0.5 * (window[0] + window[1]) + 0.5 * self.period_s)
         return window
 
