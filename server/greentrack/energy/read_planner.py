@@ -104,6 +104,8 @@ class ReadPlanner:
             self._steps.append((lo, hi))  # nothing of which step it was: the planner brackets the next window anyway
             self._grid = self._vote()
             self._last_step_hi = hi
+        elif self._grid is not None and self._covers_a_window(lo, hi):  # wide, but around the step it expected:
+            self._last_step_hi = hi  # that step is seen (else it would be polled for as a late one)
 
     def _vote(self) -> tuple[float, float] | None:
         """The grid window at the newest step that agrees with it, or None (fewer than two steps agree)."""
@@ -134,6 +136,13 @@ class ReadPlanner:
         widen = abs(m) * self.period_tolerance * self.period_s
         return max(lo, step[0] + m * self.period_s - widen) <= min(hi, step[1] + m * self.period_s + widen)
 
+    def _covers_a_window(self, lo_s: float, hi_s: float) -> bool:
+        """Whether the bracket ``(lo_s, hi_s)`` holds the whole predicted window nearest its end."""
+        assert self._grid is not None
+        n = round((hi_s - 0.5 * (self._grid[0] + self._grid[1])) / self.period_s)
+        w_lo, w_hi = self.window(n)
+        return lo_s <= w_lo and w_hi <= hi_s
+
     def _early(self, bracket_hi_s: float) -> bool:
         """Whether a step seen by a read ending at ``bracket_hi_s`` came before its predicted window: that read was
         meant to end just before the window. (A late step is harmless: it is read again every ``late_period_s``.)"""
@@ -160,8 +169,9 @@ class ReadPlanner:
     @property
     def update_s(self) -> float:
         """How long before a step the counter's update starts holding reads (0 until a read has waited for one): the
-        longest recent wait (a read that starts inside the update waits only for the rest of it)."""
-        return max(self._updates_s, default=0.0)
+        median recent wait, at most a fifth of a period (a read stalled for other reasons must not push the read
+        before each window far ahead of it)."""
+        return min(0.2 * self.period_s, statistics.median(self._updates_s)) if self._updates_s else 0.0
 
     def window(self, n: int) -> tuple[float, float]:
         """The predicted window (guard included) of the step ``n`` periods after the grid's reference step."""
