@@ -21,6 +21,7 @@ changes. For the energy fields, whether their values and change times equal ``to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -197,6 +198,21 @@ def sync_trace(handle: Any, seconds: float) -> dict[str, Any]:
     return out
 
 
+def energy_reads(handle: Any, seconds: float, spacing_s: float) -> list[tuple[float, float, float]]:
+    """``nvmlDeviceGetTotalEnergyConsumption`` read ``spacing_s`` apart (0: back to back) for ``seconds``:
+    (start, end, mJ) per read, monotonic seconds."""
+    import pynvml
+
+    out: list[tuple[float, float, float]] = []
+    end_s = time.perf_counter() + seconds
+    while (t0 := time.perf_counter()) < end_s:
+        e = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+        out.append((t0, time.perf_counter(), float(e)))
+        if spacing_s > 0:
+            time.sleep(max(0.0, t0 + spacing_s - time.perf_counter()))
+    return out
+
+
 def power_samples(handle: Any, seconds: float) -> list[tuple[int, float]]:
     """The driver's buffer of total-power samples over the last ``seconds``: (µs stamp, value)."""
     import pynvml
@@ -212,6 +228,7 @@ def main() -> None:
     ap.add_argument("--gpu", type=int, default=0)
     ap.add_argument("--reads", type=int, default=200)
     ap.add_argument("--sync-only", action="store_true")
+    ap.add_argument("--reads-only", action="store_true", help="energy reads back to back and 7/23 ms apart")
     args = ap.parse_args()
     import pynvml
 
@@ -221,6 +238,15 @@ def main() -> None:
     result: dict[str, Any] = {"gpu": str(pynvml.nvmlDeviceGetName(handle)),
                               "driver": str(pynvml.nvmlSystemGetDriverVersion()),
                               "pynvml": getattr(pynvml, "__version__", "?"), "idle": {}, "loaded": {}}
+    if args.reads_only:
+        for label in ("idle", "loaded"):
+            ctx = gpu_load(30.0, args.gpu) if label == "loaded" else contextlib.nullcontext()
+            with ctx:
+                for spacing in (0.0, 0.007, 0.023):
+                    result[f"reads_{label}_{int(spacing * 1000)}ms"] = energy_reads(handle, 4.0, spacing)
+        with open(args.out, "w") as f:
+            json.dump(result, f)
+        return
     if args.sync_only:
         result["sync_idle"] = sync_trace(handle, 5.0)
         result["samples_idle"] = power_samples(handle, 0.5)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -42,8 +41,8 @@ MODES = {"always": (False, False), "on_demand_poll": (True, False), "on_demand_p
 class SimulatedNvml(Counter):
     """NVML's energy counter as measured on the H200 (bench/gpu_validate_attribution.py, bench/gpu_nvml_probe.py,
     2026-11-26): a value that steps every 100 ms on a fixed grid, idle power, a read that costs ``read_s`` of the
-    reading thread's CPU, and the driver's update: a read made in the ``update_s`` before a step waits (spinning)
-    until the step and returns the new value (an idle H200: such reads took 14.5–15.9 ms against 3.4)."""
+    reading thread's CPU, and the driver's busy time after each step: a read that starts between ``busy_from_s`` and
+    ``busy_to_s`` after a step spins until ``busy_to_s`` after it (on an H200: ~3 and ~19 ms)."""
 
     name = "simulated:nvml"
     update_period_s = NvmlCounter.update_period_s
@@ -53,22 +52,22 @@ class SimulatedNvml(Counter):
     timing_slack_s = NvmlCounter.timing_slack_s
     max_power_w = 700.0
 
-    def __init__(self, read_s: float, idle_w: float = 124.0, update_s: float = 0.0116) -> None:
+    def __init__(self, read_s: float, idle_w: float = 124.0, busy_from_s: float = 0.003,
+                 busy_to_s: float = 0.019) -> None:
         self.read_cost_s = read_s
         self.idle_w = idle_w
-        self.update_s = update_s
+        self.busy_from_s, self.busy_to_s = busy_from_s, busy_to_s
         self.origin_s = time.monotonic()
 
     def read_j(self) -> float:
         t0, start_s = time.thread_time(), time.monotonic()
-        next_step_s = self.origin_s + (math.floor((start_s - self.origin_s) / self.update_period_s) + 1) \
-            * self.update_period_s
-        if start_s + self.read_cost_s > next_step_s - self.update_s:  # in the update: wait for it, spinning
-            while time.monotonic() < next_step_s + 0.0003:
+        steps = int((start_s - self.origin_s) / self.update_period_s)
+        since_step_s = start_s - self.origin_s - steps * self.update_period_s
+        if self.busy_from_s <= since_step_s < self.busy_to_s:  # the driver is busy: wait, spinning
+            while time.monotonic() < start_s + self.busy_to_s - since_step_s:
                 pass
         while time.thread_time() - t0 < self.read_cost_s:
             pass
-        steps = int((time.monotonic() - self.origin_s) / self.update_period_s)
         return self.idle_w * steps * self.update_period_s
 
 

@@ -11,12 +11,12 @@ change and back on the grid at the next one). A knot's bracket is the time betwe
 read after it. Polling every 20 ms gives ~23 ms brackets for five reads per step; once the grid is known, one read
 ending just before the predicted step and one starting just after it give a narrower bracket for two reads.
 
-Reads that wait for the update (measured on an idle H200, ``docs/benchmarks.md``, "The read planner on the real
-counter"): a read made while the driver updates the counter does not return until the new value is there — it takes
-~15 ms instead of ~3.4 (133 of 133 reads that saw a step, and no long read without one). Such a read tells when the
-step came (at its end) and costs ~18 ms of CPU. So a long read that saw a step is taken as the step at its end (a
-narrow bracket for the grid; the knots still use the reads' own brackets), the update's duration is learned from
-them, and the read before a window is planned to end before the update begins.
+Reads that wait after a step (measured on an H200, ``bench/gpu_nvml_probe.py --reads-only``, docs/benchmarks.md):
+the value changes at the step and is seen at once, but for ~19 ms after it the driver is busy: a read that starts
+~3–15 ms after the step does not return until ~19 ms after it (~15 ms instead of ~3.4, ~18 ms of CPU; reads 7 ms
+apart: 39 of 40 steps seen by such a read). So a long read that saw a step started after the step: its bracket for
+the grid ends at the read's start, not its end (the knots still take the reads' own brackets); from those reads the
+planner learns how long after a step the driver is busy, and the read after each window starts past that.
 
 Phase lock: the narrow brackets of recent steps (≤ ``narrow_s``) are projected onto one another along the grid
 (nominal period, each projection widened by the period's uncertainty per step); the reference that most of them
@@ -34,8 +34,8 @@ from collections import deque
 
 from greentrack.energy.types import CounterSample
 
-#: A read this many times longer than the recent ones' median, that saw a step, waited for the counter's update (one
-#: that starts late in the update waits less than the ~12 ms of one that starts at its beginning).
+#: A read this many times longer than the recent ones' median, that saw a step, waited in the driver's busy time after
+#: the step (one that starts late in it waits less than the ~15 ms of one that starts early).
 WAITED = 1.75
 
 
@@ -75,7 +75,7 @@ class ReadPlanner:
         self.min_agreeing = min_agreeing
         self._steps: deque[tuple[float, float]] = deque(maxlen=history)  # narrow step brackets (lo, hi)
         self._reads_s: deque[float] = deque([read_cost_s], maxlen=9)
-        self._updates_s: deque[float] = deque(maxlen=history)  # how long reads that waited for an update waited
+        self._busy_s: deque[float] = deque(maxlen=history)  # how long after a step reads that waited returned
         self._last: CounterSample | None = None
         self._last_step_hi: float = -math.inf  # the end of the last narrow step bracket
         self._grid: tuple[float, float] | None = None  # the locked window of the reference step
@@ -94,14 +94,18 @@ class ReadPlanner:
             return
         lo = prev.t_s - 0.5 * prev.read_s
         hi = sample.t_s + 0.5 * sample.read_s
-        if sample.read_s > WAITED * usual_s:  # it waited for the update: the step came as it returned
-            self._updates_s.append(sample.read_s - usual_s)
-            lo = max(lo, hi - usual_s)
+        if sample.read_s > WAITED * usual_s:  # it waited in the busy time after the step: it started after the step
+            hi = sample.t_s - 0.5 * sample.read_s
+            if self._grid is not None:
+                step_s = self._predicted_step_s(hi)
+                self._busy_s.append(sample.t_s + 0.5 * sample.read_s - step_s)
         if self._grid is not None and hi - lo < self.period_s and self._early(hi):  # the step came before its
             self._grid = None  # window (a wide bracket): poll until enough steps agree on a grid again
             self._steps.clear()
-        if hi - lo <= self.narrow_s:  # a wide bracket (after a gap, or a step earlier than its window) says
-            self._steps.append((lo, hi))  # nothing of which step it was: the planner brackets the next window anyway
+        # A wide bracket (after a gap, or a step earlier than its window) says nothing of which step it was: the
+        # planner brackets the next window anyway. (The read after a step starts past the driver's busy time.)
+        if hi - lo <= self.narrow_s + self.busy_s:
+            self._steps.append((lo, hi))
             self._grid = self._vote()
             self._last_step_hi = hi
         elif self._grid is not None and self._covers_a_window(lo, hi):  # wide, but around the step it expected:
@@ -167,11 +171,17 @@ class ReadPlanner:
         return statistics.median(self._reads_s)
 
     @property
-    def update_s(self) -> float:
-        """How long before a step the counter's update starts holding reads (0 until a read has waited for one): the
-        median recent wait, at most a fifth of a period (a read stalled for other reasons must not push the read
-        before each window far ahead of it)."""
-        return min(0.2 * self.period_s, statistics.median(self._updates_s)) if self._updates_s else 0.0
+    def busy_s(self) -> float:
+        """How long after a step reads wait for the driver (0 until a read has waited): the median of recent waits'
+        ends after the predicted step, within 0–30 % of a period (a read stalled for other reasons must not push the
+        read after each window far past it)."""
+        return min(0.3 * self.period_s, max(0.0, statistics.median(self._busy_s))) if self._busy_s else 0.0
+
+    def _predicted_step_s(self, t_s: float) -> float:
+        """The centre of the predicted window nearest ``t_s`` (the grid's best guess of that step's time)."""
+        assert self._grid is not None
+        centre = 0.5 * (self._grid[0] + self._grid[1])
+        return centre + round((t_s - centre) / self.period_s) * self.period_s
 
     def window(self, n: int) -> tuple[float, float]:
         """The predicted window (guard included) of the step ``n`` periods after the grid's reference step."""
@@ -200,12 +210,12 @@ class ReadPlanner:
         lo, hi = window
         read_s = self.read_s
         last_end_s = last.t_s + 0.5 * last.read_s
-        if last_end_s < lo - 2.0 * read_s - self.late_period_s - self.update_s:  # none just before: take one,
-            when = lo - read_s - self.update_s  # ending before the update starts (a read in it waits ~12 ms)
+        if last_end_s < lo - 2.0 * read_s - self.late_period_s:  # no read just before the window: take one
+            when = lo - read_s
         elif self.grid_width_s > self.fine_s and last_end_s < 0.5 * (lo + hi) - read_s:  # not yet fine: halve it
             when = 0.5 * (lo + hi) - 0.5 * read_s
-        elif last_start_s < hi:  # the read before the step is done: now the one after it
-            when = hi
+        elif last_start_s < hi:  # the read before the step is done: now the one after it, past the driver's busy time
+            when = hi + self.busy_s
         elif last_start_s - hi > 0.4 * self.period_s:  # no step long past its window: off the grid, poll
             self._grid = None
             self.fixed_reads += 1
@@ -224,8 +234,8 @@ class ReadPlanner:
         window = self.first_window_after(max(self._last_step_hi + 0.4 * self.period_s,
                                              last_start_s - 0.5 * self.period_s))
         # Skip the windows we woke too late for: no read fits before them and none was taken just before them.
-        while window is not None and last_end_s < window[0] - 2.0 * self.read_s - self.late_period_s - self.update_s \
-                and now_s + self.read_s + self.update_s > window[0]:
+        while window is not None and last_end_s < window[0] - 2.0 * self.read_s - self.late_period_s \
+                and now_s + self.read_s > window[0]:
             window = self.first_window_after(0.5 * (window[0] + window[1]) + 0.5 * self.period_s)
         return window
 
