@@ -92,8 +92,13 @@ def test_expect_work_wakes_the_sampler_at_once_and_it_stops_after_covering() -> 
         with sampler._cond:  # every step while the work ran was read on both sides: three knots in 0.3 s
             ring = list(sampler._ring)[reads0:]
         assert sum(1 for a, b in itertools.pairwise(ring) if b.energy_j != a.energy_j) >= 2
+        assert sampler._covering_read_s() == 0.0  # work in flight: the planner reads as it plans
         end_s = time.monotonic()
         sampler.end_work(end_s)
+        slack = counter.lag_s + counter.timing_slack_s
+        # Covering only: no read before the first that can take its value surely after the end (an earlier one
+        # cannot be the read before the covering step: the planner would spend a window on it).
+        assert sampler._covering_read_s() in (0.0, end_s + slack)  # 0.0: a read after end + slack already came
         deadline = time.monotonic() + 2.0
         while sampler.sampling and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -103,6 +108,10 @@ def test_expect_work_wakes_the_sampler_at_once_and_it_stops_after_covering() -> 
         assert time.monotonic() - end_s < 0.1 + counter.lag_s + counter.timing_slack_s + 0.05
         with sampler._cond:
             assert sampler._steps_after(end_s) >= 1
+            after_end = [x for x in sampler._ring if x.t_s > end_s]
+        early = [x for x in after_end if x.t_s - 0.5 * x.read_s < end_s + slack - 0.002]
+        assert len(early) <= 1, early  # at most the one already planned when the work ended
+        assert sampler._covering_read_s() == 0.0  # covered: no constraint left
         stopped_reads = sampler.reads
         time.sleep(0.3)
         assert sampler.reads == stopped_reads

@@ -126,12 +126,14 @@ class Sampler:
                     return
                 next_s = time.monotonic()  # work came: read at once (the planner may say later)
             if self.planner is not None:
-                next_s = self.planner.next_read_s(time.monotonic())
+                next_s = max(self.planner.next_read_s(time.monotonic()), self._covering_read_s())
             delay = next_s - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 break
             if self.on_demand and not self._wanted():  # the work was covered while waiting: no read
                 continue
+            if self.planner is not None and self._covering_read_s() > time.monotonic() + 0.001:
+                continue  # the work ended while waiting: plan again, for the read that can cover it
             next_s += self.period_s
             if next_s < time.monotonic():  # fell behind (a slow read): do not burst to catch up
                 next_s = time.monotonic() + self.period_s
@@ -180,6 +182,19 @@ class Sampler:
             elif not on and self._sampling_since_s is not None:
                 self.sampling_s += now - self._sampling_since_s
                 self._sampling_since_s = None
+
+    def _covering_read_s(self) -> float:
+        """While only covering ended work (none in flight or expected): no read before the first that can take its
+        value surely after the covered instant — an earlier one cannot be the read before the covering step, and the
+        planner would spend a window on it. Else 0 (no constraint)."""
+        with self._cond:
+            if self._cover_s is None or self._active > 0 or self._expected:
+                return 0.0
+            slack = self.counter.timing_slack_s + self.counter.lag_s
+            last = self._ring[-1] if self._ring else None
+            if last is not None and last.t_s - 0.5 * last.read_s - slack >= self._cover_s:
+                return 0.0  # that read is taken: the planner brackets the step after it
+            return self._cover_s + slack
 
     def _wanted(self) -> bool:
         """Whether to sample now: work expected, in flight, or not yet covered by the counter."""
