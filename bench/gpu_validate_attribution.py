@@ -60,6 +60,7 @@ from greentrack.energy.types import CounterSample, PhaseSpan
 
 PROMPT_SIZES = (128, 1024, 4096)
 DECODE_TOKENS = 17  # 16 decode steps after the prefill's token
+DEBOUNCE_S = 0.15  # step 7: the language server's default debounce, the sampler's head start
 
 
 def log(msg: str) -> None:
@@ -329,17 +330,32 @@ def shaped_decode_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int],
 # -- 5. the mixed workload ------------------------------------------------------------------------------------
 
 def mixed_workload(run_phases: Callable[[int, int], list[PhaseSpan]], requests: int,
-                   isolated: int) -> list[PhaseSpan]:
-    """``requests`` completions after random idle gaps, then ``isolated`` lone prefills; their spans in order."""
+                   isolated: int, on_demand: EnergyMonitor | None = None) -> list[PhaseSpan]:
+    """``requests`` completions after random idle gaps, then ``isolated`` lone prefills; their spans in order.
+    With an ``on_demand`` monitor, each completion is metered as the language server meters it: ``expect_work``
+    when the request comes, a 150 ms debounce, then the phases inside ``work()`` (the sampler reads by phase)."""
     rng = random.Random(7)
     all_spans: list[PhaseSpan] = []
     for _ in range(requests):
         time.sleep(rng.uniform(0.0, 0.08))
-        all_spans.extend(run_phases(rng.choice(PROMPT_SIZES), DECODE_TOKENS))
+        size = rng.choice(PROMPT_SIZES)
+        if on_demand is None:
+            all_spans.extend(run_phases(size, DECODE_TOKENS))
+            continue
+        on_demand.expect_work()
+        time.sleep(DEBOUNCE_S)
+        with on_demand.work():
+            all_spans.extend(run_phases(size, DECODE_TOKENS))
     # Short isolated prefills between idle gaps (phases shorter than a counter step).
     for _ in range(isolated):
         time.sleep(rng.uniform(0.05, 0.15))
-        all_spans.extend(run_phases(rng.choice(PROMPT_SIZES), 1))
+        if on_demand is None:
+            all_spans.extend(run_phases(rng.choice(PROMPT_SIZES), 1))
+            continue
+        on_demand.expect_work()
+        time.sleep(DEBOUNCE_S)
+        with on_demand.work():
+            all_spans.extend(run_phases(rng.choice(PROMPT_SIZES), 1))
     return all_spans
 
 
@@ -505,11 +521,45 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["mixed_calibrated"] = mixed.evaluate(cal.weights)
     assert monitor.sampler is not None
     results["sampler"] = monitor.sampler.describe()
+    results["poll_knot_widths_ms"] = _knot_widths_ms(mixed.samples, monitor)
     monitor.close()
     results["intervals"] = interval_check(out)
     save()
+    if args.on_demand:
+        results |= on_demand_check(run_phases, truth, cal, args.requests if not tiny else 6,
+                                   "cpu" if tiny else "cuda:0")
+        save()
     _log_mixed(results)
     return results
+
+
+def on_demand_check(run_phases: Callable[[int, int], list[PhaseSpan]], truth: dict[str, dict[str, float]],
+                    cal: Any, requests: int, device: str) -> dict[str, Any]:
+    """7. The same workload metered as the product meters it (on demand, reads by phase: ``read_planner``), against
+    the same truth: are its figures as accurate as the 20 ms poll's, and how many reads did it make?"""
+    log("mixed workload, on demand")
+    monitor = open_monitor(device, on_demand=True)
+    assert monitor.sampler is not None
+    reads0 = monitor.sampler.reads
+    isolated = 12 if device != "cpu" else 3
+    all_spans = mixed_workload(run_phases, requests, isolated, on_demand=monitor)
+    mixed = _MixedRun(monitor, all_spans, truth)
+    out = {"mixed_on_demand_uncalibrated": mixed.evaluate(None),
+           "mixed_on_demand_calibrated": mixed.evaluate(cal.weights),
+           "on_demand_reads": {"reads": monitor.sampler.reads - reads0, "completions": requests + isolated,
+                               "knot_widths_ms": _knot_widths_ms(mixed.samples, monitor)},
+           "on_demand_sampler": monitor.sampler.describe()}
+    monitor.close()
+    return out
+
+
+def _knot_widths_ms(samples: list[CounterSample], monitor: EnergyMonitor) -> dict[str, float]:
+    """Median and 90th percentile of the knots' bracket widths (ms)."""
+    assert monitor.counter is not None
+    widths = sorted(2000.0 * k.delta_s for k in find_knots(samples, update_period_s=monitor.counter.update_period_s))
+    if not widths:
+        return {}
+    return {"median": statistics.median(widths), "p90": widths[int(0.9 * (len(widths) - 1))], "n": len(widths)}
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -518,6 +568,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny model, CPU-time estimate")
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--window-s", type=float, default=2.5)
+    ap.add_argument("--on-demand", action="store_true",
+                    help="7. also run the workload metered on demand (reads by phase) against the same truth")
     return ap.parse_args(argv)
 
 
@@ -526,7 +578,9 @@ def _save(out: Path, results: dict[str, Any]) -> None:
 
 
 def _log_mixed(results: dict[str, Any]) -> None:
-    for k in ("mixed_uncalibrated", "mixed_calibrated"):
+    for k in ("mixed_uncalibrated", "mixed_calibrated", "mixed_on_demand_uncalibrated", "mixed_on_demand_calibrated"):
+        if k not in results:
+            continue
         log(k)
         for key, v in results[k].items():
             log(f"  {key}: {json.dumps(v)}")
