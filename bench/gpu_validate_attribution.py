@@ -266,6 +266,37 @@ def make_run_phases(torch: Any, model: Any, device: Any) -> Callable[[int, int],
     return cast(Callable[[int, int], list[PhaseSpan]], run_phases)
 
 
+def make_vllm_run_phases(model_path: str, device: str = "cuda") -> Callable[[int, int], list[PhaseSpan]]:
+    """``run_phases`` through greentrack's vLLM backend (``--backend vllm``): the phases as the product times them
+    (vLLM's per-request timestamps), each prompt of ~``n`` tokens of random words in a new document (no prefix
+    cache), ``m - 1`` decode tokens at most (stop rules may end one sooner). A span's ``work`` is the nominal size
+    ``n`` (the truth's key) for the prefill and the tokens decoded for the decode."""
+    from greentrack.engine.types import CancelToken, CompletionRequest
+    from greentrack.engine.vllm_backend import VllmBackend
+
+    backend = VllmBackend(model_path, device, healing=False, max_model_len=8192)
+    vocab = [w for w in backend.engine.get_tokenizer().get_vocab() if w.isalpha() and len(w) > 2][:4000]
+    rng = random.Random(11)
+    counter = [0]
+
+    def run_phases(n: int, m: int) -> list[PhaseSpan]:
+        counter[0] += 1
+        rid = f"r{counter[0]}"
+        text = "def f():\n    " + " ".join(rng.choice(vocab) for _ in range(n))
+        request = CompletionRequest(rid, f"file:///validate/{rid}.py", text, len(text), "python",
+                                    max_tokens=max(1, m - 1), context_tokens=n + 32)
+        result = backend.complete(request, CancelToken())
+        spans = []
+        prefill, decode = result.span("prefill"), result.span("decode")
+        if prefill is not None:
+            spans.append(PhaseSpan(rid, "prefill", prefill.start_s, prefill.end_s, float(n)))
+        if decode is not None and m >= 2:
+            spans.append(PhaseSpan(rid, "decode", decode.start_s, decode.end_s, decode.work))
+        return spans
+
+    return run_phases
+
+
 # -- 3. ground truth ------------------------------------------------------------------------------------------
 
 def steady_power_w(monitor: EnergyMonitor, run: Callable[[], list[PhaseSpan]], kind: str,
@@ -482,15 +513,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                "host": platform.node(), "torch": torch.__version__, "tiny": tiny}
     save = functools.partial(_save, out, results)
 
-    if not tiny:
+    if not tiny and args.backend == "torch":
         log("counter characterisation")
         results["counter"] = counter_characterisation(torch, device, out)
         log(json.dumps(results["counter"]))
         save()
 
-    log("building the model")
-    model = build_model(torch, device, tiny)
-    run_phases = make_run_phases(torch, model, device)
+    if args.backend == "vllm":
+        log(f"starting greentrack's vLLM backend on {args.model}")
+        run_phases = make_vllm_run_phases(args.model)
+    else:
+        log("building the model")
+        model = build_model(torch, device, tiny)
+        run_phases = make_run_phases(torch, model, device)
     for n in PROMPT_SIZES:
         run_phases(n, 4)
 
@@ -568,6 +603,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny model, CPU-time estimate")
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--window-s", type=float, default=2.5)
+    ap.add_argument("--backend", choices=("torch", "vllm"), default="torch",
+                    help="vllm: the phases through greentrack's vLLM backend (needs --model), timed as the product "
+                    "times them")
+    ap.add_argument("--model", help="a model folder for --backend vllm (bench/gpu_make_model.py makes one)")
     ap.add_argument("--on-demand", action="store_true",
                     help="7. also run the workload metered on demand (reads by phase) against the same truth")
     return ap.parse_args(argv)
