@@ -9,21 +9,13 @@
 # bench_150.json, bench_short.json, load_sweep.json.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
-out="${1:?output folder}"
-t0=$SECONDS
-budget=${GT_BUDGET_S:-540}
-left() { echo $(( budget - (SECONDS - t0) )); }
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/server" XDG_CACHE_HOME=/tmp/gt-cache \
-  GREENTRACK_DEVELOPER=gpu-bench@example.com PYTHONUNBUFFERED=1
-log="$out/run_log.txt"
-say() { echo "[$(( SECONDS - t0 ))s] $*" | tee -a "$log"; }
+bench_start "${1:?output folder}" 540
 { nvidia-smi --query-gpu=name,driver_version,power.limit,memory.total --format=csv,noheader
   python3 -c "import torch, vllm; print('torch', torch.__version__, 'vllm', vllm.__version__)"
   nproc; uptime; } > "$out/env.txt" 2>&1
-model=/tmp/qwen-shape
 db=/tmp/gt-lat/serve.db
 mkdir -p /tmp/gt-lat
-[ -d "$model" ] || { say "making the model"; python3 bench/gpu_make_model.py "$model" >> "$log" 2>&1 || exit 1; }
+make_model || exit 1
 port=8765
 url="http://127.0.0.1:$port"
 start_serve $port "$out/serve_log.txt" 180 --backend vllm --device cuda --model "$model" --db "$db" \
@@ -41,13 +33,8 @@ c=r['configurations'][0]
 print(c['latency_ms'], {k: c.get(k) for k in ('requests', 'completions', 'shown')}, c['tokens']['generated'])" 2>&1 | tail -1)"
 done
 
-# The team sweep: levels in priority order, each costing its duration + ~5 s.
-levels=""
-room=$(( $(left) - 25 ))
-for level in ${GT_LEVELS:-64:45 1:30 16:30 128:30}; do
-  cost=$(( ${level#*:} + 5 ))
-  if [ $cost -le $room ]; then levels="${levels:+$levels,}$level"; room=$(( room - cost )); fi
-done
+# The team sweep: levels in priority order, as many as fit.
+levels=$(fit_levels $(( $(left) - 25 )) ${GT_LEVELS:-64:45 1:30 16:30 128:30})
 say "sweep levels: ${levels:-none}"
 if [ -n "$levels" ]; then
   timeout $(( $(left) - 10 )) python3 bench/load.py --server "$url" --mint-db "$db" --budget line \

@@ -9,21 +9,13 @@
 # env.txt, validate_batching.json, load_sweep.json, serve_log.txt, run_log.txt (≤ 8, flat).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
-out="${1:?output folder}"
-t0=$SECONDS
-budget=${GT_BUDGET_S:-540}
-left() { echo $(( budget - (SECONDS - t0) )); }
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/server" XDG_CACHE_HOME=/tmp/gt-cache \
-  GREENTRACK_DEVELOPER=gpu-bench@example.com PYTHONUNBUFFERED=1
-log="$out/run_log.txt"
-say() { echo "[$(( SECONDS - t0 ))s] $*" | tee -a "$log"; }
+bench_start "${1:?output folder}" 540
 { nvidia-smi --query-gpu=name,driver_version,power.limit,memory.total --format=csv,noheader
   python3 -c "import torch, transformers, vllm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__)"
   nproc; uptime; } > "$out/env.txt" 2>&1
-model=/tmp/qwen-shape
 db=/tmp/gt-serve/serve.db
 mkdir -p /tmp/gt-serve
-[ -d "$model" ] || { say "making the model"; python3 bench/gpu_make_model.py "$model" >> "$log" 2>&1 || exit 1; }
+make_model || exit 1
 
 # The sweep's levels in priority order (issue 11's 16 and 1 developers first); each costs its duration + ~5 s,
 # the server's start ~70 s. What the sweep needs is kept back from the validation.
@@ -48,12 +40,7 @@ port=8765
 start_serve $port "$out/serve_log.txt" 180 --backend vllm --device cuda --model "$model" --db "$db" \
   --idle-period 5 --max-num-seqs 128
 say "server up? $(health_of $port)"
-levels=""
-room=$(( $(left) - 20 ))
-for level in $sweep_levels; do
-  cost=$(( ${level#*:} + 5 ))
-  if [ $cost -le $room ]; then levels="${levels:+$levels,}$level"; room=$(( room - cost )); fi
-done
+levels=$(fit_levels $(( $(left) - 20 )) $sweep_levels)
 say "sweep levels: ${levels:-none}"
 if [ -n "$levels" ]; then
   timeout $(( $(left) - 10 )) python3 bench/load.py --server "http://127.0.0.1:$port" --mint-db "$db" \

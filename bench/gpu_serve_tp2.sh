@@ -7,16 +7,10 @@
 # Files in $OUT: env.txt, load_tp1.json, load_tp2.json, serve_tp1.txt, serve_tp2.txt, run_log.txt.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
-out="${1:?output folder}"
-t0=$SECONDS
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/server" XDG_CACHE_HOME=/tmp/gt-cache \
-  GREENTRACK_DEVELOPER=gpu-bench@example.com PYTHONUNBUFFERED=1
-log="$out/run_log.txt"
-say() { echo "[$(( SECONDS - t0 ))s] $*" | tee -a "$log"; }
+bench_start "${1:?output folder}"
 { nvidia-smi --query-gpu=index,name,driver_version,power.limit --format=csv,noheader; nvidia-smi topo -m; } \
   > "$out/env.txt" 2>&1
-model=/tmp/qwen-shape
-[ -d "$model" ] || { say "making the model"; python3 bench/gpu_make_model.py "$model" >> "$log" 2>&1 || exit 1; }
+make_model || exit 1
 levels=${GT_LEVELS:-1:30,4:30}
 for tp in 1 2; do
   db=/tmp/gt-tp$tp/serve.db; mkdir -p /tmp/gt-tp$tp

@@ -1,8 +1,9 @@
-# Sourced by the bench/gpu_*.sh scripts (never run): start `greentrack serve` in the background, wait for its
-# /health, show it, stop it. The caller sets PYTHONPATH so that `python3 -m greentrack` finds the server.
+# Sourced by the bench/gpu_*.sh scripts (never run): their common start (environment, log, budget clock, model),
+# start `greentrack serve` in the background, wait for its /health, show it, stop it, and fit load levels in a budget.
 # Usage:  source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
+#         bench_start OUT [BUDGET_S]; make_model; say TEXT; left
 #         start_serve PORT LOG_FILE WAIT_S --backend vllm --model ...   # sets $server (its pid)
-#         health_of PORT; stop_serve
+#         health_of PORT; stop_serve; fit_levels ROOM_S N:S...
 
 # Start `python3 -m greentrack serve --port PORT <args>` with its output in LOG_FILE, then poll /health once a
 # second until it answers, the server exits, or WAIT_S seconds pass (the caller checks with health_of).
@@ -28,4 +29,36 @@ health_of() {
 stop_serve() {
   kill -TERM "$server" 2>/dev/null
   wait "$server" 2>/dev/null
+}
+
+# The start every bench/gpu_*.sh shares: greentrack's environment (PYTHONPATH with the server, a cache folder, the
+# developer), $out, $log (run_log.txt in it), and the clock that say and left read. BUDGET_S: GT_BUDGET_S, else this.
+bench_start() {
+  out=$1 t0=$SECONDS budget=${GT_BUDGET_S:-${2:-540}} log="$1/run_log.txt"
+  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/server" XDG_CACHE_HOME=/tmp/gt-cache \
+    GREENTRACK_DEVELOPER=gpu-bench@example.com PYTHONUNBUFFERED=1
+}
+
+# A line in $log (and on stdout), stamped with the seconds since bench_start.
+say() { echo "[$(( SECONDS - t0 ))s] $*" | tee -a "$log"; }
+
+# Seconds left of the budget.
+left() { echo $(( budget - (SECONDS - t0) )); }
+
+# The random-weight model of Qwen2.5-Coder-1.5B's shape in $model (/tmp/qwen-shape), made once per machine.
+make_model() {
+  model=/tmp/qwen-shape
+  [ -d "$model" ] || { say "making the model"; python3 bench/gpu_make_model.py "$model" >> "$log" 2>&1; }
+}
+
+# fit_levels ROOM_S N:S...: the load levels, in the order given, that fit in ROOM_S seconds (each costs its duration
+# + ~5 s), comma-joined for bench/load.py --levels.
+fit_levels() {
+  local room=$1 levels="" level cost
+  shift
+  for level in "$@"; do
+    cost=$(( ${level#*:} + 5 ))
+    if [ $cost -le $room ]; then levels="${levels:+$levels,}$level"; room=$(( room - cost )); fi
+  done
+  echo "$levels"
 }
