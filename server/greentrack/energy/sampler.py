@@ -190,11 +190,9 @@ class Sampler:
         with self._cond:
             if self._cover_s is None or self._active > 0 or self._expected:
                 return 0.0
-            slack = self.counter.timing_slack_s + self.counter.lag_s
-            last = self._ring[-1] if self._ring else None
-            if last is not None and last.t_s - 0.5 * last.read_s - slack >= self._cover_s:
+            if self._ring and self._surely_after(self._ring[-1], self._cover_s):
                 return 0.0  # that read is taken: the planner brackets the step after it
-            return self._cover_s + slack
+            return self._cover_s + self._slack_s
 
     def _wanted(self) -> bool:
         """Whether to sample now: work expected, in flight, or not yet covered by the counter."""
@@ -290,13 +288,21 @@ class Sampler:
         hi = min(len(recent), bisect.bisect_right([x.t_s for x in recent], end_s) + margin)
         return recent[:hi]
 
+    @property
+    def _slack_s(self) -> float:
+        """How long after an instant a read must start to have surely taken its value after it (lag and slack)."""
+        return self.counter.timing_slack_s + self.counter.lag_s
+
+    def _surely_after(self, sample: CounterSample, t_s: float) -> bool:
+        """Whether ``sample`` took its value surely after ``t_s``."""
+        return sample.t_s - 0.5 * sample.read_s - self._slack_s >= t_s
+
     def _steps_after(self, t_s: float) -> int:
         """Counter steps (a continuous counter: reads) whose value was surely taken after ``t_s``; call with
         ``_cond`` held."""
-        slack = self.counter.timing_slack_s + self.counter.lag_s
         after: list[CounterSample] = []  # reads that took their value surely after t_s, newest first
         for s in reversed(self._ring):
-            if s.t_s - 0.5 * s.read_s - slack < t_s:
+            if not self._surely_after(s, t_s):
                 break
             after.append(s)
         if self.counter.update_period_s <= 0.0:
