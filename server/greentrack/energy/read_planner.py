@@ -140,19 +140,20 @@ class ReadPlanner:
         widen = abs(m) * self.period_tolerance * self.period_s
         return max(lo, step[0] + m * self.period_s - widen) <= min(hi, step[1] + m * self.period_s + widen)
 
+    def _nearest_window(self, t_s: float) -> int:
+        """The index (periods after the grid's reference step) of the predicted window nearest ``t_s``."""
+        assert self._grid is not None
+        return round((t_s - 0.5 * (self._grid[0] + self._grid[1])) / self.period_s)
+
     def _covers_a_window(self, lo_s: float, hi_s: float) -> bool:
         """Whether the bracket ``(lo_s, hi_s)`` holds the whole predicted window nearest its end."""
-        assert self._grid is not None
-        n = round((hi_s - 0.5 * (self._grid[0] + self._grid[1])) / self.period_s)
-        w_lo, w_hi = self.window(n)
+        w_lo, w_hi = self.window(self._nearest_window(hi_s))
         return lo_s <= w_lo and w_hi <= hi_s
 
     def _early(self, bracket_hi_s: float) -> bool:
         """Whether a step seen by a read ending at ``bracket_hi_s`` came before its predicted window: that read was
         meant to end just before the window. (A late step is harmless: it is read again every ``late_period_s``.)"""
-        assert self._grid is not None
-        n = round((bracket_hi_s - 0.5 * (self._grid[0] + self._grid[1])) / self.period_s)
-        return bracket_hi_s <= self.window(n)[0] + 0.5 * self.read_s
+        return bracket_hi_s <= self.window(self._nearest_window(bracket_hi_s))[0] + 0.5 * self.read_s
 
     # -- when to read next ---------------------------------------------------------------------------------------
 
@@ -180,8 +181,7 @@ class ReadPlanner:
     def _predicted_step_s(self, t_s: float) -> float:
         """The centre of the predicted window nearest ``t_s`` (the grid's best guess of that step's time)."""
         assert self._grid is not None
-        centre = 0.5 * (self._grid[0] + self._grid[1])
-        return centre + round((t_s - centre) / self.period_s) * self.period_s
+        return 0.5 * (self._grid[0] + self._grid[1]) + self._nearest_window(t_s) * self.period_s
 
     def window(self, n: int) -> tuple[float, float]:
         """The predicted window (guard included) of the step ``n`` periods after the grid's reference step."""
