@@ -19,7 +19,7 @@ def record(completion_id: str, total_j: float, outcome: str = "shown") -> dict[s
 
 
 def run_of(config: Config, energies_j: list[float], accepted: int, shown: int) -> ConfigRun:
-    run = ConfigRun(config, shown=shown, latencies_ms=[400.0] * shown)
+    run = ConfigRun(config, shown=shown, latency_by_id={f"{config.name}-shown-{i}": 400.0 for i in range(shown)})
     run.records = [record(f"{config.name}-{i}", j) for i, j in enumerate(energies_j)]
     run.accepted_ids = [f"{config.name}-{i}" for i in range(accepted)]
     return run

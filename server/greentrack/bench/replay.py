@@ -242,8 +242,7 @@ class ConfigRun:
     superseded_before_model: int = 0
     shown: int = 0
     accepted_ids: list[str] = field(default_factory=list)
-    latencies_ms: list[float] = field(default_factory=list)
-    latency_by_id: dict[str, float] = field(default_factory=dict)  # keystroke → suggestion, per shown completion
+    latency_by_id: dict[str, float] = field(default_factory=dict)  # keystroke → suggestion (ms), per shown one
     stop_reasons: Counter[str] = field(default_factory=Counter)
     typed_chars: int = 0
     accepted_chars: int = 0
@@ -291,7 +290,6 @@ def replay(target: Target, run: ConfigRun, segments: Sequence[Segment], seed: in
                 if served.text and not served.cancelled and end_s <= next_s:
                     shown = served
                     run.shown += 1
-                    run.latencies_ms.append((end_s - key_s) * 1000.0)
                     run.latency_by_id[served.completion_id] = (end_s - key_s) * 1000.0
             if on_chars is not None:
                 on_chars(take)

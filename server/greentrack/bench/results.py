@@ -88,8 +88,7 @@ def summarize_config(run: ConfigRun) -> dict[str, Any]:
             "cancelled": outcomes.get("cancelled", 0),
             "never_accepted": len(wasted) - outcomes.get("cancelled", 0),
         },
-        "latency_ms": {"p50": percentile(run.latencies_ms, 50), "p95": percentile(run.latencies_ms, 95),
-                       "n": len(run.latencies_ms), "model": _model_latency(run)},
+        "latency_ms": {**_percentiles(list(run.latency_by_id.values())), "model": _model_latency(run)},
         "tokens": {"prompt": prompt, "prompt_computed": prompt - reused, "prompt_reused": reused,
                    "generated": generated},
         "developer_time_s": run.virtual_s,
@@ -97,10 +96,13 @@ def summarize_config(run: ConfigRun) -> dict[str, Any]:
     }
 
 
+def _percentiles(latencies_ms: list[float]) -> dict[str, float | int | None]:
+    return {"p50": percentile(latencies_ms, 50), "p95": percentile(latencies_ms, 95), "n": len(latencies_ms)}
+
+
 def _model_latency(run: ConfigRun) -> dict[str, float | int | None]:
     """Keystroke → suggestion of the suggestions the model made (cache hits left out: they cost no model work)."""
-    model = [e["latency_ms"] for e in run.shown_log if not e["cached"] and e["latency_ms"] is not None]
-    return {"p50": percentile(model, 50), "p95": percentile(model, 95), "n": len(model)}
+    return _percentiles([e["latency_ms"] for e in run.shown_log if not e["cached"] and e["latency_ms"] is not None])
 
 
 def accepted_chars_share(run: ConfigRun) -> dict[str, Any]:
