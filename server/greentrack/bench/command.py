@@ -35,15 +35,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from greentrack.bench.replay import Config, ConfigRun, HttpTarget, PipelineTarget, Target, interleave, replay
-from greentrack.bench.script import DEFAULT_CHARS, DEFAULT_FILES, Segment, default_paths
+from greentrack.bench.script import BUDGETS, DEFAULT_CHARS, DEFAULT_FILES, Segment, default_paths
 from greentrack.config import Settings
 from greentrack.errors import UsageError
 
 if TYPE_CHECKING:
     from greentrack.engine.loading import LoadedModel
-
-#: ``--budget``: the same token budget for every request, or the developer's next line (``replay``).
-BUDGETS = ("fixed", "line")
 
 
 def open_pipeline_targets(settings: Settings, configs: list[Config], db_path: Path) -> list[PipelineTarget]:

@@ -43,7 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.bench.load_stats import RequestLog, markdown_table, parse_prometheus, summarize_level
-from greentrack.bench.script import Segment, accepted_length, default_paths, keystroke_delay_s, line_budget_tokens
+from greentrack.bench.script import (
+    BUDGETS,
+    Segment,
+    accepted_length,
+    default_paths,
+    keystroke_delay_s,
+    line_budget_tokens,
+)
 
 #: Developers start typing spread over this long (s), so that N developers do not all press a key at once.
 STAGGER_S = 2.0
@@ -447,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--debounce-ms", type=int, default=150)
     parser.add_argument("--max-tokens", type=int, help="token budget (default: the server's; with --budget line, "
                         "the cap, default 64)")
-    parser.add_argument("--budget", choices=("fixed", "line"), default="fixed",
+    parser.add_argument("--budget", choices=BUDGETS, default="fixed",
                         help="line: each request's budget is the developer's next line, for models that never stop "
                         "at a line end (random weights; script.line_budget_tokens)")
     parser.add_argument("--cancel", choices=("endpoint", "disconnect"), default="endpoint")

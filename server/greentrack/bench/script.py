@@ -53,6 +53,9 @@ AFTER_CHARS = 400
 #: Characters per token of Python source, for ``line_budget_tokens``: SmolLM2's tokenizer on the non-blank lines of
 #: six standard-library modules (4 963 lines) gives 3.47 characters and 9.7 tokens a line (docs/benchmarks.md).
 CHARS_PER_TOKEN = 3.5
+#: ``--budget`` of ``greentrack bench`` and ``bench/load.py``: the same token budget for every request, or the
+#: developer's next line (``line_budget_tokens``).
+BUDGETS = ("fixed", "line")
 
 
 def default_paths(count: int = DEFAULT_FILES, seed: int = 0) -> list[Path]:
