@@ -102,7 +102,7 @@ def outcome_of(result: EngineResult) -> Outcome:
         return "cancelled"
     if result.stop_reason == "error":
         return "error"
-    if "cached_from" in result.extras:
+    if result.from_cache:
         return "cached"
     return "shown" if result.text else "empty"
 
@@ -233,7 +233,7 @@ class Pipeline:
         prefill_j, decode_j, method, meter, uncertainty_j = combine_phase_energy(
             result, energies, self.monitor.meter_name, self.monitor.method
         )
-        if "cached_from" in result.extras:  # no device work was done: exactly 0 J (docs/interfaces.md)
+        if result.from_cache:  # no device work was done: exactly 0 J (docs/interfaces.md)
             method, meter, uncertainty_j = "measured", CACHE_METER, 0.0
         total_j = prefill_j + decode_j
         interval = completion_interval(energies, result.spans, calibrated=self.monitor.calibration is not None)

@@ -139,7 +139,7 @@ class PipelineTarget:
         context = RequestContext(document_key, "python", received_s, developer=self.developer)
         self._futures.append(self.pipeline.finalize_later(result, context))
         return Served(completion_id, "" if result.cancelled else result.text, result.cancelled, True, duration_s,
-                      result.stop_reason, "cached_from" in result.extras)
+                      result.stop_reason, result.from_cache)
 
     def accept(self, completion_id: str) -> None:
         if not self.pipeline.accept(completion_id):

@@ -102,6 +102,11 @@ class EngineResult:
         return next((s for s in self.spans if s.kind == kind), None)
 
     @property
+    def from_cache(self) -> bool:
+        """Whether the suggestion cache served it (``extras["cached_from"]``): no model work was done."""
+        return "cached_from" in self.extras
+
+    @property
     def step_spans(self) -> list[PhaseSpan]:
         """The per-engine-step decode spans where the backend recorded them (vLLM), else none."""
         return self.extras.get("step_spans", [])

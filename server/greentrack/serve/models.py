@@ -160,11 +160,6 @@ def cut_at_stops(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _from_cache(result: EngineResult | None) -> bool:
-    """Whether the suggestion cache served ``result`` (no model work: its outcome is known before its record)."""
-    return result is not None and "cached_from" in result.extras
-
-
 def greentrack_object(
     completion_id: str,
     result: EngineResult | None,
@@ -188,7 +183,9 @@ def greentrack_object(
         "decode_ms": round(decode.duration_s * 1000.0, 3) if decode else 0.0,
         "latency_ms": round(latency_ms, 3),
         "stop_reason": (result.stop_reason or None) if result is not None else "cancelled",
-        "outcome": record.outcome if record is not None else ("cached" if _from_cache(result) else None),
+        # a cache hit's outcome is known before its record is stored
+        "outcome": record.outcome if record is not None else (
+            "cached" if result is not None and result.from_cache else None),
         "energy_final": record is not None,
         "energy_url": energy_url,
     }
