@@ -366,27 +366,23 @@ def mixed_workload(run_phases: Callable[[int, int], list[PhaseSpan]], requests: 
     With an ``on_demand`` monitor, each completion is metered as the language server meters it: ``expect_work``
     when the request comes, a 150 ms debounce, then the phases inside ``work()`` (the sampler reads by phase)."""
     rng = random.Random(7)
+
+    def metered(n: int, m: int) -> list[PhaseSpan]:
+        if on_demand is None:
+            return run_phases(n, m)
+        on_demand.expect_work()
+        time.sleep(DEBOUNCE_S)
+        with on_demand.work():
+            return run_phases(n, m)
+
     all_spans: list[PhaseSpan] = []
     for _ in range(requests):
         time.sleep(rng.uniform(0.0, 0.08))
-        size = rng.choice(PROMPT_SIZES)
-        if on_demand is None:
-            all_spans.extend(run_phases(size, DECODE_TOKENS))
-            continue
-        on_demand.expect_work()
-        time.sleep(DEBOUNCE_S)
-        with on_demand.work():
-            all_spans.extend(run_phases(size, DECODE_TOKENS))
+        all_spans.extend(metered(rng.choice(PROMPT_SIZES), DECODE_TOKENS))
     # Short isolated prefills between idle gaps (phases shorter than a counter step).
     for _ in range(isolated):
         time.sleep(rng.uniform(0.05, 0.15))
-        if on_demand is None:
-            all_spans.extend(run_phases(rng.choice(PROMPT_SIZES), 1))
-            continue
-        on_demand.expect_work()
-        time.sleep(DEBOUNCE_S)
-        with on_demand.work():
-            all_spans.extend(run_phases(rng.choice(PROMPT_SIZES), 1))
+        all_spans.extend(metered(rng.choice(PROMPT_SIZES), 1))
     return all_spans
 
 
