@@ -135,11 +135,15 @@ def run_calibration(
     ``run_phases(n, m)`` runs a synthetic prompt of ``n`` tokens and decodes ``m`` tokens (the first comes
     from prefill), returning its ``PhaseSpan``s (prefill, then decode when ``m`` ≥ 2).
 
-    Per prompt size N: a window of back-to-back ``run_phases(N, 1)``; its power (counter energy over the
-    window / its duration) × the mean prefill duration is the prefill energy. Per (N, M): a window of
-    ``run_phases(N, M)``; its energy less the prefills' (at the power just measured) over the rest of the
-    window is the decode power. A window lasts at least ``min_window_s`` (≥ 20 counter steps on NVML) and
-    ``repeats`` runs, so the counter's step (~100 ms) is ≤ 5 % of it.
+    Per prompt size N: a window of back-to-back ``run_phases(N, 1)``; its energy less the host gaps between the
+    phases (building the next request: no span is active) at the idle power, over the prefills' time, is the
+    prefill power; × the mean prefill duration, the prefill energy. Per (N, M): a window of ``run_phases(N, M)``;
+    its energy less the prefills' (at the power just measured) and the gaps' (idle), over the decodes' time, is
+    the decode power. Gaps are charged at ``idle_w`` because attribution weighs time with no span at ``idle_w``:
+    the calibrated powers are the ones that split a counter interval right. (Charging the gaps at the phase's
+    power, as before, diluted it: through vLLM, where building a 4096-token request takes ~40 ms between 56 ms
+    prefills, by ~40 %.) A window lasts at least ``min_window_s`` (≥ 20 counter steps on NVML) and ``repeats``
+    runs, so the counter's step (~100 ms) is ≤ 5 % of it.
     """
     t0 = time.monotonic()
     time.sleep(idle_s)
@@ -155,8 +159,9 @@ def run_calibration(
         pre = [s for s in spans if s.kind == "prefill"]
         start, end = spans[0].start_s, spans[-1].end_s
         energy_j = monitor.window_energy(start, end).energy_j
-        prefill_power_w[n] = energy_j / (end - start)
-        prefill_dur_s[n] = math.fsum(s.duration_s for s in pre) / len(pre)
+        pre_total_s = math.fsum(s.duration_s for s in pre)
+        prefill_power_w[n] = _phase_power_w(energy_j, pre_total_s, gaps_s(spans), idle_w)
+        prefill_dur_s[n] = pre_total_s / len(pre)
         prefill_work[n] = math.fsum(s.work for s in pre) / len(pre)
 
     points: list[CalibrationPoint] = []
@@ -172,9 +177,9 @@ def run_calibration(
             start, end = spans[0].start_s, spans[-1].end_s
             energy_j = monitor.window_energy(start, end).energy_j
             pre_total_s = math.fsum(s.duration_s for s in pre)
-            rest_s = (end - start) - pre_total_s
-            decode_w = max(0.0, energy_j - prefill_power_w[n] * pre_total_s) / rest_s if rest_s > 0 else 0.0
-            dec_s = math.fsum(s.duration_s for s in dec) / len(dec) if dec else 0.0
+            dec_total_s = math.fsum(s.duration_s for s in dec)
+            decode_w = _phase_power_w(energy_j - prefill_power_w[n] * pre_total_s, dec_total_s, gaps_s(spans), idle_w)
+            dec_s = dec_total_s / len(dec) if dec else 0.0
             dec_work = math.fsum(s.work for s in dec) / len(dec) if dec else 0.0
             points.append(CalibrationPoint(
                 prompt_tokens=math.fsum(s.work for s in pre) / len(pre),
@@ -187,6 +192,26 @@ def run_calibration(
             ))
     return fit_calibration(points, idle_w=idle_w, source_meter=monitor.meter_name,
                            host=host, device=device, model=model)
+
+
+def gaps_s(spans: Sequence[PhaseSpan]) -> float:
+    """The time from the first span's start to the last one's end during which no span was active. Units: s."""
+    if not spans:
+        return 0.0
+    covered_s, reach_s = 0.0, spans[0].start_s
+    for sp in sorted(spans, key=lambda x: x.start_s):
+        if sp.end_s > reach_s:
+            covered_s += sp.end_s - max(sp.start_s, reach_s)
+            reach_s = sp.end_s
+    return max(0.0, (reach_s - spans[0].start_s) - covered_s)
+
+
+def _phase_power_w(energy_j: float, phase_s: float, gap_s: float, idle_w: float) -> float:
+    """The power of the phases that ran ``phase_s`` in a window of ``energy_j`` with ``gap_s`` of gaps drawing
+    ``idle_w``. Units: J, s, W. 0 when no phase time was measured."""
+    if phase_s <= 0:
+        return 0.0
+    return max(0.0, energy_j - idle_w * gap_s) / phase_s
 
 
 class StepCollector:

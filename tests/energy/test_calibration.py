@@ -164,3 +164,47 @@ def test_run_calibration_recovers_a_fake_engines_model() -> None:
     assert cal.j_per_decode_token == pytest.approx(0.75, rel=0.3)
     assert cal.decode_w == pytest.approx(150.0, rel=0.1)
     assert cal.n_points == 6 and cal.fit_error < 0.15
+
+
+def test_run_calibration_charges_host_gaps_at_idle_not_to_the_phases() -> None:
+    """Between two requests the engine builds the next prompt (vLLM: ~40 ms for 4096 tokens) while the device idles:
+    that time is no phase's. Charged at the phase's power, as the windows' mean power did, the prefill power came
+    out diluted (here 60 % of the truth); charged at idle, the phases' powers are recovered."""
+    device = FakeDevice(idle_w=100.0)
+    prefill_s, step_s, host_gap_s = 0.01, 0.005, 0.012
+
+    def run_phases(n: int, m: int) -> list[PhaseSpan]:
+        time.sleep(host_gap_s)  # building the request: no span, idle power
+        t0 = time.monotonic()
+        device.set_power(300.0)
+        while time.monotonic() - t0 < prefill_s:
+            pass
+        t1 = time.monotonic()
+        spans = [PhaseSpan(f"c{n}", "prefill", t0, t1, n)]
+        if m >= 2:
+            device.set_power(200.0)
+            while time.monotonic() - t1 < step_s * (m - 1):
+                pass
+            spans.append(PhaseSpan(f"c{n}", "decode", t1, time.monotonic(), m - 1))
+        device.set_power(100.0)
+        return spans
+
+    with EnergyMonitor(device) as monitor:
+        cal = run_calibration(run_phases, monitor, (64, 256), (1, 9), repeats=3, host="h", device="cpu",
+                              model="fake", min_window_s=0.2, idle_s=0.1)
+    assert cal.idle_w == pytest.approx(100.0, rel=0.05)
+    for p in cal.points:
+        assert p.prefill_j == pytest.approx(300.0 * p.prefill_s, rel=0.08)
+        if p.decode_tokens:
+            assert p.decode_j == pytest.approx(200.0 * p.decode_s, rel=0.08)
+    assert cal.prefill_w == pytest.approx(300.0, rel=0.08) and cal.decode_w == pytest.approx(200.0, rel=0.08)
+
+
+def test_gaps_are_the_time_no_span_covers() -> None:
+    from greentrack.calibrate import gaps_s
+
+    spans = [PhaseSpan("a", "prefill", 0.0, 0.1, 1), PhaseSpan("a", "decode", 0.1, 0.3, 1),
+             PhaseSpan("b", "prefill", 0.35, 0.4, 1), PhaseSpan("c", "prefill", 0.38, 0.5, 1),
+             PhaseSpan("d", "prefill", 0.6, 0.7, 1)]
+    assert gaps_s(spans) == pytest.approx(0.05 + 0.1)
+    assert gaps_s([]) == 0.0
