@@ -1,5 +1,6 @@
 """``greentrack serve --tensor-parallel-size N --data-parallel-size M``: the sizes reach vLLM's engine arguments, the
 backend names every GPU the engine uses, and the energy monitor meters those GPUs (through CUDA_VISIBLE_DEVICES).
+``--async-scheduling/--no-async-scheduling`` reaches them as ``async_scheduling`` (unset: left out, vLLM decides).
 No GPU here: vLLM's modules are not needed for the arithmetic (a ``VllmModules`` of a CUDA build, without classes)."""
 
 from __future__ import annotations
@@ -61,3 +62,21 @@ def test_parallel_sizes_need_the_vllm_backend() -> None:
     assert done.returncode == 2 and "need --backend vllm" in done.stderr and "Traceback" not in done.stderr
     zero = greentrack("serve", "--backend", "vllm", "--data-parallel-size", "0")
     assert zero.returncode == 2 and "--data-parallel-size" in zero.stderr
+
+
+def test_async_scheduling_reaches_the_engine_args_only_when_set() -> None:
+    assert "async_scheduling" not in _args(ServeOptions())  # vLLM's own choice
+    assert "async_scheduling" not in ServeOptions().backend_kwargs("vllm")
+    for asked in (True, False):
+        assert ServeOptions(async_scheduling=asked).backend_kwargs("vllm") == {"async_scheduling": asked}
+        assert _args(ServeOptions(async_scheduling=asked))["async_scheduling"] is asked
+
+
+@pytest.mark.parametrize("flag", ["--async-scheduling", "--no-async-scheduling"])
+def test_async_scheduling_needs_the_vllm_backend(flag: str) -> None:
+    with pytest.raises(UsageError, match="need --backend vllm"):
+        ServeOptions(async_scheduling=flag == "--async-scheduling").backend_kwargs("transformers")
+    done = greentrack("serve", "--backend", "transformers", flag, "--port", "1",
+                      "--db", "/nonexistent/never-opened.db")
+    assert done.returncode == 2 and "need --backend vllm" in done.stderr and "Traceback" not in done.stderr
+    assert "--async-scheduling" in done.stderr

@@ -8,7 +8,9 @@ serve the embedded GGUF, it serves the converted safetensors folder) and starts 
 prompt prefix. ``complete`` builds the prompt with ``prompt.PromptBuilder`` in the caller's thread, opens the
 request's ``generation.GenerationState`` and submits it; it may be called from several threads at once: their
 requests are batched by vLLM's scheduler. Stop rules, budgets and cancellation are checked by the engine
-thread at every step (a cancelled request stops within one step).
+thread at every step (a cancelled request stops within one step). Under vLLM's async scheduling (its batch queue:
+``async_scheduling``, what the built engine runs with) the next batch is already scheduled when a step's outputs
+come back, so a request stopped or cancelled then still gets that batch's token computed (never returned).
 
 Phase timestamps come from vLLM's per-request metrics (``vllm_metrics``): ``scheduled_ts`` → ``first_token_ts``
 is the prefill, ``first_token_ts`` → ``last_token_ts`` the decode, on ``time.monotonic()``'s clock.
@@ -40,7 +42,14 @@ from greentrack.engine.tokenizer import LockedTokenizer
 from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 from greentrack.engine.vllm_engine import EngineThread, Job
 from greentrack.engine.vllm_healing import EXTRA_ARG, HealEntry, processor_class, register, unregister
-from greentrack.engine.vllm_setup import default_vllm_env, engine_args, engine_device, engine_gpus, import_vllm
+from greentrack.engine.vllm_setup import (
+    default_vllm_env,
+    effective_async_scheduling,
+    engine_args,
+    engine_device,
+    engine_gpus,
+    import_vllm,
+)
 from greentrack.engine.vllm_steps import StepSink
 from greentrack.errors import BadInput, GreentrackError, ModelLoadError
 
@@ -56,7 +65,8 @@ class VllmBackend:
 
     ``enforce_eager``: skip torch.compile (start-up ~15 s instead of ~85 s on a 2-core CPU, where vLLM's
     compile cache did not reload, for a ~25 % slower cold prefill); default: eager on CPU, compiled on GPUs.
-    ``engine_kwargs`` go to ``vllm.engine.arg_utils.EngineArgs`` as they are.
+    ``engine_kwargs`` go to ``vllm.engine.arg_utils.EngineArgs`` as they are. ``async_scheduling``: vLLM's engine
+    argument (None: vLLM decides); ``async_scheduling`` the attribute is what the built engine runs with.
     """
 
     name = "vllm"
@@ -78,6 +88,7 @@ class VllmBackend:
         engine_kwargs: Mapping[str, Any] | None = None,
         tensor_parallel_size: int = 1,
         data_parallel_size: int = 1,
+        async_scheduling: bool | None = None,
     ) -> None:
         self.model_id = model or EMBEDDED_MODEL
         vl = import_vllm()
@@ -88,6 +99,7 @@ class VllmBackend:
             self.folder, vl, max_model_len=max_model_len, max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
             dtype=dtype, logits_processors=[processor_class()] if healing else [], engine_kwargs=engine_kwargs,
             tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
+            async_scheduling=async_scheduling,
         )
         self.device = engine_device(device, vl, gpus=engine_gpus(self.engine_args))
         #: How many requests the engine batches at most (``greentrack serve`` admits that many at once).
@@ -102,6 +114,12 @@ class VllmBackend:
                 raise err
             raise ModelLoadError(f"vLLM could not load {self.model_id} from {self.folder}: {err}") from err
         self.startup_s = time.monotonic() - t0
+        #: What the engine runs with (None: this vLLM does not say), which its platform may have overridden.
+        self.async_scheduling = effective_async_scheduling(self.engine)
+        asked = self.engine_args.get("async_scheduling")
+        if asked is not None and self.async_scheduling is not None and asked != self.async_scheduling:
+            log.warning("vLLM %s on %s runs with async_scheduling=%s although %s was asked (its platform decides)",
+                        vl.version, self.device, self.async_scheduling, asked)
         tokenizer = self.engine.get_tokenizer()
         self._tokenizer = LockedTokenizer(tokenizer)
         vocab: dict[str, int] = dict(tokenizer.get_vocab())
@@ -112,8 +130,8 @@ class VllmBackend:
         self._healer = build_healer(tokenizer, self._stop_ids) if healing else None
         if warmup:
             self._warm_up()
-        log.info("vLLM %s engine ready in %.1f s (%s, %s, eager=%s)", vl.version, self.startup_s,
-                 self.folder, self.engine_args["dtype"], self.engine_args["enforce_eager"])
+        log.info("vLLM %s engine ready in %.1f s (%s, %s, eager=%s, async_scheduling=%s)", vl.version, self.startup_s,
+                 self.folder, self.engine_args["dtype"], self.engine_args["enforce_eager"], self._async_shown())
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> VllmBackend:
@@ -185,7 +203,12 @@ class VllmBackend:
             "env": {k: os.environ.get(k, "") for k in default_vllm_env()},
             "fim": self._builder.fim.family if self._builder.fim else None,
             "step_records": "on" if self._thread.steps.installed else f"off: {self._thread.steps.reason}",
+            "async_scheduling": self._async_shown(),
         }
+
+    def _async_shown(self) -> bool | str:
+        """The engine's effective async scheduling, "unknown" where this vLLM does not say."""
+        return "unknown" if self.async_scheduling is None else self.async_scheduling
 
     def run_synthetic(self, prompt_tokens: int, new_tokens: int, request_id: str = "synthetic") -> list[PhaseSpan]:
         """Prefill exactly ``prompt_tokens`` tokens, then decode exactly ``new_tokens`` steps (``greentrack

@@ -2,7 +2,8 @@
 
 Flow: ``vllm_backend.VllmBackend`` calls ``import_vllm`` first (which sets ``default_vllm_env`` where unset and
 fails with one ``BackendUnavailable`` line naming the extra when vllm is missing or broken), then
-``engine_device`` (the device asked for against the build's) and ``engine_args`` (what ``EngineArgs`` gets).
+``engine_device`` (the device asked for against the build's) and ``engine_args`` (what ``EngineArgs`` gets);
+once the engine is built, ``effective_async_scheduling`` reads what vLLM made of ``async_scheduling``.
 vllm itself is imported only inside ``import_vllm``: without the extra this module, and the backend, still import.
 """
 
@@ -157,10 +158,13 @@ def engine_args(
     engine_kwargs: Mapping[str, Any] | None,
     tensor_parallel_size: int = 1,
     data_parallel_size: int = 1,
+    async_scheduling: bool | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``EngineArgs``: prefix caching on, greedy and seeded, per-request stats on.
     ``tensor_parallel_size``/``data_parallel_size`` (``greentrack serve --tensor-parallel-size N
-    --data-parallel-size M``) are passed when above 1: the engine then uses N × M GPUs.
+    --data-parallel-size M``) are passed when above 1: the engine then uses N × M GPUs. ``async_scheduling``
+    (``--async-scheduling/--no-async-scheduling``) is passed when set; unset, vLLM decides (on with the in-process
+    executor of vLLM on GPUs; the CPU platform turns it off whatever is asked: ``effective_async_scheduling``).
 
     Defaults: on CPU bfloat16 where the CPU has bf16 instructions (else float32) and eager mode; on GPUs the
     model's dtype and compiled. ``engine_kwargs`` override, except the stats (no stats: no spans).
@@ -184,6 +188,8 @@ def engine_args(
         kwargs["tensor_parallel_size"] = tensor_parallel_size
     if data_parallel_size > 1:
         kwargs["data_parallel_size"] = data_parallel_size
+    if async_scheduling is not None:
+        kwargs["async_scheduling"] = async_scheduling
     if logits_processors:
         kwargs["logits_processors"] = list(logits_processors)
     kwargs.update(engine_kwargs or {})
@@ -194,3 +200,15 @@ def engine_args(
 def engine_gpus(kwargs: Mapping[str, Any]) -> int:
     """How many GPUs an engine with these ``EngineArgs`` keywords uses: tensor × data parallel size."""
     return int(kwargs.get("tensor_parallel_size", 1) or 1) * int(kwargs.get("data_parallel_size", 1) or 1)
+
+
+def effective_async_scheduling(engine: Any) -> bool | None:
+    """Whether the built ``LLMEngine`` schedules asynchronously (a batch queue: the next batch is scheduled while
+    the previous one runs), as vLLM settled it after its platform's hook; None when this vLLM keeps it elsewhere.
+    Read from ``engine.vllm_config.scheduler_config`` (vLLM 0.26 and 0.32), else from the in-process engine core."""
+    scheduler_config = getattr(getattr(engine, "vllm_config", None), "scheduler_config", None)
+    value = getattr(scheduler_config, "async_scheduling", None)
+    if value is None:
+        core = getattr(getattr(engine, "engine_core", None), "engine_core", None)
+        value = getattr(core, "async_scheduling", None)
+    return value if isinstance(value, bool) else None

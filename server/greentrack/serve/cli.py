@@ -60,6 +60,12 @@ def serve(
     max_num_seqs: Annotated[
         int | None, typer.Option("--max-num-seqs", min=1, help="vLLM: requests batched at most (default 8).")
     ] = None,
+    async_scheduling: Annotated[
+        bool | None,
+        typer.Option("--async-scheduling/--no-async-scheduling",
+                     help="vLLM: schedule the next batch while one runs (default: vLLM's choice; the engine's "
+                          "effective setting is logged at start)."),
+    ] = None,
     suggestion_cache: Annotated[
         bool | None,
         typer.Option("--suggestion-cache/--no-suggestion-cache",
@@ -82,7 +88,7 @@ def serve(
     options = ServeOptions(host=host, port=port, idle_period_s=idle_period, max_body_bytes=max_body,
                            body_timeout_s=body_timeout, graceful_s=graceful, strict_device=device not in (None, "auto"),
                            tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-                           max_num_seqs=max_num_seqs)
+                           max_num_seqs=max_num_seqs, async_scheduling=async_scheduling)
     run_server(settings, options)
 
 

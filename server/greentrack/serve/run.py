@@ -36,17 +36,21 @@ class ServeOptions:
     max_connections: int = 256
     max_queued_per_developer: int = 16
     strict_device: bool = False
-    #: vLLM only: GPUs per model replica (tensor parallel), replicas (data parallel), requests batched at most.
+    #: vLLM only: GPUs per model replica (tensor parallel), replicas (data parallel), requests batched at most,
+    #: async scheduling (None: vLLM's own choice).
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
     max_num_seqs: int | None = None
+    async_scheduling: bool | None = None
 
     def backend_kwargs(self, backend: str) -> dict[str, Any]:
         """What the vLLM backend gets (``engine.vllm_setup.engine_args``); a ``UsageError`` for the
         transformers backend with parallel sizes."""
         if backend != "vllm":
-            if self.tensor_parallel_size > 1 or self.data_parallel_size > 1 or self.max_num_seqs is not None:
-                raise UsageError("--tensor-parallel-size, --data-parallel-size and --max-num-seqs need --backend vllm")
+            if (self.tensor_parallel_size > 1 or self.data_parallel_size > 1 or self.max_num_seqs is not None
+                    or self.async_scheduling is not None):
+                raise UsageError("--tensor-parallel-size, --data-parallel-size, --max-num-seqs and "
+                                 "--async-scheduling/--no-async-scheduling need --backend vllm")
             return {}
         kwargs: dict[str, Any] = {}
         if self.tensor_parallel_size > 1:
@@ -55,6 +59,8 @@ class ServeOptions:
             kwargs["data_parallel_size"] = self.data_parallel_size
         if self.max_num_seqs is not None:
             kwargs["max_num_seqs"] = self.max_num_seqs
+        if self.async_scheduling is not None:
+            kwargs["async_scheduling"] = self.async_scheduling
         return kwargs
 
 
