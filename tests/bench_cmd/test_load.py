@@ -11,7 +11,15 @@ import pytest
 from tests.serve.support import Server
 
 from greentrack.bench.load import parse_levels, read_tokens
-from greentrack.bench.load_stats import RequestLog, markdown_table, parse_prometheus, percentile, summarize_level
+from greentrack.bench.load_stats import (
+    BREAKDOWN_COMPONENTS,
+    RequestLog,
+    markdown_table,
+    parse_prometheus,
+    percentile,
+    slowest_count,
+    summarize_level,
+)
 
 METRICS = """# HELP greentrack_idle_energy_joules_total Idle.
 # TYPE greentrack_idle_energy_joules_total counter
@@ -108,3 +116,18 @@ def test_two_developers_type_against_a_real_server(tmp_path: Path) -> None:
     assert level["developers"] == 2 and level["keystrokes"] >= 20 and level["errors"] == 0
     assert level["requests_sent"] >= 1 and level["records"] >= 1 and level["energy_j"] > 0
     assert level["idle_energy_j"] is not None  # /metrics was read with the minted administrator token
+    # where the answers' time went: the answer's greentrack times and the records' spans, per request and per level
+    breakdown, rows = level["breakdown"], level["answered_requests"]
+    assert breakdown["answered"] == level["answered"] == len(rows)
+    assert breakdown["slowest_n"] == slowest_count(len(rows)) and (len(rows) == 0 or breakdown["slowest_n"] >= 1)
+    assert set(breakdown["p95"]) == set(BREAKDOWN_COMPONENTS) == set(breakdown["slowest_mean"])
+    assert breakdown["n"]["server_latency_ms"] == len(rows) and breakdown["n"]["prefill_ms"] == len(rows)
+    for row in rows:
+        assert row["server_latency_ms"] is not None and row["server_latency_ms"] <= row["server_ms"] + 1.0
+        assert row["prefill_ms"] >= 0 and row["decode_ms"] >= 0 and row["queue_ms"] >= 0
+        assert row["completion_tokens"] is not None and row["overhead_ms"] >= -1.0
+    if rows:  # answered before the next keystroke (on a loaded machine every request may be superseded)
+        assert breakdown["p95"]["server_ms"] == pytest.approx(level["server_p95_ms"], abs=0.1)
+        assert breakdown["slowest_mean"]["server_ms"] >= breakdown["p50"]["server_ms"]
+        assert isinstance(rows[0]["completion_tokens"], int) and rows[0]["completion_tokens"] >= 0
+    assert "load: N=2: slowest 5 % (n=" in run.stderr and "| N | n | server ms | HTTP+client ms" in run.stdout

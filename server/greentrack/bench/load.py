@@ -15,8 +15,9 @@ before the next keystroke is shown, and taken when the first-line oracle (``scri
 developer would type it (``POST /v1/greentrack/accept``). After each level the server's records are read
 (``GET /v1/greentrack/completions/{id}?wait=``), ``/metrics`` is diffed (administrator token) and the GPUs are
 probed (NVML: energy counter at the window's ends, utilization and power sampled; else ``nvidia-smi``); the
-figures come from ``bench.load_stats``. Standard library only on the client side (threads, ``http.client``), so
-it runs wherever the server's Python runs.
+figures come from ``bench.load_stats``, among them where a slow answer's time goes (``breakdown``: the answer's
+``greentrack`` times joined with the record's prefill, decode and tokens). Standard library only on the client
+side (threads, ``http.client``), so it runs wherever the server's Python runs.
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from greentrack.bench.load_stats import RequestLog, markdown_table, parse_prometheus, summarize_level
+from greentrack.bench.load_stats import (
+    RequestLog,
+    attach_records,
+    breakdown_line,
+    markdown_table,
+    parse_prometheus,
+    summarize_level,
+)
 from greentrack.bench.script import (
     BUDGETS,
     Segment,
@@ -232,6 +240,7 @@ class Developer:
             log.answered = not log.cancelled
             suggestion = str(answer.body.get("text") or "") if log.answered else ""
             log.text_chars = len(suggestion)
+            log.take_answer(answer.body.get("greentrack"))
         elif answer.status == 0 and (log.done_s >= deadline_s - 0.01 or self.options.cancel == "disconnect"):
             log.cancelled = True  # we closed it
         else:
@@ -371,6 +380,7 @@ class LoadRun:
         gpu = self.probe.stop()
         accepts.shutdown(wait=True)
         records = self.records(devs)
+        attach_records(logs, records)  # each request's prefill, decode and tokens beside what its answer said
         time.sleep(self.options.settle_s)  # the idle meter's last period
         metrics_after = self.metrics()
         summary = summarize_level(developers, window_s, logs, records, metrics_before=metrics_before,
@@ -385,7 +395,7 @@ class LoadRun:
 
         def fetch(dev: Developer, cid: str) -> dict[str, Any] | None:
             answer = dev.client.call("GET", f"/v1/greentrack/completions/{cid}?wait={wait:g}")
-            return answer.body if answer.status == 200 else None
+            return {"completion_id": cid, **answer.body} if answer.status == 200 else None
 
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="load-records") as pool:
             futures = [pool.submit(fetch, dev, cid) for dev in devs for cid in dev.sent_ids]
@@ -493,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"load: N={n}: p50 {level['latency_p50_ms']} ms, p95 {level['latency_p95_ms']} ms, "
               f"{level['completions_per_s']} completions/s, {level['j_per_completion']} J/completion, "
               f"errors {level['errors']}", file=sys.stderr, flush=True)
+        print(f"load: N={n}: {breakdown_line(level)}", file=sys.stderr, flush=True)
         if args.out is not None:
             args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     result["meta"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
