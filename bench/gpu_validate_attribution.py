@@ -15,10 +15,12 @@ What it does:
    and the counter's lag (when a step shows the energy it covers).
 2. The model: Qwen2.5-Coder-1.5B's shape (random weights, bf16; built from its hyperparameters, no hub),
    prefill of N tokens and decode of M tokens with a KV cache, each phase timed after a synchronize.
-3. Ground truth: for each phase size, ≥ 2 s of identical phases back to back; power = counter delta over
-   the whole window / its duration; truth for a phase = that power × the phase's duration. Decodes: per
-   prefill size, ≥ 2 s of the workload's own (prefill + 16-token decode) back to back, less the prefills at
-   their steady power (``decode/after/N``; the older ``decode/power`` of one 64-token decode is kept).
+3. Ground truth: for each phase size, ≥ 2 s of identical phases back to back, and again with 40 ms of sleep
+   after each (the pair gives the power of the gaps between requests, where the host builds the next one);
+   power = (counter delta over the window − the gaps at their power) / the time the phases covered; truth for a
+   phase = that power × the phase's duration. Decodes: per prefill size, ≥ 2 s of the workload's own (prefill +
+   16-token decode) back to back, less the prefills at their steady power and the gaps at theirs
+   (``decode/after/N``; the older ``decode/power`` of one 64-token decode is kept).
 4. ``run_calibration`` on the same phases (its weights feed step 5).
 5. A mixed "completion" workload (random idle gaps of 0–80 ms, prefill N ∈ {128, 1024, 4096}, decode of 16
    tokens), attributed per phase from the real sampler, uncalibrated (time split) and calibrated; compared
@@ -46,13 +48,14 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from bench.interval_data import cases, interval_of, load_recording, phase_accuracy, summarize
 
-from greentrack.calibrate import run_calibration
+from greentrack.calibrate import gaps_s, run_calibration
 from greentrack.energy.attribution import Attribution, Knot, MeterInfo, PhaseWeights, attribute, find_knots
 from greentrack.energy.interval import fit_error_model, shipped_model
 from greentrack.energy.monitor import EnergyMonitor, open_monitor
@@ -266,7 +269,8 @@ def make_run_phases(torch: Any, model: Any, device: Any) -> Callable[[int, int],
     return cast(Callable[[int, int], list[PhaseSpan]], run_phases)
 
 
-def make_vllm_run_phases(model_path: str, device: str = "cuda") -> Callable[[int, int], list[PhaseSpan]]:
+def make_vllm_run_phases(model_path: str, device: str = "cuda", async_scheduling: str = "auto",
+                         facts: dict[str, Any] | None = None) -> Callable[[int, int], list[PhaseSpan]]:
     """``run_phases`` through greentrack's vLLM backend (``--backend vllm``): the phases as the product times them
     (vLLM's per-request timestamps), each prompt of ~``n`` tokens of random words in a new document (no prefix
     cache), ``m - 1`` decode tokens at most (stop rules may end one sooner). A span's ``work`` is the nominal size
@@ -274,7 +278,11 @@ def make_vllm_run_phases(model_path: str, device: str = "cuda") -> Callable[[int
     from greentrack.engine.types import CancelToken, CompletionRequest
     from greentrack.engine.vllm_backend import VllmBackend
 
-    backend = VllmBackend(model_path, device, healing=False, max_model_len=8192)
+    asked = None if async_scheduling == "auto" else async_scheduling == "on"
+    backend = VllmBackend(model_path, device, healing=False, max_model_len=8192, async_scheduling=asked)
+    if facts is not None:
+        facts["async_scheduling"] = backend.async_scheduling
+        log(f"vLLM async scheduling: {facts['async_scheduling']} (asked: {async_scheduling})")
     vocab = [w for w in backend.engine.get_tokenizer().get_vocab() if w.isalpha() and len(w) > 2][:4000]
     rng = random.Random(11)
     counter = [0]
@@ -284,7 +292,7 @@ def make_vllm_run_phases(model_path: str, device: str = "cuda") -> Callable[[int
         rid = f"r{counter[0]}"
         text = "def f():\n    " + " ".join(rng.choice(vocab) for _ in range(n))
         request = CompletionRequest(rid, f"file:///validate/{rid}.py", text, len(text), "python",
-                                    max_tokens=max(1, m - 1), context_tokens=n + 32)
+                                    max_tokens=max(1, m - 1), context_tokens=n + 32, max_time_s=120.0)
         result = backend.complete(request, CancelToken())
         spans = []
         prefill, decode = result.span("prefill"), result.span("decode")
@@ -299,47 +307,104 @@ def make_vllm_run_phases(model_path: str, device: str = "cuda") -> Callable[[int
 
 # -- 3. ground truth ------------------------------------------------------------------------------------------
 
-def steady_power_w(monitor: EnergyMonitor, run: Callable[[], list[PhaseSpan]], kind: str,
-                   window_s: float) -> tuple[float, float, int]:
-    """(power W over a ≥ window_s run of identical phases, mean duration s of `kind` spans, count)."""
+PAD_S = 0.04  # the sleep after each run in the padded truth windows (measures the gaps' power)
+
+
+@dataclass(frozen=True)
+class SteadyWindow:
+    """A run of identical requests back to back: its counter energy, the time its spans covered and the gaps
+    between them (the host building the next request), and the mean duration of its ``kind`` spans. Units: J, s."""
+
+    energy_j: float
+    covered_s: float
+    gap_s: float
+    mean_s: float
+    count: int
+
+    def power_w(self, gap_w: float) -> float:
+        """The spans' power with the gaps drawing ``gap_w``. Units: W."""
+        return (self.energy_j - gap_w * self.gap_s) / self.covered_s
+
+
+def steady_window(monitor: EnergyMonitor, run: Callable[[], list[PhaseSpan]], kind: str, window_s: float,
+                  pad_s: float = 0.0) -> SteadyWindow:
+    """≥ ``window_s`` of ``run()`` back to back (``pad_s`` of sleep after each), measured by the counter."""
     spans: list[PhaseSpan] = []
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < window_s:
+    t0, runs = time.monotonic(), 0
+    while time.monotonic() - t0 < window_s or runs < 2:  # ≥ 2 runs: a gap between them
         spans.extend(run())
+        runs += 1
+        if pad_s:
+            time.sleep(pad_s)
     start, end = spans[0].start_s, spans[-1].end_s
-    energy_j = monitor.window_energy(start, end).energy_j
+    gap_s = gaps_s(spans)
     mine = [s for s in spans if s.kind == kind]
-    return energy_j / (end - start), statistics.fmean(s.duration_s for s in mine), len(mine)
+    return SteadyWindow(monitor.window_energy(start, end).energy_j, (end - start) - gap_s, gap_s,
+                        statistics.fmean(s.duration_s for s in mine), len(mine))
+
+
+def gap_power_w(plain: SteadyWindow, padded: SteadyWindow) -> float:
+    """The gaps' power from two windows of the same requests with different gaps (E = P·covered + P_gap·gaps,
+    solved for P_gap). Units: W; NaN when the two windows' gaps do not differ enough to tell."""
+    det = padded.gap_s * plain.covered_s - plain.gap_s * padded.covered_s
+    if abs(det) < 1e-3 * padded.covered_s * plain.covered_s:
+        return math.nan
+    return (padded.energy_j * plain.covered_s - plain.energy_j * padded.covered_s) / det
 
 
 def ground_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[PhaseSpan]],
                  window_s: float) -> dict[str, dict[str, float]]:
-    """Step 3: the power of each prefill size, and of decode alone, from steady windows of identical phases."""
+    """Step 3: the power of each prefill size, and of decode alone, from steady windows of identical phases.
+
+    The time between requests (the host building the next one: ~40 ms for a 4096-token request through vLLM,
+    against a 56 ms prefill) is no phase's: each size also runs with ``PAD_S`` of sleep after each request,
+    the pair gives the gaps' power (median over the sizes), and each phase's power is its window's energy less
+    the gaps' at that power over the time its spans covered. (The window's mean power, gaps included, was the
+    truth before 2026-11-27: ~40 % low for vLLM's 4096-token prefills, ~1 % for the torch path's.)"""
     truth: dict[str, dict[str, float]] = {}
+    plain: dict[int, SteadyWindow] = {}
+    gap_by_size: dict[int, float] = {}
     for n in PROMPT_SIZES:
-        p, d, c = steady_power_w(monitor, functools.partial(run_phases, n, 1), "prefill", window_s)
-        truth[f"prefill/{n}"] = {"power_w": p, "duration_ms": 1000 * d, "energy_j": p * d, "count": c}
-        log(f"truth prefill {n}: {p:.1f} W × {1000 * d:.2f} ms = {p * d:.3f} J ({c} phases)")
+        plain[n] = steady_window(monitor, functools.partial(run_phases, n, 1), "prefill", window_s)
+        padded = steady_window(monitor, functools.partial(run_phases, n, 1), "prefill", window_s, PAD_S)
+        gap_by_size[n] = gap_power_w(plain[n], padded)
+    measured = [w for w in gap_by_size.values() if not math.isnan(w)]
+    gap_w = statistics.median(measured) if measured else 0.0
+    truth["gap"] = {"power_w": gap_w, "pad_s": PAD_S,
+                    **{f"power_w_after_prefill_{n}": w for n, w in gap_by_size.items()}}
+    log(f"truth gaps between requests: {gap_w:.1f} W (by prefill size: "
+        f"{', '.join(f'{n}: {w:.1f}' for n, w in gap_by_size.items())})")
+    for n, w in plain.items():
+        p = w.power_w(gap_w)
+        truth[f"prefill/{n}"] = {"power_w": p, "duration_ms": 1000 * w.mean_s, "energy_j": p * w.mean_s,
+                                 "count": w.count, "window_power_w": w.energy_j / (w.covered_s + w.gap_s),
+                                 "gap_share": w.gap_s / (w.covered_s + w.gap_s)}
+        log(f"truth prefill {n}: {p:.1f} W × {1000 * w.mean_s:.2f} ms = {p * w.mean_s:.3f} J ({w.count} phases; "
+            f"gaps {100 * w.gap_s / (w.covered_s + w.gap_s):.0f} % of the window)")
     # Decode: one long decode run after a 128-token prefill; the decode spans only.
-    p_dec, d_dec, _c_dec = steady_power_w(monitor, lambda: run_phases(128, 65), "decode", window_s)
-    # The window includes the 128-token prefills: remove them at their own measured power.
+    dec = steady_window(monitor, lambda: run_phases(128, 65), "decode", window_s)
+    # The window includes the 128-token prefills: remove them at their own measured power, and the gaps.
     pre = truth["prefill/128"]
-    cycle_s = d_dec + pre["duration_ms"] / 1000
-    p_dec_only = (p_dec * cycle_s - pre["power_w"] * pre["duration_ms"] / 1000) / d_dec
-    truth["decode/power"] = {"power_w": p_dec_only, "step_ms": 1000 * d_dec / 64,
-                             "j_per_token": p_dec_only * d_dec / 64}
-    log(f"truth decode: {p_dec_only:.1f} W, {1000 * d_dec / 64:.2f} ms/token, {p_dec_only * d_dec / 64:.3f} J/token")
+    pre_s = dec.count * pre["duration_ms"] / 1000
+    dec_s = dec.count * dec.mean_s
+    p_dec_only = (dec.energy_j - gap_w * dec.gap_s - pre["power_w"] * pre_s) / dec_s
+    truth["decode/power"] = {"power_w": p_dec_only, "step_ms": 1000 * dec.mean_s / 64,
+                             "j_per_token": p_dec_only * dec.mean_s / 64}
+    log(f"truth decode: {p_dec_only:.1f} W, {1000 * dec.mean_s / 64:.2f} ms/token, "
+        f"{p_dec_only * dec.mean_s / 64:.3f} J/token")
     for n in PROMPT_SIZES:
-        truth[f"decode/after/{n}"] = shaped_decode_truth(monitor, run_phases, n, truth[f"prefill/{n}"], window_s)
+        truth[f"decode/after/{n}"] = shaped_decode_truth(monitor, run_phases, n, truth[f"prefill/{n}"], gap_w,
+                                                         window_s)
     return truth
 
 
 def shaped_decode_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[PhaseSpan]], n: int,
-                        prefill: dict[str, float], window_s: float) -> dict[str, float]:
+                        prefill: dict[str, float], gap_w: float, window_s: float) -> dict[str, float]:
     """The decode power of the mixed workload's own shape: ≥ ``window_s`` of (prefill ``n`` + 16-token decode)
-    back to back, minus the prefills at their steady power. The 64-token decode window above runs each decode
-    step at a new cache length once (its first-time kernel choices made it ~3× slower per token on the H200 of
-    2026-11-26, at a lower power), so it is not the decodes the workload runs; this one is, warmed up."""
+    back to back, minus the prefills at their steady power and the gaps between requests at theirs. The 64-token
+    decode window above runs each decode step at a new cache length once (its first-time kernel choices made it
+    ~3× slower per token on the H200 of 2026-11-26, at a lower power), so it is not the decodes the workload
+    runs; this one is, warmed up."""
     for _ in range(3):
         run_phases(n, DECODE_TOKENS)
     spans: list[PhaseSpan] = []
@@ -351,10 +416,10 @@ def shaped_decode_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int],
     pre_s = math.fsum(s.duration_s for s in spans if s.kind == "prefill")
     dec = [s for s in spans if s.kind == "decode"]
     dec_s = math.fsum(s.duration_s for s in dec)
-    gap_s = (end - start) - pre_s - dec_s  # host time between phases, charged at the decode's power
-    power_w = (energy_j - prefill["power_w"] * pre_s) / (dec_s + gap_s)
+    gap_s = gaps_s(spans)
+    power_w = (energy_j - prefill["power_w"] * pre_s - gap_w * gap_s) / dec_s
     log(f"truth decode after prefill {n}: {power_w:.1f} W, {1000 * dec_s / len(dec) / (DECODE_TOKENS - 1):.2f} "
-        f"ms/token ({len(dec)} decodes)")
+        f"ms/token ({len(dec)} decodes, gaps {100 * gap_s / (end - start):.0f} % of the window)")
     return {"power_w": power_w, "step_ms": 1000 * dec_s / len(dec) / (DECODE_TOKENS - 1), "count": len(dec)}
 
 
@@ -517,7 +582,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if args.backend == "vllm":
         log(f"starting greentrack's vLLM backend on {args.model}")
-        run_phases = make_vllm_run_phases(args.model)
+        results["vllm"] = {"async_scheduling_asked": args.async_scheduling}
+        run_phases = make_vllm_run_phases(args.model, "cpu" if tiny else "cuda", async_scheduling=args.async_scheduling,
+                                          facts=results["vllm"])
     else:
         log("building the model")
         model = build_model(torch, device, tiny)
@@ -603,6 +670,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="vllm: the phases through greentrack's vLLM backend (needs --model), timed as the product "
                     "times them")
     ap.add_argument("--model", help="a model folder for --backend vllm (bench/gpu_make_model.py makes one)")
+    ap.add_argument("--async-scheduling", choices=("auto", "on", "off"), default="auto",
+                    help="--backend vllm: vLLM's async scheduling (a batch queue: the next step is scheduled "
+                    "before the last one's output is handled, which moves the phase timestamps); auto: vLLM's choice")
     ap.add_argument("--on-demand", action="store_true",
                     help="7. also run the workload metered on demand (reads by phase) against the same truth")
     return ap.parse_args(argv)
