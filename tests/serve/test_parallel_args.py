@@ -23,7 +23,8 @@ def _args(options: ServeOptions) -> dict[str, object]:
     """What ``VllmBackend(**options.backend_kwargs("vllm"))`` hands ``engine_args`` (its defaults beside)."""
     kwargs = options.backend_kwargs("vllm")
     return engine_args(Path("/models/m"), CUDA_BUILD, max_model_len=4096, max_num_seqs=kwargs.pop("max_num_seqs", 8),
-                       enforce_eager=None, dtype=None, logits_processors=[], engine_kwargs=None, **kwargs)
+                       enforce_eager=None, dtype=None, logits_processors=[],
+                       engine_kwargs=kwargs.pop("engine_kwargs", None), **kwargs)
 
 
 def test_one_gpu_by_default() -> None:
@@ -80,3 +81,29 @@ def test_async_scheduling_needs_the_vllm_backend(flag: str) -> None:
                       "--db", "/nonexistent/never-opened.db")
     assert done.returncode == 2 and "need --backend vllm" in done.stderr and "Traceback" not in done.stderr
     assert "--async-scheduling" in done.stderr
+
+
+def test_engine_args_reach_the_engine_over_the_defaults() -> None:
+    from greentrack.serve.cli import parse_engine_args
+
+    extra = parse_engine_args(['compilation_config={"cudagraph_mode": "FULL"}', "max-num-batched-tokens=2048",
+                               "enforce_eager=true", "kv_cache_dtype=fp8"])
+    assert extra == (("compilation_config", {"cudagraph_mode": "FULL"}), ("max_num_batched_tokens", 2048),
+                     ("enforce_eager", True), ("kv_cache_dtype", "fp8"))
+    args = _args(ServeOptions(engine_kwargs=extra))
+    assert args["compilation_config"] == {"cudagraph_mode": "FULL"} and args["max_num_batched_tokens"] == 2048
+    assert args["enforce_eager"] is True and args["kv_cache_dtype"] == "fp8"
+    assert args["disable_log_stats"] is False  # per-request stats stay on whatever is asked
+    assert "engine_kwargs" not in ServeOptions().backend_kwargs("vllm")
+
+
+def test_engine_arg_needs_key_value_and_the_vllm_backend() -> None:
+    from greentrack.serve.cli import parse_engine_args
+
+    for bad in ("no_equals", "=3", "bad key=1"):
+        with pytest.raises(UsageError, match="KEY=VALUE"):
+            parse_engine_args([bad])
+    with pytest.raises(UsageError, match="need --backend vllm"):
+        ServeOptions(engine_kwargs=(("x", 1),)).backend_kwargs("transformers")
+    done = greentrack("serve", "--backend", "transformers", "--engine-arg", "enforce_eager=true", "--port", "1")
+    assert done.returncode == 2 and "--engine-arg" in done.stderr

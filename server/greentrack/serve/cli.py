@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -66,6 +66,12 @@ def serve(
                      help="vLLM: schedule the next batch while one runs (default: vLLM's choice; the engine's "
                           "effective setting is logged at start)."),
     ] = None,
+    engine_arg: Annotated[
+        list[str] | None,
+        typer.Option("--engine-arg", metavar="KEY=VALUE",
+                     help="vLLM: one more EngineArgs keyword (repeatable); VALUE is JSON where it parses, else a "
+                          "string, e.g. compilation_config='{\"cudagraph_mode\": \"FULL\"}'."),
+    ] = None,
     suggestion_cache: Annotated[
         bool | None,
         typer.Option("--suggestion-cache/--no-suggestion-cache",
@@ -88,8 +94,26 @@ def serve(
     options = ServeOptions(host=host, port=port, idle_period_s=idle_period, max_body_bytes=max_body,
                            body_timeout_s=body_timeout, graceful_s=graceful, strict_device=device not in (None, "auto"),
                            tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-                           max_num_seqs=max_num_seqs, async_scheduling=async_scheduling)
+                           max_num_seqs=max_num_seqs, async_scheduling=async_scheduling,
+                           engine_kwargs=parse_engine_args(engine_arg or []))
     run_server(settings, options)
+
+
+def parse_engine_args(items: list[str]) -> tuple[tuple[str, Any], ...]:
+    """``["max_num_batched_tokens=2048", "enforce_eager=true"]`` → ((key, 2048), (key, True)): each value JSON
+    where it parses, else the string. A ``UsageError`` for an item without ``=`` or with an empty key."""
+    out: list[tuple[str, Any]] = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--engine-arg must be KEY=VALUE with KEY an EngineArgs field, not {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.append((key, value))
+    return tuple(out)
 
 
 def _store(db: Path | None) -> Store:

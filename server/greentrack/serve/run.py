@@ -42,15 +42,17 @@ class ServeOptions:
     data_parallel_size: int = 1
     max_num_seqs: int | None = None
     async_scheduling: bool | None = None
+    #: vLLM only: more ``EngineArgs`` keywords (``--engine-arg KEY=VALUE``), applied over greentrack's defaults.
+    engine_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def backend_kwargs(self, backend: str) -> dict[str, Any]:
         """What the vLLM backend gets (``engine.vllm_setup.engine_args``); a ``UsageError`` for the
         transformers backend with parallel sizes."""
         if backend != "vllm":
             if (self.tensor_parallel_size > 1 or self.data_parallel_size > 1 or self.max_num_seqs is not None
-                    or self.async_scheduling is not None):
-                raise UsageError("--tensor-parallel-size, --data-parallel-size, --max-num-seqs and "
-                                 "--async-scheduling/--no-async-scheduling need --backend vllm")
+                    or self.async_scheduling is not None or self.engine_kwargs):
+                raise UsageError("--tensor-parallel-size, --data-parallel-size, --max-num-seqs, "
+                                 "--async-scheduling/--no-async-scheduling and --engine-arg need --backend vllm")
             return {}
         kwargs: dict[str, Any] = {}
         if self.tensor_parallel_size > 1:
@@ -61,6 +63,8 @@ class ServeOptions:
             kwargs["max_num_seqs"] = self.max_num_seqs
         if self.async_scheduling is not None:
             kwargs["async_scheduling"] = self.async_scheduling
+        if self.engine_kwargs:
+            kwargs["engine_kwargs"] = dict(self.engine_kwargs)
         return kwargs
 
 
