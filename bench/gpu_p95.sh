@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 12 point 5: where the 95th percentile of keystroke → suggestion goes at 64 developers, server
 # configurations side by side on one GPU. For each configuration (GT_CONFIGS: "name|extra serve flags" entries
-# separated by ";"; default: vLLM's own choice of async scheduling, then async scheduling off): start
+# separated by ";"; default: vLLM's defaults, then full CUDA graphs for mixed prefill-decode steps too): start
 # `greentrack serve --backend vllm` on a fresh database, run bench/load.py (line budgets, GT_LEVELS, default
 # 64:45), stop it. load_<name>.json has each level's `breakdown` (client overhead, queue, prefill, decode, tokens of
 # the slowest 5 %). On the device machine, after the two-call vLLM install (../shared/gpu-vllm/README.md):
@@ -15,7 +15,7 @@ bench_start "${1:?output folder}" 560
   nproc; uptime; } > "$out/env.txt" 2>&1
 make_model || exit 1
 port=8765
-IFS=';' read -r -a configs <<< "${GT_CONFIGS:-auto|;noasync|--no-async-scheduling}"
+IFS=';' read -r -a configs <<< "${GT_CONFIGS:-auto|;fullgraphs|--engine-arg compilation_config={\"cudagraph_mode\":\"FULL\"}}"
 for entry in "${configs[@]}"; do
   name=${entry%%|*} flags=${entry#*|}
   levels=$(fit_levels $(( $(left) - 100 )) ${GT_LEVELS:-64:45})
@@ -28,7 +28,7 @@ for entry in "${configs[@]}"; do
   say "$name ($flags): server up? $(health_of $port); $(grep -o 'async_scheduling[^,;)]*' "$out/serve_$name.txt" | head -1)"
   timeout $(( $(left) - 10 )) python3 bench/load.py --server "http://127.0.0.1:$port" --mint-db "$db" --budget line \
     --levels "$levels" --out "$out/load_$name.json" > "$out/load_$name.txt" 2>&1
-  say "$name: load rc=$?"
+  say "$name: load rc=$?; graphs: $(grep -ao 'Capturing CUDA graphs ([^)]*)' "$out/serve_$name.txt" | sort -u | tr '\n' ' ')"
   tail -6 "$out/load_$name.txt" | tee -a "$log"
   stop_serve
 done
