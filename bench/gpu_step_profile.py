@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import pstats
 import statistics
 import time
@@ -64,11 +65,14 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--compilation-config", help="JSON for vLLM's compilation_config (e.g. a larger "
+                    "max_cudagraph_capture_size: the default captures batches up to 2 × max_num_seqs tokens)")
     args = ap.parse_args()
-    backend = VllmBackend(args.model, args.device, healing=False, max_model_len=8192)
+    extra = {"compilation_config": json.loads(args.compilation_config)} if args.compilation_config else {}
+    backend = VllmBackend(args.model, args.device, healing=False, max_model_len=8192, engine_kwargs=extra)
     instrument(backend.engine)
     words = ["def", "compute", "total", "value", "items", "result", "index", "count", "name", "data"]
-    report: list[str] = [f"async_scheduling={backend.async_scheduling}"]
+    report: list[str] = [f"async_scheduling={backend.async_scheduling} compilation_config={extra}"]
 
     def run(i: int, n_words: int, max_tokens: int) -> float:
         text = "def f():\n    " + " ".join(words[(i * 7 + k) % len(words)] + str(i) for k in range(n_words))
