@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 12 point 5: where the 95th percentile of keystroke → suggestion goes at 64 developers, server
 # configurations side by side on one GPU. For each configuration (GT_CONFIGS: "name|extra serve flags" entries
-# separated by ";"; default: vLLM's defaults, then CUDA graphs for steps of up to 1024 tokens, not 256): start
+# separated by ";"; default: the defaults, then a 1 ms GIL switch interval; earlier pairs in docs/benchmarks.md): start
 # `greentrack serve --backend vllm` on a fresh database, run bench/load.py (line budgets, GT_LEVELS, default
 # 64:45), stop it. load_<name>.json has each level's `breakdown` (client overhead, queue, prefill, decode, tokens of
 # the slowest 5 %). On the device machine, after the two-call vLLM install (../shared/gpu-vllm/README.md):
@@ -15,7 +15,7 @@ bench_start "${1:?output folder}" 560
   nproc; uptime; } > "$out/env.txt" 2>&1
 make_model || exit 1
 port=8765
-IFS=';' read -r -a configs <<< "${GT_CONFIGS:-auto|;graphs1024|--engine-arg compilation_config={\"max_cudagraph_capture_size\":1024}}"
+IFS=';' read -r -a configs <<< "${GT_CONFIGS:-default|;switch1ms|--switch-interval-ms 1}"
 for entry in "${configs[@]}"; do
   name=${entry%%|*} flags=${entry#*|}
   levels=$(fit_levels $(( $(left) - 100 )) ${GT_LEVELS:-64:45})

@@ -107,3 +107,23 @@ def test_engine_arg_needs_key_value_and_the_vllm_backend() -> None:
         ServeOptions(engine_kwargs=(("x", 1),)).backend_kwargs("transformers")
     done = greentrack("serve", "--backend", "transformers", "--engine-arg", "enforce_eager=true", "--port", "1")
     assert done.returncode == 2 and "--engine-arg" in done.stderr
+
+
+def test_gpu_engines_capture_graphs_for_prefill_sized_steps() -> None:
+    from greentrack.engine.vllm_setup import GRAPH_CAPTURE_TOKENS
+
+    assert _args(ServeOptions())["compilation_config"] == {"max_cudagraph_capture_size": GRAPH_CAPTURE_TOKENS}
+    assert GRAPH_CAPTURE_TOKENS >= 512  # keystroke prefills after a cached prefix, and a cold 1,000-token window
+    own = _args(ServeOptions(engine_kwargs=(("compilation_config", {"cudagraph_mode": "FULL"}),)))
+    assert own["compilation_config"] == {"cudagraph_mode": "FULL"}  # the user's replaces ours
+    cpu = engine_args(Path("/m"), VllmModules("0.32.0", None, None, None, None, "cpu"), max_model_len=4096,
+                      max_num_seqs=8, enforce_eager=None, dtype="float32", logits_processors=[], engine_kwargs=None)
+    assert "compilation_config" not in cpu  # eager on CPU: no graphs
+    eager = engine_args(Path("/m"), CUDA_BUILD, max_model_len=4096, max_num_seqs=8, enforce_eager=True, dtype=None,
+                        logits_processors=[], engine_kwargs=None)
+    assert "compilation_config" not in eager
+
+
+def test_switch_interval_is_checked_before_loading() -> None:
+    done = greentrack("serve", "--switch-interval-ms", "0", "--port", "1")
+    assert done.returncode == 2 and "--switch-interval-ms" in done.stderr

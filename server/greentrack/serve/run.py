@@ -12,6 +12,7 @@ finish, accounts the last idle period and drains the pipeline's record writer, s
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,9 @@ class ServeOptions:
     async_scheduling: bool | None = None
     #: vLLM only: more ``EngineArgs`` keywords (``--engine-arg KEY=VALUE``), applied over greentrack's defaults.
     engine_kwargs: tuple[tuple[str, Any], ...] = ()
+    #: How long a Python thread holds the GIL before another one waiting gets it (``sys.setswitchinterval``;
+    #: None: Python's 5 ms). The in-process engine thread and the HTTP threads take turns on one GIL.
+    switch_interval_s: float | None = None
 
     def backend_kwargs(self, backend: str) -> dict[str, Any]:
         """What the vLLM backend gets (``engine.vllm_setup.engine_args``); a ``UsageError`` for the
@@ -81,6 +85,8 @@ def serve(settings: Settings, options: ServeOptions) -> None:
     from greentrack.serve.service import CompletionService, backend_slots
 
     backend_kwargs = options.backend_kwargs(settings.backend)  # refused before anything loads
+    if options.switch_interval_s is not None:
+        sys.setswitchinterval(options.switch_interval_s)
     loopback = is_loopback(options.host)
     try:
         store = open_store(settings)
