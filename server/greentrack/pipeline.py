@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from greentrack.config import Settings
-from greentrack.energy.interval import completion_interval
+from greentrack.energy.interval import TIMED_BY_ENGINE, completion_interval, with_intervals
 from greentrack.energy.types import Method, PhaseEnergy, PhaseSpan
 from greentrack.engine.types import CancelToken, CompletionBackend, CompletionRequest, EngineResult
 from greentrack.errors import BadInput, GreentrackError, StoreError
@@ -236,7 +236,8 @@ class Pipeline:
         if result.from_cache:  # no device work was done: exactly 0 J (docs/interfaces.md)
             method, meter, uncertainty_j = "measured", CACHE_METER, 0.0
         total_j = prefill_j + decode_j
-        interval = completion_interval(energies, result.spans, calibrated=self.monitor.calibration is not None)
+        interval = completion_interval(energies, result.spans, calibrated=self.monitor.calibration is not None,
+                                       timed_by=self._timed_by)
         record = CompletionRecord(
             completion_id=result.request_id,
             uri=context.uri,
@@ -294,7 +295,16 @@ class Pipeline:
                 meter = self.ledger.meter
                 return figure.phases(replace(meter, name=meter.name + STEPS_METER_SUFFIX)), figure
             log.warning("no engine step recorded for %s: attributed by its own phases", result.request_id)
-        return self.monitor.phase_energy(result.spans), None
+        phases = self.monitor.phase_energy(result.spans)
+        if self._timed_by != TIMED_BY_ENGINE:  # the shipped error model was fitted on engine-timed phases
+            phases = with_intervals(phases, result.spans, calibrated=self.monitor.calibration is not None,
+                                    timed_by=self._timed_by)
+        return phases, None
+
+    @property
+    def _timed_by(self) -> str:
+        """How this backend times phases: by the engine after a synchronise, or from vLLM's request timestamps."""
+        return "vllm" if self.backend.name == "vllm" else TIMED_BY_ENGINE
 
     def take_idle_energy(self, *, min_window_s: float = 0.0) -> IdleWindow | None:
         """The step ledger's idle energy since the last take (None without a ledger or when too short)."""
