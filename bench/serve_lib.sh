@@ -35,6 +35,7 @@ stop_serve() {
 # developer), $out, $log (run_log.txt in it), and the clock that say and left read. BUDGET_S: GT_BUDGET_S, else this.
 bench_start() {
   out=$1 t0=$SECONDS budget=${GT_BUDGET_S:-${2:-540}} log="$1/run_log.txt"
+  mkdir -p "$out"
   export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/server" XDG_CACHE_HOME=/tmp/gt-cache \
     GREENTRACK_DEVELOPER=gpu-bench@example.com PYTHONUNBUFFERED=1
 }
