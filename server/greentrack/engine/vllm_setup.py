@@ -147,11 +147,11 @@ def engine_device(device: str, vl: VllmModules, *, gpus: int = 1) -> str:
 
 
 #: On GPUs, steps of up to this many tokens run as CUDA graphs. vLLM's default is 2 × max_num_seqs (16 for the
-#: language server's engine, 256 for ``serve``'s 128), and a step above it runs its ~4,500 kernels launched from
-#: Python: a 128-token prefill step took ~17 ms of host time on an H200 instead of ~4 ms, and every decode sharing
-#: such a step waited for it. With 1024: a lone 128-token prefill request 18.7 → 13.2 ms p50, and the server's p95 at
-#: 64 developers 287 → 202 ms, side by side on one H200 (docs/benchmarks.md, 2026-11-27). ``--engine-arg
-#: compilation_config=…`` replaces it.
+#: language server's engine, 256 for ``serve``'s 128); a larger step, e.g. a keystroke's prefill of a few dozen new
+#: tokens beside the running decodes, launches each layer's kernels from Python (cProfile on an H200: ~56 Triton
+#: launches, 84 matmuls and 28 attention calls per prefill request). Side by side on one H200 (docs/benchmarks.md,
+#: 2026-11-27), 64 developers on ``serve``: keystroke p95 438 → 352 ms, the server's p95 287 → 202 ms, prefill p50
+#: 31.9 → 17.7 ms. ``--engine-arg compilation_config=…`` replaces it.
 GRAPH_CAPTURE_TOKENS = 1024
 
 
