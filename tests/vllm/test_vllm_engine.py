@@ -368,3 +368,20 @@ def test_command_line_with_the_vllm_backend(tmp_path: object) -> None:
     assert record["total_j"] == pytest.approx(record["prefill_j"] + record["decode_j"])
     assert record["method"] in ("measured", "attributed", "estimated")
     assert isinstance(record["text"], str)
+
+
+def test_prefix_reuse_in_a_document_longer_than_the_window(backend: VllmBackend) -> None:
+    """Past the context budget the window is cut; it must stay where it was while typing goes on (vLLM's prefix
+    cache matches from the prompt's first token: a window that slid by a line would be computed again in whole)."""
+    long_text = unique_source() + SOURCE + SOURCE + "\n\ndef area_of(shape):\n    return shape."
+
+    def at_end(text: str) -> CompletionRequest:
+        return CompletionRequest(uuid.uuid4().hex[:12], "file:///long.py", text, len(text), max_tokens=8,
+                                 max_time_s=60.0, context_tokens=384)
+
+    first = backend.complete(at_end(long_text), CancelToken())
+    assert first.prompt_tokens <= 384 + 8 and first.reused_prompt_tokens == 0  # the window was cut
+    typed = long_text + "area()\n\n\ndef perimeter_of(shape):\n    return shape.perim"
+    second = backend.complete(at_end(typed), CancelToken())
+    block = backend.engine.vllm_config.cache_config.block_size
+    assert second.reused_prompt_tokens >= first.prompt_tokens - block, (first.prompt_tokens, second)

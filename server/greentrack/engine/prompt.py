@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import bisect
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -309,6 +311,29 @@ class PromptBuilder:
         else:
             ids = [*self.bos_ids, *kept]
         return Prompt(ids, window, self.fim, heal_text, k)
+
+
+class WindowStarts:
+    """Where each document's last prompt window started (``Prompt.window.prefix_start``), for the next request's
+    ``prefer_start``: while the prefix still fits, successive keystrokes keep the same first tokens, so the engine's
+    KV cache (greentrack's own, or vLLM's prefix cache, which matches from the prompt's start) is reused instead of
+    recomputing a window that slid by a line. Bounded (least recently used documents forgotten); thread-safe."""
+
+    def __init__(self, max_documents: int = 64) -> None:
+        self._starts: OrderedDict[str, int] = OrderedDict()
+        self._max = max_documents
+        self._lock = threading.Lock()
+
+    def get(self, document_key: str) -> int | None:
+        with self._lock:
+            return self._starts.get(document_key)
+
+    def remember(self, document_key: str, prefix_start: int) -> None:
+        with self._lock:
+            self._starts[document_key] = prefix_start
+            self._starts.move_to_end(document_key)
+            while len(self._starts) > self._max:
+                self._starts.popitem(last=False)
 
 
 def build_healer(tokenizer: Any, stop_ids: Iterable[int]) -> tuple[Healer, list[str]]:

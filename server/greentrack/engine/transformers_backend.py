@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,7 @@ from greentrack.energy.types import PhaseSpan
 from greentrack.engine.cpu_decode import CpuLlama, CpuRunner
 from greentrack.engine.generation import GenerationState
 from greentrack.engine.loading import LoadedModel, load_model, resolve_model
-from greentrack.engine.prompt import Healer, Prompt, PromptBuilder, build_healer
+from greentrack.engine.prompt import Healer, Prompt, PromptBuilder, WindowStarts, build_healer
 from greentrack.engine.runners import DynamicRunner, StaticRunner
 from greentrack.engine.stops import StopContext, stop_context, stop_token_ids
 from greentrack.engine.tokenizer import HFTokenizer
@@ -98,7 +97,7 @@ class TransformersBackend:
         self.stable_window = stable_window
         self.stop_rules = stop_rules  # False: only EOS and the budgets end generation (benchmarks' baseline)
         self._healer: Healer | None = None
-        self._window_starts: OrderedDict[str, int] = OrderedDict()
+        self._window_starts = WindowStarts()
         self._lock = threading.Lock()
         if compile_step is None:  # opt-in: ~40 s of torch.compile at start-up for ~25% less energy per token
             compile_step = os.environ.get("GREENTRACK_COMPILE_DECODE", "") in ("1", "true", "yes")
@@ -162,10 +161,7 @@ class TransformersBackend:
         prefer = self._window_starts.get(request.document_key) if self.stable_window else None
         prompt = self.prompts.build(request.text, request.offset, request.context_tokens, prefer)
         if self.stable_window:
-            self._window_starts[request.document_key] = prompt.window.prefix_start
-            self._window_starts.move_to_end(request.document_key)
-            while len(self._window_starts) > 64:
-                self._window_starts.popitem(last=False)
+            self._window_starts.remember(request.document_key, prompt.window.prefix_start)
         return prompt
 
     def complete(

@@ -36,7 +36,7 @@ from greentrack.config import EMBEDDED_MODEL, Settings
 from greentrack.energy.types import PhaseSpan
 from greentrack.engine import loading
 from greentrack.engine.generation import GenerationState
-from greentrack.engine.prompt import PromptBuilder, build_healer
+from greentrack.engine.prompt import PromptBuilder, WindowStarts, build_healer
 from greentrack.engine.stops import StopContext, stop_context, stop_token_ids
 from greentrack.engine.tokenizer import LockedTokenizer
 from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
@@ -106,6 +106,9 @@ class VllmBackend:
         self.concurrency = int(self.engine_args["max_num_seqs"]) * int(self.engine_args.get("data_parallel_size", 1))
         self._seq = 0
         self._seq_lock = threading.Lock()
+        #: Each document's window start: vLLM's prefix cache matches from the prompt's first token, so a window that
+        #: slides with the cursor would recompute the whole prompt at every keystroke in a long file.
+        self._window_starts = WindowStarts()
         t0 = time.monotonic()
         self._thread = EngineThread(vl, vl.EngineArgs(**self.engine_args))
         err = self._thread.build_error
@@ -247,7 +250,9 @@ class VllmBackend:
             raise GreentrackError("the vllm backend is closed")
         if self._thread.fatal is not None:
             raise GreentrackError(f"the vllm engine stopped after an error: {self._thread.fatal}")
-        prompt = self._builder.build(request.text, request.offset, request.context_tokens)
+        prompt = self._builder.build(request.text, request.offset, request.context_tokens,
+                                     self._window_starts.get(request.document_key))
+        self._window_starts.remember(request.document_key, prompt.window.prefix_start)
         if not prompt.ids:
             raise BadInput("nothing to complete from: the prompt is empty")
         ctx = stop_context(prompt.window.prefix, prompt.window.suffix)
