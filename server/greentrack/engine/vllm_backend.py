@@ -107,8 +107,9 @@ class VllmBackend:
         self._seq = 0
         self._seq_lock = threading.Lock()
         #: Each document's window start: vLLM's prefix cache matches from the prompt's first token, so a window that
-        #: slides with the cursor would recompute the whole prompt at every keystroke in a long file.
-        self._window_starts = WindowStarts()
+        #: slides with the cursor would recompute the whole prompt at every keystroke in a long file. A team's server
+        #: keeps one per developer and document.
+        self._window_starts = WindowStarts(max_documents=4096)
         t0 = time.monotonic()
         self._thread = EngineThread(vl, vl.EngineArgs(**self.engine_args))
         err = self._thread.build_error
