@@ -161,3 +161,15 @@ def test_a_level_without_answers_has_an_empty_breakdown() -> None:
     assert (s["breakdown"]["answered"], s["breakdown"]["slowest_n"], s["answered_requests"]) == (0, 0, [])
     assert all(value is None for value in s["breakdown"]["p95"].values())
     assert "slowest 5 % (n=0): server — ms" in breakdown_line(s) and "| 1 | 0 | — |" in markdown_table([s])
+
+
+def test_the_servers_own_timings_split_its_other_time() -> None:
+    log = RequestLog(0, "t", 0.0, sent=True, sent_s=0.15, done_s=0.30, answered=True)
+    log.take_answer({"latency_ms": 140.0, "queue_ms": 1.0, "prefill_ms": 20.0, "decode_ms": 80.0,
+                     "server_timings_ms": {"before_engine": 12.0, "admit": 4.0, "after_decode": None}})
+    parts = log.components()
+    assert parts["server_other_ms"] == pytest.approx(39.0)
+    assert (parts["before_engine_ms"], parts["admit_ms"], parts["after_decode_ms"]) == (12.0, 4.0, None)
+    old_server = RequestLog(0, "u", 0.0, sent=True, sent_s=0.15, done_s=0.30, answered=True)
+    old_server.take_answer({"latency_ms": 140.0, "queue_ms": 1.0, "prefill_ms": 20.0, "decode_ms": 80.0})
+    assert old_server.components()["admit_ms"] is None  # an older server: not counted as 0

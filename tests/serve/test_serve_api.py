@@ -123,6 +123,10 @@ def test_official_openai_client_plain_fim_and_streaming(team: tuple[Server, dict
     assert green["completion_id"] == done.id
     assert green["prompt_tokens"] > 0 and green["completion_tokens"] >= 1
     assert green["latency_ms"] >= green["prefill_ms"] > 0 and green["queue_ms"] >= 0
+    # the transformers backend stamps no vLLM admission nor last token: only the way to the engine is known
+    timings = green["server_timings_ms"]
+    assert timings["admit"] is None and timings["after_decode"] is None
+    assert 0 <= timings["before_engine"] <= green["latency_ms"] - green["prefill_ms"] - green["decode_ms"] + 0.01
     assert done.usage is not None and done.usage.prompt_tokens == green["prompt_tokens"]
     with server.client(tokens[ALICE]) as raw:
         record = raw.get(f"/v1/greentrack/completions/{done.id}", params={"wait": 10}).json()

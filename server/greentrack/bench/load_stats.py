@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+#: The parts of ``server_other_ms`` the answer names (``server_timings_ms``, docs/interfaces.md).
+SERVER_TIMINGS = ("before_engine", "admit", "after_decode")
 
 
 @dataclass
@@ -62,6 +65,8 @@ class RequestLog:
     reused_prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached: bool = False
+    #: The answer's ``server_timings_ms`` (``before_engine``, ``admit``, ``after_decode``): in ``server_other_ms``.
+    server_timings_ms: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def latency_ms(self) -> float:
@@ -77,6 +82,9 @@ class RequestLog:
             return
         self.server_latency_ms = _maybe_num(green, "latency_ms")
         self.queue_ms = _maybe_num(green, "queue_ms")
+        timings = green.get("server_timings_ms")
+        if isinstance(timings, Mapping):
+            self.server_timings_ms = {k: _maybe_num(timings, k) for k in SERVER_TIMINGS}
         self._take_engine_figures(green)
 
     def take_record(self, row: Mapping[str, Any]) -> None:
@@ -108,6 +116,7 @@ class RequestLog:
             "prefill_ms": prefill,
             "decode_ms": decode,
             "server_other_ms": other,
+            **{f"{k}_ms": self.server_timings_ms.get(k) for k in SERVER_TIMINGS},
             "completion_tokens": tokens,
             "decode_ms_per_token": per_token,
             "prompt_tokens": self.prompt_tokens,
@@ -120,9 +129,12 @@ class RequestLog:
 #: ``overhead_ms``: their difference (the connection; the server's HTTP layer before the app stamps the request's
 #: arrival and after the engine ends — event-loop waits included; the client's threads); ``server_other_ms``:
 #: ``server_latency_ms`` − queue − prefill − decode (the server's time outside the engine's phases);
-#: ``decode_ms_per_token``: decode / (completion_tokens − 1), cache hits and one-token answers left out.
+#: ``before_engine_ms``, ``admit_ms``, ``after_decode_ms``: the parts of it the server stamps (its answer's
+#: ``server_timings_ms``); ``decode_ms_per_token``: decode / (completion_tokens − 1), cache hits and one-token
+#: answers left out.
 BREAKDOWN_COMPONENTS: tuple[str, ...] = (
     "server_ms", "server_latency_ms", "overhead_ms", "queue_ms", "prefill_ms", "decode_ms", "server_other_ms",
+    "before_engine_ms", "admit_ms", "after_decode_ms",
     "completion_tokens", "decode_ms_per_token", "prompt_tokens", "reused_prompt_tokens",
 )
 

@@ -209,6 +209,7 @@ def _green(generation: Generation) -> dict[str, Any]:
         cid, generation.result, queue_ms=generation.queue_ms, latency_ms=generation.latency_ms,
         record=generation.record,
         energy_url=f"/v1/greentrack/completions/{cid}?wait=2" if generation.result is not None else None,
+        timings_ms=generation.timings_ms,
     )
 
 

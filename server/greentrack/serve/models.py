@@ -168,6 +168,7 @@ def greentrack_object(
     latency_ms: float,
     record: CompletionRecord | None,
     energy_url: str | None,
+    timings_ms: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
     """The ``greentrack`` object of a completion response: tokens, times, and the energy fields once known
     (``null`` until the record is attributed: ``energy_url`` long-polls for them)."""
@@ -182,6 +183,7 @@ def greentrack_object(
         "prefill_ms": round(prefill.duration_s * 1000.0, 3) if prefill else 0.0,
         "decode_ms": round(decode.duration_s * 1000.0, 3) if decode else 0.0,
         "latency_ms": round(latency_ms, 3),
+        "server_timings_ms": timings_ms or {},
         "stop_reason": (result.stop_reason or None) if result is not None else "cancelled",
         # a cache hit's outcome is known before its record is stored
         "outcome": record.outcome if record is not None else (

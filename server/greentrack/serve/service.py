@@ -93,6 +93,8 @@ class Generation:
     queue_ms: float
     latency_ms: float
     record: CompletionRecord | None
+    #: Where the server's time went besides queue, prefill and decode (``server_timings_ms``); empty when cancelled.
+    timings_ms: dict[str, float | None] = field(default_factory=dict)
 
 
 def _generation(cid: str, result: EngineResult | None, slot_wait_s: float, received_s: float,
@@ -103,7 +105,27 @@ def _generation(cid: str, result: EngineResult | None, slot_wait_s: float, recei
         return Generation(cid, None, queue_ms, (time.monotonic() - received_s) * 1000.0, None)
     queue_ms += engine_queue_s(result) * 1000.0  # a slot was free, but the engine's batch was not yet
     latency_ms = max(0.0, (result.ended_s - received_s) * 1000.0)
-    return Generation(cid, result, queue_ms, latency_ms, entry.record)
+    return Generation(cid, result, queue_ms, latency_ms, entry.record,
+                      server_timings_ms(result, received_s=received_s, slot_wait_s=slot_wait_s))
+
+
+def server_timings_ms(result: EngineResult, *, received_s: float, slot_wait_s: float) -> dict[str, float | None]:
+    """The server's time outside queue, prefill and decode, from the engine's stamps (docs/interfaces.md, "HTTP
+    API"): ``before_engine`` (received → the engine's request opened, the slot's wait left out: authentication,
+    the scheduler's hand-over, the prompt built), ``admit`` (→ the engine thread gave it to vLLM), ``after_decode``
+    (the last token → the engine's result: the stop rules, the step that saw them). None where the backend has no
+    such stamp. Units: ms."""
+    extras = result.extras
+    arrival, last = extras.get("arrival_s"), extras.get("last_token_s")
+
+    def ms(a: float, b: float) -> float:
+        return round(max(0.0, b - a) * 1000.0, 3)
+
+    return {
+        "before_engine": ms(received_s + slot_wait_s, result.started_s),
+        "admit": ms(result.started_s, arrival) if isinstance(arrival, float) else None,
+        "after_decode": ms(last, result.ended_s) if isinstance(last, float) else None,
+    }
 
 
 class CompletionService:
