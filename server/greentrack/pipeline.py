@@ -285,10 +285,13 @@ class Pipeline:
 
     def _phase_energy(self, result: EngineResult) -> tuple[list[PhaseEnergy], RequestEnergy | None]:
         """The result's phases' energy: from the step ledger for a batched result (with its step figure: the
-        steps it was in, those batched), else from its own spans (no step figure)."""
-        if not result.spans:
-            return [], None
+        steps it was in, those batched), else from its own spans (no step figure). A batched result with no span
+        (cancelled or out of time during a chunked prefill, before its first token) still takes the figure of the
+        steps it was in: the ledger holds their energy, which would otherwise be stored nowhere."""
         engine_id = result.extras.get("engine_request_id")
+        if not result.spans and (self.ledger is None or not isinstance(engine_id, str)
+                                 or not self.ledger.has_steps(engine_id)):
+            return [], None
         if self.ledger is not None and isinstance(engine_id, str):
             figure = self.ledger.request_energy(engine_id)
             if figure is not None:

@@ -98,6 +98,13 @@ class StepLedger:
         with self._lock:
             return self._accounts.knows(request_id)
 
+    def has_steps(self, request_id: str) -> bool:
+        """Whether a recorded step served the request and its figure has not been taken. Never blocks: the pipeline
+        asks it for a result with no phase spans (a request cancelled or out of time during a chunked prefill, before
+        its first token), whose steps' energy the ledger holds and must hand over (else Σ stored ≠ the meter)."""
+        with self._lock:
+            return self._accounts.last_step_s(request_id) is not None
+
     def request_energy(self, request_id: str, *, timeout_s: float = 2.0) -> RequestEnergy | None:
         """The request's figures once the counter covers its last step; None if no step of it was recorded.
 
