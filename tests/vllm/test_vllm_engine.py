@@ -385,3 +385,42 @@ def test_prefix_reuse_in_a_document_longer_than_the_window(backend: VllmBackend)
     second = backend.complete(at_end(typed), CancelToken())
     block = backend.engine.vllm_config.cache_config.block_size
     assert second.reused_prompt_tokens >= first.prompt_tokens - block, (first.prompt_tokens, second)
+
+
+def test_time_budget_starts_when_the_engine_takes_the_request(backend: VllmBackend) -> None:
+    """A request that waits behind another's long engine step is not spent before any step served it: its time
+    budget starts at admission (as the transformers backend's starts once it holds the model). It was aborted with
+    0 tokens and no phase, stored at 0 J (the flaky record of tests/serve/test_serve_vllm.py)."""
+    lines = "\n".join(f"X{i} = {i}" for i in range(160))
+    long_text = f"# {uuid.uuid4().hex}\n{lines}\ndef total(self):\n    return"
+    short_text = f"# {uuid.uuid4().hex}\ndef add(a, b):\n    return"
+
+    class InStep(CancelToken):
+        """Set once the engine thread polls it a second time: the long request's first step is running."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.polls = 0
+            self.running = threading.Event()
+
+        @property
+        def cancelled(self) -> bool:
+            self.polls += 1
+            if self.polls >= 2:
+                self.running.set()
+            return False
+
+    token = InStep()
+    box: dict[str, EngineResult] = {}
+    long_request = CompletionRequest("long", "file:///a.py", long_text, len(long_text), max_tokens=2, max_time_s=60.0)
+    t = threading.Thread(target=lambda: box.setdefault("long", backend.complete(long_request, token)))
+    t.start()
+    time.sleep(0.05)  # the long request is admitted; its prefill step runs
+    budget_s = 0.2  # shorter than that step on this CPU
+    short = backend.complete(CompletionRequest("short", "file:///b.py", short_text, len(short_text), max_tokens=8,
+                                               max_time_s=budget_s), CancelToken())
+    t.join()
+    first = box["long"].span("prefill")
+    assert first is not None and first.duration_s > budget_s, "the long step was too short to test anything"
+    assert short.completion_tokens >= 1 and short.span("prefill") is not None, short
+    check_spans(short)

@@ -42,6 +42,9 @@ class GenerationState:
     reused_prompt_tokens: int = 0
     spans: list[PhaseSpan] = field(default_factory=list)
     step_spans: list[PhaseSpan] = field(default_factory=list)
+    #: When the time budget (``max_time_s``) starts: ``started_s`` unless the engine takes the request later
+    #: (``begin_budget``: vLLM's engine thread admits waiting requests between steps). Units: s, monotonic.
+    budget_from_s: float | None = None
 
     @property
     def request_id(self) -> str:
@@ -69,7 +72,14 @@ class GenerationState:
         """``max_tokens`` / ``max_time`` when a budget is spent at ``now_s``, else None. ``max_tokens``
         overrides the request's (``NO_TOKEN_BUDGET`` where the engine counts tokens itself)."""
         limit = self.request.max_tokens if max_tokens is None else max_tokens
-        return budget_stop(self.completion_tokens, now_s - self.started_s, limit, self.request.max_time_s)
+        since_s = self.started_s if self.budget_from_s is None else self.budget_from_s
+        return budget_stop(self.completion_tokens, now_s - since_s, limit, self.request.max_time_s)
+
+    def begin_budget(self, now_s: float) -> None:
+        """The engine takes the request now: its generation time counts from here, as in the transformers backend,
+        whose budget starts once it holds the model (a request that waited behind another's long step is not spent
+        before any step served it)."""
+        self.budget_from_s = now_s
 
     def record(self, kind: PhaseKind, start_s: float, end_s: float, work: float) -> None:
         """One phase span of this request (after a device synchronize, or from the engine's timestamps)."""

@@ -200,6 +200,7 @@ class EngineThread:
                 job.done.set()
                 continue
             job.added = True
+            job.state.begin_budget(time.monotonic())
             self.steps.expect(job.engine_id)
             active[job.engine_id] = job
 
