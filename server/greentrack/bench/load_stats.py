@@ -208,8 +208,9 @@ def breakdown_line(level: Mapping[str, Any]) -> str:
     return (f"slowest {b.get('slowest_pct', SLOWEST_PCT)} % (n={b.get('slowest_n', 0)}): server "
             f"{ms(slow.get('server_ms'))} ms = HTTP+client {ms(slow.get('overhead_ms'))} + queue "
             f"{ms(slow.get('queue_ms'))} + prefill {ms(slow.get('prefill_ms'))} + decode {ms(slow.get('decode_ms'))}"
-            f" + other {ms(slow.get('server_other_ms'))} ms, {rate(slow.get('completion_tokens'))} tokens; "
-            f"decode p50 {rate(p50.get('decode_ms_per_token'))} ms/token")
+            f" + other {ms(slow.get('server_other_ms'))} ms (to the engine {ms(slow.get('before_engine_ms'))}, admit "
+            f"{ms(slow.get('admit_ms'))}, after decode {ms(slow.get('after_decode_ms'))}), "
+            f"{rate(slow.get('completion_tokens'))} tokens; decode p50 {rate(p50.get('decode_ms_per_token'))} ms/token")
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
