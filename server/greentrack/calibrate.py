@@ -29,6 +29,7 @@ from rich.table import Table
 
 from greentrack.config import Settings
 from greentrack.energy.calibration import Calibration, CalibrationPoint, StepWindow, fit_calibration, fit_step_costs
+from greentrack.energy.gaps import idle_time_s
 from greentrack.energy.monitor import EnergyMonitor, open_monitor
 from greentrack.energy.step_attribution import StepRecord
 from greentrack.energy.types import PhaseSpan
@@ -198,12 +199,7 @@ def gaps_s(spans: Sequence[PhaseSpan]) -> float:
     """The time from the first span's start to the last one's end during which no span was active. Units: s."""
     if not spans:
         return 0.0
-    covered_s, reach_s = 0.0, spans[0].start_s
-    for sp in sorted(spans, key=lambda x: x.start_s):
-        if sp.end_s > reach_s:
-            covered_s += sp.end_s - max(sp.start_s, reach_s)
-            reach_s = sp.end_s
-    return max(0.0, (reach_s - spans[0].start_s) - covered_s)
+    return idle_time_s(spans[0].start_s, max(s.end_s for s in spans), [(s.start_s, s.end_s) for s in spans])
 
 
 def _phase_power_w(energy_j: float, phase_s: float, gap_s: float, idle_w: float) -> float:

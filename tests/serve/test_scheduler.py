@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from greentrack.energy.gaps import idle_gaps
 from greentrack.engine.types import CancelToken, EngineResult
-from greentrack.serve.idle import idle_gaps
 from greentrack.serve.scheduler import FairScheduler, QueueFull, SchedulerClosed
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from greentrack.energy.attribution import Knot, find_knots
+from greentrack.energy.gaps import idle_time_s
 from greentrack.energy.monitor import EnergyMonitor
 from greentrack.energy.types import Method, PhaseSpan
 from greentrack.errors import GreentrackError
@@ -68,23 +69,6 @@ class EnergyTotals:
     idle_j: float
     window_s: float
     idle_s: float
-
-
-def idle_gaps(start_s: float, end_s: float, busy: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """``[start_s, end_s]`` minus the union of ``busy`` intervals: the gaps, in order. Units: s."""
-    gaps: list[tuple[float, float]] = []
-    cursor = start_s
-    for b0, b1 in sorted(busy):
-        if b1 <= cursor:
-            continue
-        if b0 >= end_s:
-            break
-        if b0 > cursor:
-            gaps.append((cursor, b0))
-        cursor = max(cursor, b1)
-    if cursor < end_s:
-        gaps.append((cursor, end_s))
-    return gaps
 
 
 class IdleAccounts:
@@ -306,8 +290,7 @@ class IdleMeter(IdleAccounts):
         completions_j = math.fsum(d.energy_j or 0.0 for d in inside.values())
         idle_j = meter_j - completions_j
         window_s = end.t_s - start.t_s
-        busy_s = window_s - sum(b - a for a, b in idle_gaps(start.t_s, end.t_s,
-                                                             [(d.first_s, d.last_s) for d in inside.values()]))
+        busy_s = window_s - idle_time_s(start.t_s, end.t_s, [(d.first_s, d.last_s) for d in inside.values()])
         uncertainty = self._idle_uncertainty_j(list(inside.values()), idle_j)
         if idle_j < 0.0:
             log.warning("idle energy %.3f J over %.1f s is negative: the completions in it were given more than the "
@@ -343,7 +326,7 @@ class IdleMeter(IdleAccounts):
         for key in inside:
             del self._done[key]
         self._cut_s = end_s
-        idle_s = sum(b - a for a, b in idle_gaps(start_s, end_s, [(d.first_s, d.last_s) for d in inside.values()]))
+        idle_s = idle_time_s(start_s, end_s, [(d.first_s, d.last_s) for d in inside.values()])
         s = self._sums
         completions_j = math.fsum(d.energy_j or 0.0 for d in inside.values())
         s.completions_j += completions_j
