@@ -7,7 +7,8 @@ runs afterwards, off the critical path: it waits for the energy meter to cover t
 A backend that batches (vLLM: ``batches = True``) runs concurrent ``run`` calls together, without the pipeline's
 lock; its results' energy comes from the step ledger (``energy.step_ledger``: every engine step's energy split
 over the requests in it, the rest idle), not from each result's own spans, which overlap and would count a
-shared step once per request. The transformers backend stays serialized.
+shared step once per request. The transformers backend stays serialized. A backend's ``timed_by`` (vLLM:
+``"vllm"``) says how it times phases; the interval's error model applies to engine-timed ones only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from greentrack.config import Settings
-from greentrack.energy.interval import TIMED_BY_ENGINE, completion_interval, with_intervals
+from greentrack.energy.interval import TIMED_BY_ENGINE, completion_interval
 from greentrack.energy.types import Method, PhaseEnergy, PhaseSpan
 from greentrack.engine.types import CancelToken, CompletionBackend, CompletionRequest, EngineResult
 from greentrack.errors import BadInput, GreentrackError, StoreError
@@ -137,6 +138,8 @@ class Pipeline:
         self.calibration_pending = False
         self._next_calibration_read_s = 0.0
         self.batches = bool(getattr(backend, "batches", False))
+        #: How the backend times phases (``energy.interval``: the error model applies to engine-timed ones only).
+        self.timed_by = str(getattr(backend, "timed_by", TIMED_BY_ENGINE))
         self.store_idle = False
         self.on_idle: Callable[[IdleWindow], None] | None = None
         self._idle_lock = threading.Lock()  # a window is taken and stored as one step (``store_idle_energy``)
@@ -237,7 +240,7 @@ class Pipeline:
             method, meter, uncertainty_j = "measured", CACHE_METER, 0.0
         total_j = prefill_j + decode_j
         interval = completion_interval(energies, result.spans, calibrated=self.monitor.calibration is not None,
-                                       timed_by=self._timed_by)
+                                       timed_by=self.timed_by)
         record = CompletionRecord(
             completion_id=result.request_id,
             uri=context.uri,
@@ -289,25 +292,14 @@ class Pipeline:
         (cancelled or out of time during a chunked prefill, before its first token) still takes the figure of the
         steps it was in: the ledger holds their energy, which would otherwise be stored nowhere."""
         engine_id = result.extras.get("engine_request_id")
-        if not result.spans and (self.ledger is None or not isinstance(engine_id, str)
-                                 or not self.ledger.has_steps(engine_id)):
-            return [], None
-        if self.ledger is not None and isinstance(engine_id, str):
-            figure = self.ledger.request_energy(engine_id)
+        ledger = self.ledger
+        if ledger is not None and isinstance(engine_id, str) and (result.spans or ledger.has_steps(engine_id)):
+            figure = ledger.request_energy(engine_id)
             if figure is not None:
-                meter = self.ledger.meter
+                meter = ledger.meter
                 return figure.phases(replace(meter, name=meter.name + STEPS_METER_SUFFIX)), figure
             log.warning("no engine step recorded for %s: attributed by its own phases", result.request_id)
-        phases = self.monitor.phase_energy(result.spans)
-        if self._timed_by != TIMED_BY_ENGINE:  # the shipped error model was fitted on engine-timed phases
-            phases = with_intervals(phases, result.spans, calibrated=self.monitor.calibration is not None,
-                                    timed_by=self._timed_by)
-        return phases, None
-
-    @property
-    def _timed_by(self) -> str:
-        """How this backend times phases: by the engine after a synchronise, or from vLLM's request timestamps."""
-        return "vllm" if self.backend.name == "vllm" else TIMED_BY_ENGINE
+        return self.monitor.phase_energy(result.spans, timed_by=self.timed_by), None
 
     def take_idle_energy(self, *, min_window_s: float = 0.0) -> IdleWindow | None:
         """The step ledger's idle energy since the last take (None without a ledger or when too short)."""

@@ -31,7 +31,7 @@ from greentrack.energy.attribution import Attribution, MeterInfo, PhaseWeights, 
 from greentrack.energy.calibration import Calibration, calibrated_phase_energy
 from greentrack.energy.counter import Counter, MeterStatus
 from greentrack.energy.estimate import CpuTimeEstimate, probe_estimate
-from greentrack.energy.interval import with_intervals
+from greentrack.energy.interval import TIMED_BY_ENGINE, with_intervals
 from greentrack.energy.nvml import NvmlCounter, cuda_to_nvml_ids, probe_nvml
 from greentrack.energy.rapl import DEFAULT_SYSFS_ROOT, RaplCounter, probe_rapl
 from greentrack.energy.sampler import Sampler
@@ -102,20 +102,23 @@ class EnergyMonitor:
         finally:
             self.end_work()
 
-    def phase_energy(self, spans: Sequence[PhaseSpan], *, timeout_s: float = 0.5) -> list[PhaseEnergy]:
-        """One ``PhaseEnergy`` per span, same order, with its interval (``energy.interval``). Blocks until the
-        counter has stepped after the last span's end (typically ≤ 120 ms on NVML), or ``timeout_s``; past it,
-        the tail is extrapolated with a wider uncertainty and a warning is logged. Call it off the critical path.
+    def phase_energy(self, spans: Sequence[PhaseSpan], *, timeout_s: float = 0.5,
+                     timed_by: str = TIMED_BY_ENGINE) -> list[PhaseEnergy]:
+        """One ``PhaseEnergy`` per span, same order, with its interval (``energy.interval``; ``timed_by``: how the
+        engine timed the spans, which decides whether the error model applies). Blocks until the counter has stepped
+        after the last span's end (typically ≤ 120 ms on NVML), or ``timeout_s``; past it, the tail is extrapolated
+        with a wider uncertainty and a warning is logged. Call it off the critical path.
         """
         if not spans:
             return []
         calibrated = self.calibration is not None
         if self.counter is None:
             assert self.calibration is not None
-            return with_intervals(calibrated_phase_energy(spans, self.calibration), spans, calibrated=calibrated)
+            return with_intervals(calibrated_phase_energy(spans, self.calibration), spans, calibrated=calibrated,
+                                  timed_by=timed_by)
         weights = self.calibration.weights if self.calibration is not None else None
         result = self._attribute(spans, timeout_s=timeout_s, weights=weights)
-        return with_intervals(result.phases, spans, calibrated=calibrated)
+        return with_intervals(result.phases, spans, calibrated=calibrated, timed_by=timed_by)
 
     def window_energy(self, start_s: float, end_s: float, *, timeout_s: float = 1.0) -> PhaseEnergy:
         """The energy of a whole time window (calibration, benchmarks). Units: J, monotonic s."""

@@ -72,6 +72,9 @@ class VllmBackend:
     name = "vllm"
     #: Concurrent ``complete`` calls share engine steps: the pipeline runs them without its lock.
     batches = True
+    #: Phases are timed from vLLM's per-request timestamps, not after a synchronise (``energy.interval``: the
+    #: shipped error model does not apply to them).
+    timed_by = "vllm"
 
     def __init__(
         self,
