@@ -164,8 +164,7 @@ def breakdown(answered: Sequence[RequestLog]) -> dict[str, Any]:
     ``slowest_mean`` (over the slowest ``SLOWEST_PCT`` % by ``server_ms``) and ``n`` (requests that had it)."""
     rows = [log.components() for log in answered]
     k = slowest_count(len(answered))
-    slowest = sorted(answered, key=lambda log: log.server_ms, reverse=True)[:k]
-    slow_rows = [log.components() for log in slowest]
+    slow_rows = sorted(rows, key=lambda row: row["server_ms"] or 0.0, reverse=True)[:k]
 
     def present(source: Sequence[Mapping[str, float | None]], name: str) -> list[float]:
         return [v for v in (row[name] for row in source) if v is not None]
@@ -177,7 +176,7 @@ def breakdown(answered: Sequence[RequestLog]) -> dict[str, Any]:
         "answered": len(answered),
         "slowest_pct": SLOWEST_PCT,
         "slowest_n": k,
-        "slowest_min_server_ms": _round(min((log.server_ms for log in slowest), default=None), 3),
+        "slowest_min_server_ms": _round(min(present(slow_rows, "server_ms"), default=None), 3),
         "p50": {name: _round(percentile(present(rows, name), 50), 3) for name in BREAKDOWN_COMPONENTS},
         "p95": {name: _round(percentile(present(rows, name), 95), 3) for name in BREAKDOWN_COMPONENTS},
         "slowest_mean": {name: _round(mean(present(slow_rows, name)), 3) for name in BREAKDOWN_COMPONENTS},
