@@ -10,9 +10,7 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
 bench_start "${1:?output folder}" 540
-{ nvidia-smi --query-gpu=name,driver_version,power.limit,memory.total --format=csv,noheader
-  python3 -c "import torch, vllm; print('torch', torch.__version__, 'vllm', vllm.__version__)"
-  nproc; uptime; } > "$out/env.txt" 2>&1
+write_env
 db=/tmp/gt-lat/serve.db
 mkdir -p /tmp/gt-lat
 make_model || exit 1

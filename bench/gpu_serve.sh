@@ -10,9 +10,7 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
 bench_start "${1:?output folder}" 540
-{ nvidia-smi --query-gpu=name,driver_version,power.limit,memory.total --format=csv,noheader
-  python3 -c "import torch, transformers, vllm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__)"
-  nproc; uptime; } > "$out/env.txt" 2>&1
+write_env
 db=/tmp/gt-serve/serve.db
 mkdir -p /tmp/gt-serve
 make_model || exit 1

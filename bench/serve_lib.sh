@@ -1,7 +1,7 @@
 # Sourced by the bench/gpu_*.sh scripts (never run): their common start (environment, log, budget clock, model),
 # start `greentrack serve` in the background, wait for its /health, show it, stop it, and fit load levels in a budget.
 # Usage:  source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
-#         bench_start OUT [BUDGET_S]; make_model; say TEXT; left
+#         bench_start OUT [BUDGET_S]; write_env; make_model; say TEXT; left
 #         start_serve PORT LOG_FILE WAIT_S --backend vllm --model ...   # sets $server (its pid)
 #         health_of PORT; stop_serve; fit_levels ROOM_S N:S...
 
@@ -38,6 +38,13 @@ bench_start() {
   mkdir -p "$out"
   export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/server" XDG_CACHE_HOME=/tmp/gt-cache \
     GREENTRACK_DEVELOPER=gpu-bench@example.com PYTHONUNBUFFERED=1
+}
+
+# $out/env.txt: the GPU (name, driver, power limit, memory), torch / transformers / vLLM versions, cores, load.
+write_env() {
+  { nvidia-smi --query-gpu=name,driver_version,power.limit,memory.total --format=csv,noheader
+    python3 -c "import torch, transformers, vllm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__)"
+    nproc; uptime; } > "$out/env.txt" 2>&1
 }
 
 # A line in $log (and on stdout), stamped with the seconds since bench_start.
