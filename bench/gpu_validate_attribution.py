@@ -55,7 +55,7 @@ from typing import Any, cast
 
 from bench.interval_data import cases, interval_of, load_recording, phase_accuracy, summarize
 
-from greentrack.calibrate import gaps_s, run_calibration
+from greentrack.calibrate import gaps_s, run_calibration, run_window
 from greentrack.energy.attribution import Attribution, Knot, MeterInfo, PhaseWeights, attribute, find_knots
 from greentrack.energy.interval import fit_error_model, shipped_model
 from greentrack.energy.monitor import EnergyMonitor, open_monitor
@@ -326,16 +326,17 @@ class SteadyWindow:
         return (self.energy_j - gap_w * self.gap_s) / self.covered_s
 
 
-def steady_window(monitor: EnergyMonitor, run: Callable[[], list[PhaseSpan]], kind: str, window_s: float,
-                  pad_s: float = 0.0) -> SteadyWindow:
-    """≥ ``window_s`` of ``run()`` back to back (``pad_s`` of sleep after each), measured by the counter."""
-    spans: list[PhaseSpan] = []
-    t0, runs = time.monotonic(), 0
-    while time.monotonic() - t0 < window_s or runs < 2:  # ≥ 2 runs: a gap between them
-        spans.extend(run())
-        runs += 1
+def steady_window(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[PhaseSpan]], n: int, m: int,
+                  kind: str, window_s: float, pad_s: float = 0.0) -> SteadyWindow:
+    """≥ ``window_s`` and ≥ 2 runs (a gap between them) of ``run_phases(n, m)`` back to back, ``pad_s`` of sleep
+    after each (``calibrate.run_window``, as the calibration runs its windows), measured by the counter."""
+    def padded(n: int, m: int) -> list[PhaseSpan]:
+        spans = run_phases(n, m)
         if pad_s:
             time.sleep(pad_s)
+        return spans
+
+    spans = run_window(padded, n, m, 2, window_s)
     start, end = spans[0].start_s, spans[-1].end_s
     gap_s = gaps_s(spans)
     mine = [s for s in spans if s.kind == kind]
@@ -365,8 +366,8 @@ def ground_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[P
     plain: dict[int, SteadyWindow] = {}
     gap_by_size: dict[int, float] = {}
     for n in PROMPT_SIZES:
-        plain[n] = steady_window(monitor, functools.partial(run_phases, n, 1), "prefill", window_s)
-        padded = steady_window(monitor, functools.partial(run_phases, n, 1), "prefill", window_s, PAD_S)
+        plain[n] = steady_window(monitor, run_phases, n, 1, "prefill", window_s)
+        padded = steady_window(monitor, run_phases, n, 1, "prefill", window_s, PAD_S)
         gap_by_size[n] = gap_power_w(plain[n], padded)
     measured = [w for w in gap_by_size.values() if not math.isnan(w)]
     gap_w = statistics.median(measured) if measured else 0.0
@@ -382,7 +383,7 @@ def ground_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[P
         log(f"truth prefill {n}: {p:.1f} W × {1000 * w.mean_s:.2f} ms = {p * w.mean_s:.3f} J ({w.count} phases; "
             f"gaps {100 * w.gap_s / (w.covered_s + w.gap_s):.0f} % of the window)")
     # Decode: one long decode run after a 128-token prefill; the decode spans only.
-    dec = steady_window(monitor, lambda: run_phases(128, 65), "decode", window_s)
+    dec = steady_window(monitor, run_phases, 128, 65, "decode", window_s)
     # The window includes the 128-token prefills: remove them at their own measured power, and the gaps.
     pre = truth["prefill/128"]
     pre_s = dec.count * pre["duration_ms"] / 1000
@@ -407,20 +408,14 @@ def shaped_decode_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int],
     runs; this one is, warmed up."""
     for _ in range(3):
         run_phases(n, DECODE_TOKENS)
-    spans: list[PhaseSpan] = []
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < window_s:
-        spans.extend(run_phases(n, DECODE_TOKENS))
-    start, end = spans[0].start_s, spans[-1].end_s
-    energy_j = monitor.window_energy(start, end).energy_j
-    pre_s = math.fsum(s.duration_s for s in spans if s.kind == "prefill")
-    dec = [s for s in spans if s.kind == "decode"]
-    dec_s = math.fsum(s.duration_s for s in dec)
-    gap_s = gaps_s(spans)
-    power_w = (energy_j - prefill["power_w"] * pre_s - gap_w * gap_s) / dec_s
-    log(f"truth decode after prefill {n}: {power_w:.1f} W, {1000 * dec_s / len(dec) / (DECODE_TOKENS - 1):.2f} "
-        f"ms/token ({len(dec)} decodes, gaps {100 * gap_s / (end - start):.0f} % of the window)")
-    return {"power_w": power_w, "step_ms": 1000 * dec_s / len(dec) / (DECODE_TOKENS - 1), "count": len(dec)}
+    w = steady_window(monitor, run_phases, n, DECODE_TOKENS, "decode", window_s)
+    dec_s = w.count * w.mean_s
+    pre_s = w.covered_s - dec_s  # each request's prefill then its decode, one after the other
+    power_w = (w.energy_j - prefill["power_w"] * pre_s - gap_w * w.gap_s) / dec_s
+    step_ms = 1000 * w.mean_s / (DECODE_TOKENS - 1)
+    log(f"truth decode after prefill {n}: {power_w:.1f} W, {step_ms:.2f} ms/token ({w.count} decodes, gaps "
+        f"{100 * w.gap_s / (w.covered_s + w.gap_s):.0f} % of the window)")
+    return {"power_w": power_w, "step_ms": step_ms, "count": w.count}
 
 
 # -- 5. the mixed workload ------------------------------------------------------------------------------------

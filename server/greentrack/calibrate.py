@@ -105,7 +105,7 @@ def run_calibrate(settings: Settings, *, repeats: int, allow_estimate: bool, bat
     Console().print(table)
 
 
-def _window(
+def run_window(
     run_phases: Callable[[int, int], Sequence[PhaseSpan]], n: int, m: int, repeats: int, min_window_s: float
 ) -> list[PhaseSpan]:
     """Run (n, m) back to back at least ``repeats`` times and for at least ``min_window_s``."""
@@ -156,7 +156,7 @@ def run_calibration(
     prefill_dur_s: dict[int, float] = {}
     prefill_work: dict[int, float] = {}
     for n in prompt_sizes:
-        spans = _window(run_phases, n, 1, repeats, min_window_s)
+        spans = run_window(run_phases, n, 1, repeats, min_window_s)
         pre = [s for s in spans if s.kind == "prefill"]
         start, end = spans[0].start_s, spans[-1].end_s
         energy_j = monitor.window_energy(start, end).energy_j
@@ -172,7 +172,7 @@ def run_calibration(
             if m < 2:
                 points.append(CalibrationPoint(prefill_work[n], 0.0, prefill_dur_s[n], 0.0, prefill_j, 0.0, m))
                 continue
-            spans = _window(run_phases, n, m, repeats, min_window_s)
+            spans = run_window(run_phases, n, m, repeats, min_window_s)
             pre = [s for s in spans if s.kind == "prefill"]
             dec = [s for s in spans if s.kind == "decode"]
             start, end = spans[0].start_s, spans[-1].end_s
