@@ -121,25 +121,33 @@ class FakeDevice(Counter):
             return self._e + self._p * (time.monotonic() - self._t)
 
 
+def fake_phases(device: FakeDevice, n: int, m: int, *, prefill_w: float, decode_w: float, prefill_s: float = 0.01,
+                step_s: float = 0.005, host_gap_s: float = 0.0) -> list[PhaseSpan]:
+    """A fake engine's request on ``device``: ``host_gap_s`` building it (no span, idle power), a prefill of
+    ``prefill_s`` at ``prefill_w``, then ``m - 1`` decode steps of ``step_s`` at ``decode_w`` (busy-waited)."""
+    if host_gap_s:
+        time.sleep(host_gap_s)
+    t0 = time.monotonic()
+    device.set_power(prefill_w)
+    while time.monotonic() - t0 < prefill_s:
+        pass
+    t1 = time.monotonic()
+    spans = [PhaseSpan(f"c{n}", "prefill", t0, t1, n)]
+    if m >= 2:
+        device.set_power(decode_w)
+        while time.monotonic() - t1 < step_s * (m - 1):
+            pass
+        spans.append(PhaseSpan(f"c{n}", "decode", t1, time.monotonic(), m - 1))
+    device.set_power(device.idle_w)
+    return spans
+
+
 def test_run_calibration_recovers_a_fake_engines_model() -> None:
     device = FakeDevice(idle_w=100.0)
-    prefill_s, step_s = 0.01, 0.005
 
     def run_phases(n: int, m: int) -> list[PhaseSpan]:
         # Prefill: 10 ms at 100 + 0.2 n W → 1 J + 0.002 J/token. Decode: 5 ms/token at 150 W → 0.75 J/token.
-        t0 = time.monotonic()
-        device.set_power(100.0 + 0.2 * n)
-        while time.monotonic() - t0 < prefill_s:
-            pass
-        t1 = time.monotonic()
-        spans = [PhaseSpan(f"c{n}", "prefill", t0, t1, n)]
-        if m >= 2:
-            device.set_power(150.0)
-            while time.monotonic() - t1 < step_s * (m - 1):
-                pass
-            spans.append(PhaseSpan(f"c{n}", "decode", t1, time.monotonic(), m - 1))
-        device.set_power(100.0)
-        return spans
+        return fake_phases(device, n, m, prefill_w=100.0 + 0.2 * n, decode_w=150.0)
 
     with EnergyMonitor(device) as monitor:
         cal = run_calibration(run_phases, monitor, (64, 256, 1024), (1, 9), repeats=3, host="h", device="cpu",
@@ -171,23 +179,9 @@ def test_run_calibration_charges_host_gaps_at_idle_not_to_the_phases() -> None:
     that time is no phase's. Charged at the phase's power, as the windows' mean power did, the prefill power came
     out diluted (here 60 % of the truth); charged at idle, the phases' powers are recovered."""
     device = FakeDevice(idle_w=100.0)
-    prefill_s, step_s, host_gap_s = 0.01, 0.005, 0.012
 
     def run_phases(n: int, m: int) -> list[PhaseSpan]:
-        time.sleep(host_gap_s)  # building the request: no span, idle power
-        t0 = time.monotonic()
-        device.set_power(300.0)
-        while time.monotonic() - t0 < prefill_s:
-            pass
-        t1 = time.monotonic()
-        spans = [PhaseSpan(f"c{n}", "prefill", t0, t1, n)]
-        if m >= 2:
-            device.set_power(200.0)
-            while time.monotonic() - t1 < step_s * (m - 1):
-                pass
-            spans.append(PhaseSpan(f"c{n}", "decode", t1, time.monotonic(), m - 1))
-        device.set_power(100.0)
-        return spans
+        return fake_phases(device, n, m, prefill_w=300.0, decode_w=200.0, host_gap_s=0.012)
 
     with EnergyMonitor(device) as monitor:
         cal = run_calibration(run_phases, monitor, (64, 256), (1, 9), repeats=3, host="h", device="cpu",
