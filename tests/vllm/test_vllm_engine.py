@@ -395,27 +395,12 @@ def test_time_budget_starts_when_the_engine_takes_the_request(backend: VllmBacke
     long_text = f"# {uuid.uuid4().hex}\n{lines}\ndef total(self):\n    return"
     short_text = f"# {uuid.uuid4().hex}\ndef add(a, b):\n    return"
 
-    class InStep(CancelToken):
-        """Set once the engine thread polls it a second time: the long request's first step is running."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.polls = 0
-            self.running = threading.Event()
-
-        @property
-        def cancelled(self) -> bool:
-            self.polls += 1
-            if self.polls >= 2:
-                self.running.set()
-            return False
-
-    token = InStep()
+    token = Probe(2)  # polled by complete(), then before the long request's first step
     box: dict[str, EngineResult] = {}
     long_request = CompletionRequest("long", "file:///a.py", long_text, len(long_text), max_tokens=2, max_time_s=60.0)
     t = threading.Thread(target=lambda: box.setdefault("long", backend.complete(long_request, token)))
     t.start()
-    time.sleep(0.05)  # the long request is admitted; its prefill step runs
+    assert token.reached.wait(timeout=60)  # the long request is admitted; its prefill step runs
     budget_s = 0.2  # shorter than that step on this CPU
     short = backend.complete(CompletionRequest("short", "file:///b.py", short_text, len(short_text), max_tokens=8,
                                                max_time_s=budget_s), CancelToken())
