@@ -16,9 +16,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tests.vllm.support import StepCancel
 
 from greentrack.config import Settings
-from greentrack.engine.types import CancelToken, CompletionRequest
+from greentrack.engine.types import CompletionRequest
 from greentrack.pipeline import STEPS_METER_SUFFIX, Pipeline, RequestContext
 
 pytestmark = [
@@ -29,21 +30,6 @@ pytestmark = [
 
 #: vLLM's per-step token budget here: a ~760-token prompt takes 6 chunked-prefill steps.
 CHUNK_TOKENS = 128
-
-
-class CancelAtPoll(CancelToken):
-    """Cancelled from its ``n``-th poll on: ``complete`` polls once, the engine thread once before every step, so
-    ``n = 4`` lets two engine steps run (two prompt chunks) and stops the request before the third."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-        self.polls = 0
-
-    @property
-    def cancelled(self) -> bool:
-        self.polls += 1
-        return self.polls >= self.n
 
 
 def test_a_request_cancelled_during_its_chunked_prefill_is_stored_with_its_steps(tmp_path: Path) -> None:
@@ -62,7 +48,7 @@ def test_a_request_cancelled_during_its_chunked_prefill_is_stored_with_its_steps
         lines = "\n".join(f"X{i} = {i}" for i in range(120))
         text = f"# {uuid.uuid4().hex}\n{lines}\ndef total(self):\n    return"
         request = CompletionRequest("chunked", "file:///chunked.py", text, len(text), max_tokens=4, max_time_s=60.0)
-        result = pipeline.run(request, CancelAtPoll(4))
+        result = pipeline.run(request, StepCancel(4))  # two engine steps (prompt chunks) run
         engine_id = str(result.extras["engine_request_id"])
         # cancelled between two prompt chunks: no token, and vLLM gave it no timestamps, so no span of its own
         assert result.cancelled and result.completion_tokens == 0 and result.spans == []

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from tests.vllm.support import Probe, StepCancel
 
 from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 
@@ -108,45 +109,6 @@ def request(text: str, rid: str | None = None, *, max_tokens: int = 24, max_time
             offset: int | None = None) -> CompletionRequest:
     return CompletionRequest(rid or uuid.uuid4().hex[:12], "file:///geometry.py", text,
                              len(text) if offset is None else offset, max_tokens=max_tokens, max_time_s=max_time_s)
-
-
-class StepCancel(CancelToken):
-    """Cancels itself at the ``n``-th time the engine thread polls it (it polls once before every step), as
-    a user's ``$/cancelRequest`` arriving during step ``n - 1`` would. Records when that happened."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-        self.polls = 0
-        self.cancelled_at_s: float | None = None
-        self.reached = threading.Event()
-
-    @property
-    def cancelled(self) -> bool:
-        self.polls += 1
-        if self.polls >= self.n and self.cancelled_at_s is None:
-            self.cancelled_at_s = time.monotonic()
-            self.cancel()
-        if self.polls >= self.n:
-            self.reached.set()
-        return super().cancelled
-
-
-class Probe(CancelToken):
-    """Never cancels; signals once the engine thread has polled it ``n`` times (the request is in its n-th step)."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-        self.polls = 0
-        self.reached = threading.Event()
-
-    @property
-    def cancelled(self) -> bool:
-        self.polls += 1
-        if self.polls >= self.n:
-            self.reached.set()
-        return super().cancelled
 
 
 @pytest.fixture(scope="module")
