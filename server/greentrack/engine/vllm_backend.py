@@ -36,12 +36,12 @@ from greentrack.config import EMBEDDED_MODEL, Settings
 from greentrack.energy.types import PhaseSpan
 from greentrack.engine import loading
 from greentrack.engine.generation import GenerationState
-from greentrack.engine.prompt import PromptBuilder, WindowStarts, build_healer
+from greentrack.engine.prompt import PromptBuilder, WindowStarts
 from greentrack.engine.stops import StopContext, stop_context, stop_token_ids
 from greentrack.engine.tokenizer import LockedTokenizer
 from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 from greentrack.engine.vllm_engine import EngineThread, Job
-from greentrack.engine.vllm_healing import EXTRA_ARG, HealEntry, processor_class, register, unregister
+from greentrack.engine.vllm_healing import EXTRA_ARG, processor_class
 from greentrack.engine.vllm_setup import (
     default_vllm_env,
     effective_async_scheduling,
@@ -134,7 +134,6 @@ class VllmBackend:
                                       suffix_share=suffix_share, healing=healing)
         eos = getattr(tokenizer, "eos_token_id", None)
         self._stop_ids = sorted(stop_token_ids(vocab, [] if eos is None else [int(eos)]))
-        self._healer = build_healer(tokenizer, self._stop_ids) if healing else None
         if warmup:
             self._warm_up()
         log.info("vLLM %s engine ready in %.1f s (%s, %s, eager=%s, async_scheduling=%s)", vl.version, self.startup_s,
@@ -158,7 +157,6 @@ class VllmBackend:
         """Generate one suggestion; blocks until it is finished, cancelled or out of budget."""
         job = self._prepare(request, cancel)
         if cancel.cancelled:
-            unregister(job.engine_id)
             return job.state.cancelled_before_start(time.monotonic(), {"backend": "vllm"})
         self._thread.submit([job])
         return self._wait(job)
@@ -262,7 +260,6 @@ class VllmBackend:
         ctx = stop_context(prompt.window.prefix, prompt.window.suffix)
         engine_id = self._engine_id(request.request_id)
         state = GenerationState(request, len(prompt.ids), ctx, time.monotonic(), prompt.heal_text)
-        healer = self._healer if prompt.heal_text else None
         vl = self._vllm
         params = vl.SamplingParams(
             max_tokens=max(1, int(request.max_tokens)),
@@ -270,15 +267,14 @@ class VllmBackend:
             stop_token_ids=self._stop_ids,
             skip_special_tokens=False,
             output_kind=vl.RequestOutputKind.CUMULATIVE,
-            extra_args={EXTRA_ARG: engine_id} if healer is not None else None,
+            extra_args={EXTRA_ARG: prompt.heal_text} if prompt.heal_text else None,
         )
-        if healer is not None:
-            register(engine_id, HealEntry(prompt.heal_text, *healer))
         return Job(state, cancel, engine_id, list(prompt.ids), params, prompt.fim.family if prompt.fim else None)
 
     def _warm_up(self) -> None:
-        """One tiny request: the first engine steps pay one-off costs (kernel selection, allocator growth)."""
-        text = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n"
+        """One tiny request: the first engine steps pay one-off costs (kernel selection, allocator growth, and the
+        healing processor's healer: the cursor after indentation makes it a healed request)."""
+        text = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    "
         req = CompletionRequest("greentrack-warmup", "greentrack://warmup", text, len(text), max_tokens=4,
                                 max_time_s=60.0)
         try:

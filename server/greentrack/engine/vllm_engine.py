@@ -30,7 +30,6 @@ from typing import Any
 
 from greentrack.engine.generation import NO_TOKEN_BUDGET, GenerationState
 from greentrack.engine.types import CancelToken, EngineResult, StopReason
-from greentrack.engine.vllm_healing import unregister
 from greentrack.engine.vllm_metrics import RequestStats, phase_spans, wall_to_monotonic
 from greentrack.engine.vllm_setup import VllmModules
 from greentrack.engine.vllm_steps import StepRecorder
@@ -195,7 +194,6 @@ class EngineThread:
             try:
                 self.engine.add_request(job.engine_id, self._engine_input(job.prompt_ids), job.params)
             except Exception as e:
-                unregister(job.engine_id)
                 job.error = BadInput(f"vLLM refused the prompt ({len(job.prompt_ids)} tokens): {e}")
                 job.done.set()
                 continue
@@ -272,7 +270,6 @@ class EngineThread:
     def _finish(self, job: Job, reason: StopReason, *, ended_s: float) -> None:
         if job.done.is_set():
             return
-        unregister(job.engine_id)
         if job.added:
             self.steps.request_finished(job.engine_id)
         state, st = job.state, job.stats
