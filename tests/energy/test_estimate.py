@@ -80,3 +80,31 @@ def test_estimated_phase_figures() -> None:
     assert 0.005 < busy.energy_j < 0.5
     assert idle.energy_j < busy.energy_j
     assert busy.uncertainty_j is not None and busy.uncertainty_j >= 0.5 * busy.energy_j
+
+
+def test_the_estimate_counts_the_cpu_time_of_a_process_it_started() -> None:
+    """vLLM's engine process (``serve --engine-process``) does the model's work: its CPU seconds count, and stay
+    counted once it has ended (the counter never goes back)."""
+    import subprocess
+    import sys
+    import time
+
+    from greentrack.energy.estimate import ChildCpuTime
+
+    children = ChildCpuTime()
+    assert children.read_s() == 0.0
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                             "while time.process_time() - t < 0.6: pass\n"])
+    try:
+        children._listed_s = float("-inf")  # list the new child now rather than within RELIST_S
+        deadline = time.monotonic() + 30
+        seen = 0.0
+        while seen < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            seen = children.read_s()
+        assert seen >= 0.3
+    finally:
+        busy.wait(30)
+    assert children.read_s() >= seen  # reaped: its last figure stays
+    before_s = time.process_time()
+    assert CpuTimeEstimate(w_per_thread=1.0).read_j() >= before_s
