@@ -22,7 +22,7 @@ from typing import Any
 
 from greentrack.energy.attribution import MeterInfo, PhaseWeights, attribute
 from greentrack.energy.calibration import Calibration
-from greentrack.energy.interval import ErrorModel, Interval, Observation, figure_interval
+from greentrack.energy.interval import TIMED_BY_ENGINE, ErrorModel, Interval, Observation, figure_interval
 from greentrack.energy.types import CounterSample, PhaseSpan
 
 #: Decode prefixes and middle pieces cut from the real decodes. Units: s.
@@ -42,9 +42,15 @@ class Recording:
     lag_s: float
     device: str
     date: str
+    timed_by: str = TIMED_BY_ENGINE  # how its phases were timed: "engine" (after a synchronise) or "vllm"
 
 
-def load_recording(data: dict[str, Any]) -> Recording:
+def load_recording(data: dict[str, Any], *, timed_by: str | None = None) -> Recording:
+    """A recording; ``timed_by`` for one made before recordings said how their phases were timed (the vLLM runs
+    of 2026-11-27 02:24 UTC): it must agree with what the recording says, where it says it."""
+    stated = data.get("timed_by")
+    if timed_by is not None and stated is not None and stated != timed_by:
+        raise ValueError(f"the recording's phases were timed by {stated}, not {timed_by}")
     counter = data.get("counter", {})
     meter = MeterInfo(str(counter.get("name", "nvml:gpu0")), "attributed", float(counter.get("resolution_j", 0.001)),
                       counter.get("max_power_w") or 700.0, 0.0, float(counter.get("relative_uncertainty", 0.0)))
@@ -54,16 +60,26 @@ def load_recording(data: dict[str, Any]) -> Recording:
         [PhaseSpan(r, k, a, b, w) for r, k, a, b, w in data["spans"]],
         data["truth"], cal, meter, float(counter.get("update_period_s", 0.1)),
         float(counter.get("timing_slack_s", 0.01)), float(counter.get("lag_s", 0.025)),
-        str(data.get("device", "")), str(data.get("date", "")),
+        str(data.get("device", "")), str(data.get("date", "")), str(stated or timed_by or TIMED_BY_ENGINE),
     )
 
 
+#: The output tokens of the ``decode/after/N`` truth windows of recordings that do not say (16 decode steps).
+SHAPED_OUTPUT_TOKENS = 17
+
+
 def truth_power_w(span: PhaseSpan, truth: dict[str, Any], prefill_work: float | None = None) -> float:
-    """The steady power of the span's kind and size; a decode's from windows of its own request shape
-    (``decode/after/N``, N: its request's prompt tokens) where the recording has them, else ``decode/power``."""
+    """The steady power of the span's kind and size; a decode's from windows of its own request shape where the
+    recording has them (``decode/after/N`` and ``decode/after/N/outM``, N: its request's prompt tokens, M: the
+    output tokens asked; the one whose M − 1 is nearest the decode's tokens), else ``decode/power``."""
     if span.kind == "prefill":
         return float(truth[f"prefill/{int(span.work)}"]["power_w"])
-    shaped = truth.get(f"decode/after/{int(prefill_work)}") if prefill_work is not None else None
+    shaped = None
+    if prefill_work is not None:
+        key = f"decode/after/{int(prefill_work)}"
+        shapes = [v for k, v in truth.items() if k == key or k.startswith(key + "/out")]
+        if shapes:
+            shaped = min(shapes, key=lambda v: abs(float(v.get("output_tokens", SHAPED_OUTPUT_TOKENS)) - 1 - span.work))
     return float((shaped or truth["decode/power"])["power_w"])
 
 
@@ -160,9 +176,11 @@ class _CaseCollector:
             self.add(f"{rid}/middle{d}", cut, [2], is_derived=True, completion=False)
 
 
-def interval_of(case: Case, model: ErrorModel | None, calibrated: bool) -> Interval:
+def interval_of(case: Case, model: ErrorModel | None, calibrated: bool, timed_by: str = TIMED_BY_ENGINE) -> Interval:
+    """The case's interval as the product gives it (``model`` None: the package's for ``timed_by``)."""
     return figure_interval(case.figure_j, case.uncertainty_j, kind=case.kind, duration_s=case.duration_s,
-                           meter=case.meter, method="attributed", calibrated=calibrated, model=model)
+                           meter=case.meter, method="attributed", calibrated=calibrated, model=model,
+                           timed_by=timed_by)
 
 
 def summarize(rows: Iterable[tuple[Case, Interval]], *, min_s: float = 0.0, max_s: float = math.inf) -> dict[str, Any]:

@@ -18,10 +18,11 @@ intervals summed linearly.
 
 Where no model applies, the interval is the worst-case bound, labelled so (``coverage`` None, ``basis`` says
 why): another meter kind (RAPL, AMD, Apple), a duration or kind the model has too few cases of, no counter, or
-phases timed other than the model's were (``timed_by``): the model is fitted on phases the engine times itself
+phases timed other than the model's were (``timed_by``): the main model is fitted on phases the engine times itself
 after a device synchronise; phases timed from vLLM's per-request timestamps err differently (its 90 % interval held
-40–50 % of vLLM-served completions of ≥ 100 ms on an H200, 2026-11-27), so they get the bound until a model
-fitted on them.
+40–50 % of vLLM-served completions of ≥ 100 ms on an H200, 2026-11-27), so they get a model fitted on vLLM-timed
+phases (the file's ``by_timing`` entry of that name, ``bench/fit_interval_model.py --timed-by vllm``) where the
+package ships one, else the bound.
 For the CPU-time estimate the interval is the model's ±50 % range (a TDP share, not a measurement): it states no
 coverage. For the calibrated model (no counter): ±max(10 %, 2 × fit error), about 95 % of the calibration's bins.
 """
@@ -90,6 +91,7 @@ class ErrorModel:
     coverage: float
     entries: tuple[ErrorEntry, ...]
     provenance: dict[str, Any]
+    timed_by: str = TIMED_BY_ENGINE  # how the phases it was fitted on were timed; it applies to those only
 
     def applies_to(self, meter: str) -> bool:
         # Not for figures attributed another way (``…/steps``: by engine step under batching).
@@ -105,6 +107,7 @@ class ErrorModel:
         return {
             "meters": list(self.meters),
             "coverage": self.coverage,
+            "timed_by": self.timed_by,
             "provenance": self.provenance,
             "entries": [
                 {"kind": e.kind, "calibrated": e.calibrated, "min_s": e.min_s,
@@ -122,17 +125,34 @@ class ErrorModel:
                        float(e["q_hi"]), float(e["median"]))
             for e in data["entries"]
         )
-        return cls(tuple(data["meters"]), float(data["coverage"]), entries, dict(data.get("provenance", {})))
+        return cls(tuple(data["meters"]), float(data["coverage"]), entries, dict(data.get("provenance", {})),
+                   str(data.get("timed_by", TIMED_BY_ENGINE)))
+
+
+#: The key of ``interval_model.json`` under which models of phases not timed by the engine are kept, by ``timed_by``
+#: (``{"by_timing": {"vllm": {...}}}``); the file's top level is the engine-timed model.
+BY_TIMING_KEY = "by_timing"
+
+
+def model_from_document(data: dict[str, Any], timed_by: str = TIMED_BY_ENGINE) -> ErrorModel | None:
+    """The model for phases timed by ``timed_by`` in an ``interval_model.json`` document; None when it has none."""
+    if timed_by == TIMED_BY_ENGINE:
+        return ErrorModel.from_dict(data) if "entries" in data else None
+    entry = (data.get(BY_TIMING_KEY) or {}).get(timed_by)
+    if entry is None:
+        return None
+    return ErrorModel.from_dict({**entry, "timed_by": timed_by})
 
 
 @cache
-def shipped_model() -> ErrorModel | None:
-    """The error model in the package (``greentrack/data/interval_model.json``), None when absent."""
+def shipped_model(timed_by: str = TIMED_BY_ENGINE) -> ErrorModel | None:
+    """The package's error model for phases timed by ``timed_by`` (``greentrack/data/interval_model.json``), None
+    when it has none."""
     try:
         text = resources.files("greentrack").joinpath("data/interval_model.json").read_text()
     except (FileNotFoundError, OSError):
         return None
-    return ErrorModel.from_dict(json.loads(text))
+    return model_from_document(json.loads(text), timed_by)
 
 
 @dataclass(frozen=True)
@@ -167,6 +187,7 @@ def fit_error_model(
     coverage: float = DEFAULT_COVERAGE,
     bins_s: Sequence[float] = DURATION_BINS_S,
     provenance: dict[str, Any] | None = None,
+    timed_by: str = TIMED_BY_ENGINE,
 ) -> ErrorModel:
     """The ``coverage`` interval of the relative error per (kind, bin, calibrated), by split-conformal ranks."""
     cells: dict[tuple[str, bool, int], list[float]] = {}
@@ -182,7 +203,7 @@ def fit_error_model(
         q_lo, q_hi = _conformal_quantiles(errors, tail)
         entries.append(ErrorEntry(kind, calibrated, bins_s[b], bins_s[b + 1], len(errors), q_lo, q_hi,
                                   statistics.median(errors)))
-    return ErrorModel(tuple(meters), coverage, tuple(entries), dict(provenance or {}))
+    return ErrorModel(tuple(meters), coverage, tuple(entries), dict(provenance or {}), timed_by)
 
 
 def bound_interval(figure_j: float, uncertainty_j: float | None, why: str = "") -> Interval:
@@ -200,7 +221,8 @@ def _from_entry(figure_j: float, uncertainty_j: float | None, entry: ErrorEntry,
         low, high = max(low, figure_j - uncertainty_j), min(high, figure_j + uncertainty_j)
     device = model.provenance.get("device", "") or "this meter"
     upper = "" if math.isinf(entry.max_s) else f"–{entry.max_s * 1000:.0f}"
-    basis = f"errors of {entry.kind}s of {entry.min_s * 1000:.0f}{upper} ms on {device}"
+    timing = "" if model.timed_by == TIMED_BY_ENGINE else f", timed by {model.timed_by}"
+    basis = f"errors of {entry.kind}s of {entry.min_s * 1000:.0f}{upper} ms on {device}{timing}"
     return Interval(max(0.0, low), high, model.coverage, basis)
 
 
@@ -216,15 +238,18 @@ def figure_interval(
     model: ErrorModel | None = None,
     timed_by: str = TIMED_BY_ENGINE,
 ) -> Interval:
-    """The interval of one figure (a phase, or a whole completion with ``kind="completion"``)."""
+    """The interval of one figure (a phase, or a whole completion with ``kind="completion"``). ``model``: the error
+    model to use (default: the package's for ``timed_by``); one fitted on phases timed otherwise gives the bound."""
     if method == "estimated":
         if meter.startswith("estimate:"):
             return bound_interval(figure_j, uncertainty_j, "CPU-time estimate: ±50 % model range, not a measurement")
         return bound_interval(figure_j, uncertainty_j, "calibrated model: ±max(10 %, 2 × fit error)")
-    model = model if model is not None else shipped_model()
+    model = model if model is not None else shipped_model(timed_by)
+    if timed_by != TIMED_BY_ENGINE and (model is None or model.timed_by != timed_by):
+        return bound_interval(figure_j, uncertainty_j, f"no error model for phases timed by {timed_by}")
     if model is None or not model.applies_to(meter):
         return bound_interval(figure_j, uncertainty_j, f"no error model for {meter}")
-    if timed_by != TIMED_BY_ENGINE:
+    if model.timed_by != timed_by:
         return bound_interval(figure_j, uncertainty_j, f"no error model for phases timed by {timed_by}")
     entry = model.entry(kind, duration_s, calibrated)
     if entry is None or figure_j <= 0.0:
