@@ -217,8 +217,8 @@ class StepCollector:
         self._lock = threading.Lock()
         self.steps: list[StepRecord] = []
 
-    def engine_busy(self) -> float:
-        return time.monotonic()
+    def engine_busy(self, at_s: float | None = None) -> float:
+        return time.monotonic() if at_s is None else at_s
 
     def add_step(self, step: StepRecord) -> None:
         with self._lock:

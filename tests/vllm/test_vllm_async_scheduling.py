@@ -63,7 +63,7 @@ class Recorded:
     #: cancelled once this many records with decode tokens came (the engine thread checks it before its next step)
     cancel_after: tuple[int, CancelToken] | None = None
 
-    def engine_busy(self) -> float:
+    def engine_busy(self, at_s: float | None = None) -> float:
         return time.monotonic()
 
     def add_step(self, step: StepRecord) -> None:

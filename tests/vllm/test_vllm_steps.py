@@ -133,7 +133,7 @@ def test_the_recorder_times_steps_and_reports_finished_requests_after_their_last
     events: list[tuple[str, Any]] = []
 
     class Sink:
-        def engine_busy(self) -> float:
+        def engine_busy(self, at_s: float | None = None) -> float:
             events.append(("busy", None))
             return 100.0
 
@@ -191,8 +191,8 @@ class Tee:
         self.steps: list[StepRecord] = []
         self.done: list[str] = []
 
-    def engine_busy(self) -> float:
-        t: float = self.ledger.engine_busy()
+    def engine_busy(self, at_s: float | None = None) -> float:
+        t: float = self.ledger.engine_busy(at_s)
         return t
 
     def add_step(self, step: StepRecord) -> None:

@@ -71,9 +71,9 @@ class StepLedger:
         self.steps = 0
 
     # -- the engine thread (``engine.vllm_steps.StepSink``) -------------------------------------------------
-    def engine_busy(self) -> float:
+    def engine_busy(self, at_s: float | None = None) -> float:
         with self._lock:
-            now = time.monotonic()
+            now = time.monotonic() if at_s is None else at_s
             self._busy = True
             self._steps_until_s = now
             return now

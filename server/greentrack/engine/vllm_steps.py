@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 class StepSink(Protocol):
     """Where step records go (``energy.step_ledger.StepLedger`` is one). Called from the engine thread."""
 
-    def engine_busy(self) -> float:
-        """The engine starts running steps now: returns the start time (monotonic s) the sink accounts from."""
+    def engine_busy(self, at_s: float | None = None) -> float:
+        """The engine starts running steps at ``at_s`` (None: now): returns the start time (monotonic s) the sink
+        accounts from."""
         ...
 
     def add_step(self, step: StepRecord) -> None: ...
