@@ -260,7 +260,11 @@ def test_two_overlapping_requests_are_attributed_by_step_with_conservation(backe
         assert fa.extrapolated_j == 0.0 and fb.extrapolated_j == 0.0
         assert fa.prefill_tokens == a.prompt_tokens - a.reused_prompt_tokens
         assert fb.prefill_tokens == b.prompt_tokens - b.reused_prompt_tokens
-        assert fa.decode_tokens == a.completion_tokens - 1 and fb.decode_tokens == b.completion_tokens - 1
+        # an engine core in its own process runs on while the server applies the stop rules: its request may be in
+        # one more step, which did run (and is its own); in process the engine waits for the server
+        ahead = 1 if backend.engine_process else 0
+        assert 0 <= fa.decode_tokens - (a.completion_tokens - 1) <= ahead
+        assert 0 <= fb.decode_tokens - (b.completion_tokens - 1) <= ahead
         assert fa.energy_j > 0 and fb.energy_j > 0
         # b's prefill ran in one of a's decode steps: both counted it as batched (a pair at least)
         assert 1 <= fa.batched_steps <= fa.steps and 1 <= fb.batched_steps <= fb.steps

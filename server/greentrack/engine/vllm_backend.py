@@ -67,6 +67,7 @@ class VllmBackend:
     compile cache did not reload, for a ~25 % slower cold prefill); default: eager on CPU, compiled on GPUs.
     ``engine_kwargs`` go to ``vllm.engine.arg_utils.EngineArgs`` as they are. ``async_scheduling``: vLLM's engine
     argument (None: vLLM decides); ``async_scheduling`` the attribute is what the built engine runs with.
+    ``engine_process``: vLLM's engine core in a process of its own (``greentrack serve --engine-process``).
     """
 
     name = "vllm"
@@ -92,6 +93,7 @@ class VllmBackend:
         tensor_parallel_size: int = 1,
         data_parallel_size: int = 1,
         async_scheduling: bool | None = None,
+        engine_process: bool = False,
     ) -> None:
         self.model_id = model or EMBEDDED_MODEL
         vl = import_vllm()
@@ -114,7 +116,8 @@ class VllmBackend:
         #: keeps one per developer and document.
         self._window_starts = WindowStarts(max_documents=4096)
         t0 = time.monotonic()
-        self._thread = EngineThread(vl, vl.EngineArgs(**self.engine_args))
+        self.engine_process = engine_process
+        self._thread = EngineThread(vl, vl.EngineArgs(**self.engine_args), engine_process=engine_process)
         err = self._thread.build_error
         if err is not None:
             if isinstance(err, GreentrackError):
@@ -209,6 +212,7 @@ class VllmBackend:
             "fim": self._builder.fim.family if self._builder.fim else None,
             "step_records": "on" if self._thread.steps.installed else f"off: {self._thread.steps.reason}",
             "async_scheduling": self._async_shown(),
+            "engine_process": self.engine_process,
         }
 
     def _async_shown(self) -> bool | str:

@@ -31,7 +31,8 @@ from typing import Any
 from greentrack.engine.generation import NO_TOKEN_BUDGET, GenerationState
 from greentrack.engine.types import CancelToken, EngineResult, StopReason
 from greentrack.engine.vllm_metrics import RequestStats, phase_spans, wall_to_monotonic
-from greentrack.engine.vllm_setup import VllmModules
+from greentrack.engine.vllm_setup import VllmModules, build_engine
+from greentrack.engine.vllm_step_channel import RemoteStepRecorder, StepChannel
 from greentrack.engine.vllm_steps import StepRecorder
 from greentrack.errors import BadInput, GreentrackError
 
@@ -63,10 +64,12 @@ class EngineThread:
     """Builds the engine from ``engine_args`` on its own thread, then serves submitted jobs until ``close``.
 
     When building failed, ``build_error`` holds why (and the thread has ended); ``fatal`` holds the error that
-    stopped a running engine.
+    stopped a running engine. ``engine_process``: vLLM's engine core runs in a process of its own, which sends the
+    step records over a ``StepChannel`` (``RemoteStepRecorder``); ``step()`` then waits for that process's outputs
+    while it schedules and runs the model with a GIL of its own.
     """
 
-    def __init__(self, vl: VllmModules, engine_args: Any) -> None:
+    def __init__(self, vl: VllmModules, engine_args: Any, *, engine_process: bool = False) -> None:
         self._vllm = vl
         self._submit: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._wake = threading.Condition()
@@ -81,7 +84,8 @@ class EngineThread:
         self._collect_run = 0  # such steps since the last request left
         #: Which requests each engine step served (``vllm_steps``); ``steps.installed`` False where vLLM does not
         #: allow it (``steps.reason`` says why).
-        self.steps = StepRecorder()
+        self._channel = StepChannel() if engine_process else None
+        self.steps: StepRecorder = RemoteStepRecorder(self._channel) if self._channel is not None else StepRecorder()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(engine_args, ready), name="greentrack-vllm",
                                         daemon=True)
@@ -105,6 +109,7 @@ class EngineThread:
             self.closed = True
             self._wake.notify_all()
         self._thread.join(timeout=30)
+        self._close_steps()  # before the engine process goes: its closing records are expected
         core = getattr(self.engine, "engine_core", None)
         if core is not None:
             try:
@@ -113,16 +118,21 @@ class EngineThread:
                 log.debug("vLLM shutdown: %s", e)
         self.engine = None
 
+    def _close_steps(self) -> None:
+        if isinstance(self.steps, RemoteStepRecorder):
+            self.steps.close()
+
     # -- the thread ---------------------------------------------------------------------------------------
 
     def _run(self, args: Any, ready: threading.Event) -> None:
         try:
-            self.engine = self._vllm.LLMEngine.from_engine_args(args)
+            self.engine = build_engine(self._vllm, args, None if self._channel is None else self._channel.env)
             if not self.steps.install(self.engine):
                 log.warning("engine steps are not recorded (%s): batched requests cannot be attributed by step",
                             self.steps.reason)
         except BaseException as e:
             self.build_error = e
+            self._close_steps()
             return
         finally:
             ready.set()

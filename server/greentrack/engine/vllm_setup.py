@@ -3,6 +3,7 @@
 Flow: ``vllm_backend.VllmBackend`` calls ``import_vllm`` first (which sets ``default_vllm_env`` where unset and
 fails with one ``BackendUnavailable`` line naming the extra when vllm is missing or broken), then
 ``engine_device`` (the device asked for against the build's) and ``engine_args`` (what ``EngineArgs`` gets);
+the engine thread builds the engine with ``build_engine`` (its core in this process or in its own);
 once the engine is built, ``effective_async_scheduling`` reads what vLLM made of ``async_scheduling``.
 vllm itself is imported only inside ``import_vllm``: without the extra this module, and the backend, still import.
 """
@@ -50,6 +51,7 @@ def default_vllm_env() -> dict[str, str]:
       descheduled), so 2 cores → 1 thread, bound to core 0.
     - ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the engine core runs in this process: no spawned child (so no
       ``if __name__ == "__main__"`` guard is needed by callers), one clock, abort takes effect at the next step.
+      (``build_engine`` with ``own_process_env`` starts it in its own process whatever this says.)
     - ``VLLM_LOGGING_STREAM=ext://sys.stderr``, ``VLLM_LOGGING_LEVEL=WARNING``: stdout is the language server's
       channel; ``VLLM_NO_USAGE_STATS=1``: nothing leaves the machine.
     """
@@ -207,6 +209,35 @@ def engine_args(
     kwargs.update(engine_kwargs or {})
     kwargs["disable_log_stats"] = False  # without stats, vLLM keeps no per-request timestamps: no spans
     return kwargs
+
+
+def build_engine(vl: VllmModules, args: Any, own_process_env: Mapping[str, str] | None = None) -> Any:
+    """vLLM's ``LLMEngine`` from ``EngineArgs``: its engine core in this process (``own_process_env`` None), else in
+    a process of its own (vLLM's multiprocessing layout) whose scheduler records every step and sends it over
+    ``vllm_step_channel`` (``own_process_env``: where to, set in the environment while vLLM starts that process).
+    The recording scheduler subclasses the one vLLM settled on (async scheduling or not), so it is named only once
+    the config is made."""
+    if own_process_env is None:
+        return vl.LLMEngine.from_engine_args(args)
+    from greentrack.engine.vllm_step_scheduler import scheduler_name
+
+    try:
+        from vllm.v1.executor import Executor
+    except ImportError:  # pragma: no cover - older vLLM
+        from vllm.v1.executor.abstract import Executor
+    config = args.create_engine_config()
+    config.scheduler_config.scheduler_cls = scheduler_name(bool(config.scheduler_config.async_scheduling))
+    saved = {key: os.environ.get(key) for key in own_process_env}
+    os.environ.update(own_process_env)
+    try:
+        return vl.LLMEngine(vllm_config=config, executor_class=Executor.get_class(config), log_stats=True,
+                            multiprocess_mode=True)
+    finally:  # the engine process has its copy: a later engine of this process must not find it
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def engine_gpus(kwargs: Mapping[str, Any]) -> int:

@@ -66,6 +66,12 @@ def serve(
                      help="vLLM: schedule the next batch while one runs (default: vLLM's choice; the engine's "
                           "effective setting is logged at start)."),
     ] = None,
+    engine_process: Annotated[
+        bool,
+        typer.Option("--engine-process/--no-engine-process",
+                     help="vLLM: run the engine core in a process of its own (its own GIL; the step records come "
+                          "back over a local socket). Default: in this process."),
+    ] = False,
     switch_interval_ms: Annotated[
         float | None,
         typer.Option("--switch-interval-ms", min=0.05, max=100.0,
@@ -101,6 +107,7 @@ def serve(
                            body_timeout_s=body_timeout, graceful_s=graceful, strict_device=device not in (None, "auto"),
                            tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
                            max_num_seqs=max_num_seqs, async_scheduling=async_scheduling,
+                           engine_process=engine_process,
                            engine_kwargs=parse_engine_args(engine_arg or []),
                            switch_interval_s=None if switch_interval_ms is None else switch_interval_ms / 1000.0)
     run_server(settings, options)

@@ -1,0 +1,90 @@
+"""The vLLM backend with its engine core in a process of its own (``greentrack serve --engine-process``).
+
+The same real engine and model as ``test_vllm_engine.py``; the tests imported from there run again here against
+this module's ``backend`` (pytest resolves fixtures where a test is collected). What differs: the steps are timed
+and recorded in the engine process by ``vllm_step_scheduler`` and come back over ``vllm_step_channel``; the CPU-time
+estimate counts that process's work. Skipped when vllm is not importable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+from tests.vllm.test_vllm_engine import (  # noqa: F401  (collected here again, against this module's backend)
+    request,
+    test_block_completion_after_a_def_with_token_healing,
+    test_cancel_from_another_thread,
+    test_completes_real_code,
+    test_prefix_reuse_on_an_extended_request,
+    test_two_overlapping_requests_are_attributed_by_step_with_conservation,
+    unique_source,
+)
+
+from greentrack.engine.types import CancelToken, EngineResult
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+
+if importlib.util.find_spec("vllm") is not None:
+    from greentrack.engine.vllm_backend import VllmBackend
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[VllmBackend]:
+    b = VllmBackend(engine_process=True)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def test_the_engine_core_runs_in_another_process_and_sends_its_steps(backend: VllmBackend) -> None:
+    import psutil
+
+    assert backend.describe()["engine_process"] is True
+    assert backend.describe()["step_records"] == "on"
+    children = psutil.Process(os.getpid()).children(recursive=True)
+    assert any("EngineCore" in " ".join(c.cmdline()) or "EngineCore" in c.name() for c in children), children
+    before = backend._thread.steps.steps
+    r = backend.complete(request(unique_source() + "        return", max_tokens=8), CancelToken())
+    assert r.completion_tokens >= 1
+    # the records of the request's steps arrived from the engine process (prefill, then a decode step per token)
+    assert backend._thread.steps.steps - before >= r.completion_tokens
+
+
+def test_a_request_cancelled_mid_decode_is_charged_for_its_steps_and_conserved(backend: VllmBackend) -> None:
+    """Cancelled by the server while the engine process runs ahead: every step it was in is its own, reported done
+    by the engine process once no batch holds it, and requests + idle = the meter over the window."""
+    from tests.vllm.support import Probe
+
+    from greentrack.energy.monitor import open_monitor
+    from greentrack.energy.step_ledger import StepLedger
+
+    monitor = open_monitor("cpu")
+    ledger = StepLedger(monitor)
+    assert backend.attach_step_sink(ledger) is None
+    try:
+        text = unique_source() + "        return 2 * (self.width + self.height)\n\n\nclass Square(Rectangle):\n"
+        token = Probe(3)
+        box: list[EngineResult] = []
+        worker = threading.Thread(target=lambda: box.append(backend.complete(request(text, max_tokens=64), token)))
+        worker.start()
+        assert token.reached.wait(60)
+        token.cancel()
+        worker.join(60)
+        r = box[0]
+        figure = ledger.request_energy(str(r.extras["engine_request_id"]), timeout_s=5.0)
+        assert figure is not None and figure.extrapolated_j == 0.0
+        assert figure.prefill_tokens == r.prompt_tokens - r.reused_prompt_tokens
+        # the engine process may have run a step the server then cut short: charged, never fewer than shown
+        assert figure.decode_tokens >= r.completion_tokens - 1
+        assert figure.energy_j > 0
+        ledger.flush()
+        totals = ledger.totals()
+        assert abs(totals.requests_j + totals.idle_j - totals.window_j) <= 1e-9 * max(1.0, totals.window_j)
+    finally:
+        backend.attach_step_sink(None)
+        monitor.close()
