@@ -1,7 +1,8 @@
 """``greentrack serve --backend vllm`` end to end on the CPU vLLM build: one real server process, four developers with
 their own tokens, their requests batched by the engine (no global serialization), every figure attributed by engine
 step (meter ``…/steps``), and the stored completions + stored idle energy = the meter's delta that ``/metrics``
-exposes. Cancellation by client disconnect, and the official ``openai`` client once."""
+exposes. Cancellation by client disconnect, and the official ``openai`` client once. Each for vLLM's engine core in
+the server's process and in its own (``--engine-process``)."""
 
 from __future__ import annotations
 
@@ -46,15 +47,19 @@ class Item:
 LONG_LINE = "primes = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, "
 
 
-@pytest.fixture(scope="module")
-def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, str]]]:
+@pytest.fixture(scope="module", params=["in-process", "engine-process"])
+def team(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, str]]]:
+    """One server per layout: vLLM's engine core in the server's process, then in its own (``--engine-process``:
+    step records sent back over a socket, the estimate counting that process's CPU time)."""
     db = tmp_path_factory.mktemp("serve-vllm") / "team.db"
     with Store(db) as store:
         tokens = {dev: store.add_token(dev) for dev in DEVELOPERS}
         tokens[ADMIN] = store.add_token(ADMIN, admin=True)
     # a long idle period: idle windows are stored only when /metrics asks (and at least every 30 s), so the
     # database and the exposed meter total can be compared between two requests (the last --idle-period counts)
-    server = Server(db, extra=("--backend", "vllm", "--max-num-seqs", "8", "--idle-period", "3600")).start()
+    layout = ("--engine-process",) if request.param == "engine-process" else ()
+    server = Server(db, extra=("--backend", "vllm", "--max-num-seqs", "8", "--idle-period", "3600", *layout)).start()
     try:
         yield server, tokens
     finally:
