@@ -6,6 +6,11 @@
 # (../shared/gpu-vllm/README.md), from the repo root:
 #   source .vx/c2/install.sh && bash bench/gpu_issue13_vllm.sh "$OUT"
 # Files in $OUT: run_log.txt, validate_<mode>.txt and v_<mode>/ (results.json, intervals.json, h100_mixed.json).
+# Knobs: GT_ASYNC_MODES ("off on"), GT_REQUESTS (90 completions per mode), GT_LONG_SHARE (0.5 of them decode
+# GT_LONG_OUTPUT_TOKENS − 1 = 64 tokens: completions of ≥ 100 ms for the vLLM error model). About 340 s on an H200
+# for both modes (the run of 2026-11-27 with 60 short completions: 279 s).
+# Then: bench/fit_interval_model.py --timed-by vllm "$OUT"/v_*/h100_mixed.json (held-out checks; writes the model
+# only when they hold) and bench/replay_calibration.py "$OUT"/v_*/h100_mixed.json (also in validate_<mode>.txt).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
 bench_start "${1:?output folder}" 560
@@ -14,8 +19,10 @@ make_model || exit 1
 for mode in ${GT_ASYNC_MODES:-off on}; do
   if [ "$(left)" -lt 170 ]; then say "no time left for async scheduling $mode"; break; fi
   timeout $(( $(left) - 5 )) python3 bench/gpu_validate_attribution.py --backend vllm --model "$model" \
-    --out "$out/v_$mode" --requests "${GT_REQUESTS:-60}" --async-scheduling "$mode" > "$out/validate_$mode.txt" 2>&1
+    --out "$out/v_$mode" --requests "${GT_REQUESTS:-90}" --async-scheduling "$mode" \
+    --long-share "${GT_LONG_SHARE:-0.5}" --long-output-tokens "${GT_LONG_OUTPUT_TOKENS:-65}" \
+    > "$out/validate_$mode.txt" 2>&1
   say "async scheduling $mode: rc=$?"
-  grep -E "async scheduling|truth|mixed_|prefill/|decode:" "$out/validate_$mode.txt" | cut -c1-220 | tee -a "$log"
+  grep -E "async scheduling|truth|mixed_|prefill/|decode:|replay" "$out/validate_$mode.txt" | cut -c1-220 | tee -a "$log"
 done
 say "done"

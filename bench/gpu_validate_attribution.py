@@ -23,13 +23,18 @@ What it does:
    (``decode/after/N``; the older ``decode/power`` of one 64-token decode is kept).
 4. ``run_calibration`` on the same phases (its weights feed step 5).
 5. A mixed "completion" workload (random idle gaps of 0–80 ms, prefill N ∈ {128, 1024, 4096}, decode of 16
-   tokens), attributed per phase from the real sampler, uncalibrated (time split) and calibrated; compared
-   with the ground truth: mean relative error per (kind, size) and the share of phases whose error lies
-   within their reported uncertainty.
+   tokens, or of ``--long-output-tokens`` − 1 for a ``--long-share`` of requests: completions of ≥ 100 ms through
+   vLLM, whose 16-token decodes take 35–55 ms; their decode truth from windows of their own shape,
+   ``decode/after/N/outM``), attributed per phase from the real sampler, uncalibrated (time split) and calibrated;
+   compared with the ground truth: mean relative error per (kind, size) and the share of phases whose error lies
+   within their reported uncertainty. Then the prefill truth windows once more (``truth_repeat``: how much the
+   truth itself moves between two windows of the same phases), and ``bench/replay_calibration.py`` on the recording
+   (per-phase accuracy of other prefill models of the calibration, and under the other reading of the truth).
 6. Intervals (issue 13): each completion's figure, its 90 % interval (the shipped error model, and one fitted on
    this run's even requests for its odd ones) and its truth, written to ``intervals.json``, with coverage and
    median half-width summaries for completions ≥ 100 ms and shorter. Refit the shipped model from the new
-   ``h100_mixed.json`` with ``bench/fit_interval_model.py``.
+   ``h100_mixed.json`` with ``bench/fit_interval_model.py`` (``--timed-by vllm`` for a ``--backend vllm`` run: the
+   recording says how its phases were timed, ``timed_by``).
 
 Run with ``PYTHONPATH=server:.`` (the script imports ``bench.interval_data``).
 """
@@ -53,11 +58,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from bench.interval_data import cases, interval_of, load_recording, phase_accuracy, summarize
+from bench.interval_data import cases, interval_of, load_recording, phase_accuracy, summarize, truth_power_w
 
 from greentrack.calibrate import gaps_s, run_calibration, run_window
 from greentrack.energy.attribution import Attribution, Knot, MeterInfo, PhaseWeights, attribute, find_knots
-from greentrack.energy.interval import fit_error_model, shipped_model
+from greentrack.energy.interval import TIMED_BY_ENGINE, fit_error_model, shipped_model
 from greentrack.energy.monitor import EnergyMonitor, open_monitor
 from greentrack.energy.types import CounterSample, PhaseSpan
 
@@ -354,8 +359,9 @@ def gap_power_w(plain: SteadyWindow, padded: SteadyWindow) -> float:
 
 
 def ground_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[PhaseSpan]],
-                 window_s: float) -> dict[str, dict[str, float]]:
-    """Step 3: the power of each prefill size, and of decode alone, from steady windows of identical phases.
+                 window_s: float, output_sizes: Sequence[int] = (DECODE_TOKENS,)) -> dict[str, dict[str, float]]:
+    """Step 3: the power of each prefill size, and of decode alone, from steady windows of identical phases; the
+    decodes of the workload's shapes (each prefill size × ``output_sizes``) from windows of that shape.
 
     The time between requests (the host building the next one: ~40 ms for a 4096-token request through vLLM,
     against a 56 ms prefill) is no phase's: each size also runs with ``PAD_S`` of sleep after each request,
@@ -394,35 +400,57 @@ def ground_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[P
     log(f"truth decode: {p_dec_only:.1f} W, {1000 * dec.mean_s / 64:.2f} ms/token, "
         f"{p_dec_only * dec.mean_s / 64:.3f} J/token")
     for n in PROMPT_SIZES:
-        truth[f"decode/after/{n}"] = shaped_decode_truth(monitor, run_phases, n, truth[f"prefill/{n}"], gap_w,
-                                                         window_s)
+        for m in output_sizes:
+            key = f"decode/after/{n}" if m == DECODE_TOKENS else f"decode/after/{n}/out{m}"
+            truth[key] = shaped_decode_truth(monitor, run_phases, n, truth[f"prefill/{n}"], gap_w, window_s, m)
     return truth
 
 
 def shaped_decode_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[PhaseSpan]], n: int,
-                        prefill: dict[str, float], gap_w: float, window_s: float) -> dict[str, float]:
-    """The decode power of the mixed workload's own shape: ≥ ``window_s`` of (prefill ``n`` + 16-token decode)
+                        prefill: dict[str, float], gap_w: float, window_s: float,
+                        m: int = DECODE_TOKENS) -> dict[str, float]:
+    """The decode power of the mixed workload's own shape: ≥ ``window_s`` of (prefill ``n`` + ``m − 1``-token decode)
     back to back, minus the prefills at their steady power and the gaps between requests at theirs. The 64-token
     decode window above runs each decode step at a new cache length once (its first-time kernel choices made it
     ~3× slower per token on the H200 of 2026-11-26, at a lower power), so it is not the decodes the workload
     runs; this one is, warmed up."""
     for _ in range(3):
-        run_phases(n, DECODE_TOKENS)
-    w = steady_window(monitor, run_phases, n, DECODE_TOKENS, "decode", window_s)
+        run_phases(n, m)
+    w = steady_window(monitor, run_phases, n, m, "decode", window_s)
     dec_s = w.count * w.mean_s
     pre_s = w.covered_s - dec_s  # each request's prefill then its decode, one after the other
     power_w = (w.energy_j - prefill["power_w"] * pre_s - gap_w * w.gap_s) / dec_s
-    step_ms = 1000 * w.mean_s / (DECODE_TOKENS - 1)
-    log(f"truth decode after prefill {n}: {power_w:.1f} W, {step_ms:.2f} ms/token ({w.count} decodes, gaps "
-        f"{100 * w.gap_s / (w.covered_s + w.gap_s):.0f} % of the window)")
-    return {"power_w": power_w, "step_ms": step_ms, "count": w.count}
+    step_ms = 1000 * w.mean_s / (m - 1)
+    log(f"truth decode after prefill {n}, {m} output tokens: {power_w:.1f} W, {step_ms:.2f} ms/token ({w.count} "
+        f"decodes, gaps {100 * w.gap_s / (w.covered_s + w.gap_s):.0f} % of the window)")
+    return {"power_w": power_w, "step_ms": step_ms, "count": w.count, "output_tokens": m}
+
+
+def prefill_truth_repeat(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[PhaseSpan]],
+                         truth: dict[str, dict[str, float]], window_s: float) -> dict[str, dict[str, float]]:
+    """The plain prefill windows of step 3 once more (after the workload, minutes later), their gaps at the truth's
+    gap power: how far the truth of a size moves between two windows of the same phases, in power and in energy
+    per phase (through vLLM, the durations move with the host: 19–31 ms for 1024-token prefills on 2026-11-27)."""
+    gap_w = truth["gap"]["power_w"] if "gap" in truth else 0.0
+    out = {}
+    for n in PROMPT_SIZES:
+        w = steady_window(monitor, run_phases, n, 1, "prefill", window_s)
+        p, first = w.power_w(gap_w), truth[f"prefill/{n}"]
+        out[f"prefill/{n}"] = {"power_w": p, "duration_ms": 1000 * w.mean_s, "energy_j": p * w.mean_s,
+                               "count": w.count, "power_change_pct": 100 * (p / first["power_w"] - 1),
+                               "energy_change_pct": 100 * (p * w.mean_s / first["energy_j"] - 1)}
+        log(f"truth repeat prefill {n}: {p:.1f} W × {1000 * w.mean_s:.2f} ms = {p * w.mean_s:.3f} J (first: "
+            f"{first['power_w']:.1f} W × {first['duration_ms']:.2f} ms)")
+    return out
 
 
 # -- 5. the mixed workload ------------------------------------------------------------------------------------
 
 def mixed_workload(run_phases: Callable[[int, int], list[PhaseSpan]], requests: int,
-                   isolated: int, on_demand: EnergyMonitor | None = None) -> list[PhaseSpan]:
-    """``requests`` completions after random idle gaps, then ``isolated`` lone prefills; their spans in order.
+                   isolated: int, on_demand: EnergyMonitor | None = None, *, long_share: float = 0.0,
+                   long_output_tokens: int = DECODE_TOKENS) -> list[PhaseSpan]:
+    """``requests`` completions after random idle gaps (``DECODE_TOKENS`` output tokens, ``long_output_tokens`` for
+    a ``long_share`` of them), then ``isolated`` lone prefills; their spans in order.
     With an ``on_demand`` monitor, each completion is metered as the language server meters it: ``expect_work``
     when the request comes, a 150 ms debounce, then the phases inside ``work()`` (the sampler reads by phase)."""
     rng = random.Random(7)
@@ -438,7 +466,9 @@ def mixed_workload(run_phases: Callable[[int, int], list[PhaseSpan]], requests: 
     all_spans: list[PhaseSpan] = []
     for _ in range(requests):
         time.sleep(rng.uniform(0.0, 0.08))
-        all_spans.extend(metered(rng.choice(PROMPT_SIZES), DECODE_TOKENS))
+        n = rng.choice(PROMPT_SIZES)
+        m = long_output_tokens if long_share > 0 and rng.random() < long_share else DECODE_TOKENS
+        all_spans.extend(metered(n, m))
     # Short isolated prefills between idle gaps (phases shorter than a counter step).
     for _ in range(isolated):
         time.sleep(rng.uniform(0.05, 0.15))
@@ -458,14 +488,16 @@ class _MixedRun:
         self.meter = MeterInfo(ctr.name, ctr.method, ctr.resolution_j, ctr.max_power_w, 0.0, ctr.relative_uncertainty)
         self._prefill_work = {sp.request_id: sp.work for sp in all_spans if sp.kind == "prefill"}
 
-    def write_recording(self, out: Path, device: str, date: str, cal_d: dict[str, Any]) -> None:
+    def write_recording(self, out: Path, device: str, date: str, cal_d: dict[str, Any],
+                        timed_by: str = TIMED_BY_ENGINE) -> None:
         """The raw run, replayed on CPU by tests/energy/test_trace_replay.py (times relative to the first sample)."""
         samples = self.samples
         t_ref = samples[0].t_s
         (out / "h100_mixed.json").write_text(json.dumps({
-            "device": device, "date": date,
+            "device": device, "date": date, "timed_by": timed_by,
             "what": "sampler reads (t_s, energy_j, read_s) during the mixed workload, its phase spans, the "
-                    "ground-truth powers from steady windows, and the calibration run_calibration fitted",
+                    "ground-truth powers from steady windows, and the calibration run_calibration fitted; timed_by: "
+                    "how the phases were timed (engine: after a synchronise; vllm: its request timestamps)",
             "counter": self.ctr.describe(),
             "samples": [[round(x.t_s - t_ref, 6), round(x.energy_j - samples[0].energy_j, 3), round(x.read_s, 6)]
                         for x in samples],
@@ -506,12 +538,10 @@ class _MixedRun:
         return rows
 
     def _truth_of(self, sp: PhaseSpan) -> tuple[str, float]:
-        """The span's (kind, size) key and its true energy (J): the key's steady power × its duration."""
-        if sp.kind == "prefill":
-            key = f"prefill/{int(sp.work)}"
-            return key, self.truth[key]["power_w"] * sp.duration_s
-        after = self.truth.get(f"decode/after/{int(self._prefill_work.get(sp.request_id, 0))}")
-        return "decode", (after or self.truth["decode/power"])["power_w"] * sp.duration_s
+        """The span's (kind, size) key and its true energy (J): the steady power of its kind, size and request shape
+        (``interval_data.truth_power_w``) × its duration."""
+        key = f"prefill/{int(sp.work)}" if sp.kind == "prefill" else "decode"
+        return key, truth_power_w(sp, self.truth, self._prefill_work.get(sp.request_id)) * sp.duration_s
 
 
 def _accuracy(vals: list[tuple[float, float, float]]) -> dict[str, Any]:
@@ -532,16 +562,22 @@ def interval_check(out: Path) -> dict[str, Any]:
     """Step 6: per completion, the figure, the interval and the truth; coverage and half-width summaries."""
     rec = load_recording(json.loads((out / "h100_mixed.json").read_text()))
     rows: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"timed_by": rec.timed_by}
     for calibrated in (False, True):
         all_cases = cases(rec, calibrated=calibrated)
         roots = sorted({c.request.split("/")[0] for c in all_cases})
         train = set(roots[::2])
-        held_out = fit_error_model(c.observation(calibrated) for c in all_cases if c.request.split("/")[0] in train)
-        for name, model in (("shipped", shipped_model()), ("held_out", held_out)):
+        held_out = fit_error_model((c.observation(calibrated) for c in all_cases if c.request.split("/")[0] in train),
+                                   timed_by=rec.timed_by)
+        # shipped: what the product shows (the package's model for this timing, else the bound); engine_model (for
+        # phases not timed by the engine): the engine-timed model applied anyway, as the run of 2026-11-27 did.
+        models = [("shipped", shipped_model(rec.timed_by), rec.timed_by), ("held_out", held_out, rec.timed_by)]
+        if rec.timed_by != TIMED_BY_ENGINE:
+            models.append(("engine_model", shipped_model(), TIMED_BY_ENGINE))
+        for name, model, timed_by in models:
             chosen = [c for c in all_cases if c.kind == "completion" and not c.derived
-                      and (name == "shipped" or c.request.split("/")[0] not in train)]
-            pairs = [(c, interval_of(c, model, calibrated)) for c in chosen]
+                      and (name != "held_out" or c.request.split("/")[0] not in train)]
+            pairs = [(c, interval_of(c, model, calibrated, timed_by)) for c in chosen]
             key = f"{name}_{'calibrated' if calibrated else 'uncalibrated'}"
             summary[key] = {"completions_ge_100ms": summarize(pairs, min_s=0.1),
                             "completions_lt_100ms": summarize(pairs, max_s=0.1)}
@@ -592,7 +628,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(f"meter {monitor.meter_name}")
     window_s = 0.5 if tiny else args.window_s
 
-    truth = ground_truth(monitor, run_phases, window_s)
+    long_share = args.long_share if args.long_share is not None else (0.5 if args.backend == "vllm" else 0.0)
+    long_tokens = args.long_output_tokens if not tiny else min(args.long_output_tokens, 9)
+    requests = args.requests if not tiny else 6
+    results["workload"] = {"long_share": long_share, "long_output_tokens": long_tokens, "requests": requests}
+    truth = ground_truth(monitor, run_phases, window_s,
+                         (DECODE_TOKENS, long_tokens) if long_share > 0 and long_tokens != DECODE_TOKENS
+                         else (DECODE_TOKENS,))
     results["truth"] = truth
     save()
 
@@ -607,16 +649,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     save()
 
     log("mixed workload")
-    all_spans = mixed_workload(run_phases, args.requests if not tiny else 6, 12 if not tiny else 3)
+    all_spans = mixed_workload(run_phases, requests, 12 if not tiny else 3,
+                               long_share=long_share, long_output_tokens=long_tokens)
     mixed = _MixedRun(monitor, all_spans, truth)
-    mixed.write_recording(out, results.get("counter", {}).get("device", str(device)), results["date"], cal_d)
+    mixed.write_recording(out, results.get("counter", {}).get("device", str(device)), results["date"], cal_d,
+                          "vllm" if args.backend == "vllm" else TIMED_BY_ENGINE)
     results["mixed_uncalibrated"] = mixed.evaluate(None)
     results["mixed_calibrated"] = mixed.evaluate(cal.weights)
     assert monitor.sampler is not None
     results["sampler"] = monitor.sampler.describe()
     results["poll_knot_widths_ms"] = _knot_widths_ms(mixed.samples, monitor)
+    if args.truth_repeat:
+        results["truth_repeat"] = prefill_truth_repeat(monitor, run_phases, truth, window_s)
     monitor.close()
     results["intervals"] = interval_check(out)
+    save()
+    results["calibration_replay"] = calibration_replay(out, results.get("truth_repeat"))
     save()
     if args.on_demand:
         results |= on_demand_check(run_phases, truth, cal, args.requests if not tiny else 6,
@@ -624,6 +672,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         save()
     _log_mixed(results)
     return results
+
+
+def calibration_replay(out: Path, truth_repeat: dict[str, Any] | None) -> dict[str, Any]:
+    """``bench/replay_calibration.py`` on this run's recording (issue 13, the 1024-token prefill): per-phase accuracy
+    of the calibration's prefill models under both readings of the truth, logged and returned."""
+    from bench.replay_calibration import replay
+
+    report = replay(load_recording(json.loads((out / "h100_mixed.json").read_text())), truth_repeat)
+    for line in report["lines"]:
+        log("replay " + line)
+    return report
 
 
 def on_demand_check(run_phases: Callable[[int, int], list[PhaseSpan]], truth: dict[str, dict[str, float]],
@@ -668,6 +727,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--async-scheduling", choices=("auto", "on", "off"), default="auto",
                     help="--backend vllm: vLLM's async scheduling (a batch queue: the next step is scheduled "
                     "before the last one's output is handled, which moves the phase timestamps); auto: vLLM's choice")
+    ap.add_argument("--long-share", type=float, default=None,
+                    help="the share of the mixed workload's completions that decode --long-output-tokens − 1 tokens "
+                    "(default: 0.5 with --backend vllm, whose 16-token completions are mostly < 100 ms; else 0)")
+    ap.add_argument("--long-output-tokens", type=int, default=65,
+                    help="output tokens of the long completions (their decode truth: decode/after/N/outM)")
+    ap.add_argument("--no-truth-repeat", dest="truth_repeat", action="store_false",
+                    help="skip the second pass of the prefill truth windows after the workload")
     ap.add_argument("--on-demand", action="store_true",
                     help="7. also run the workload metered on demand (reads by phase) against the same truth")
     return ap.parse_args(argv)
