@@ -22,6 +22,7 @@ CUDA_BUILD = VllmModules("0.26.0", None, None, None, None, "cuda")
 def _args(options: ServeOptions) -> dict[str, object]:
     """What ``VllmBackend(**options.backend_kwargs("vllm"))`` hands ``engine_args`` (its defaults beside)."""
     kwargs = options.backend_kwargs("vllm")
+    kwargs.pop("engine_process")  # the backend's, not the engine's
     return engine_args(Path("/models/m"), CUDA_BUILD, max_model_len=4096, max_num_seqs=kwargs.pop("max_num_seqs", 8),
                        enforce_eager=None, dtype=None, logits_processors=[],
                        engine_kwargs=kwargs.pop("engine_kwargs", None), **kwargs)
@@ -69,8 +70,18 @@ def test_async_scheduling_reaches_the_engine_args_only_when_set() -> None:
     assert "async_scheduling" not in _args(ServeOptions())  # vLLM's own choice
     assert "async_scheduling" not in ServeOptions().backend_kwargs("vllm")
     for asked in (True, False):
-        assert ServeOptions(async_scheduling=asked).backend_kwargs("vllm") == {"async_scheduling": asked}
+        assert ServeOptions(async_scheduling=asked).backend_kwargs("vllm") == {"async_scheduling": asked,
+                                                                               "engine_process": None}
         assert _args(ServeOptions(async_scheduling=asked))["async_scheduling"] is asked
+
+
+def test_the_engine_process_is_the_backends_choice_unless_asked() -> None:
+    """``serve`` leaves it to the backend (None: on where vLLM runs on GPUs); the flags say yes or no."""
+    assert ServeOptions().backend_kwargs("vllm")["engine_process"] is None
+    for asked in (True, False):
+        assert ServeOptions(engine_process=asked).backend_kwargs("vllm")["engine_process"] is asked
+        with pytest.raises(UsageError, match="need --backend vllm"):
+            ServeOptions(engine_process=asked).backend_kwargs("transformers")
 
 
 @pytest.mark.parametrize("flag", ["--async-scheduling", "--no-async-scheduling"])

@@ -67,7 +67,8 @@ class VllmBackend:
     compile cache did not reload, for a ~25 % slower cold prefill); default: eager on CPU, compiled on GPUs.
     ``engine_kwargs`` go to ``vllm.engine.arg_utils.EngineArgs`` as they are. ``async_scheduling``: vLLM's engine
     argument (None: vLLM decides); ``async_scheduling`` the attribute is what the built engine runs with.
-    ``engine_process``: vLLM's engine core in a process of its own (``greentrack serve --engine-process``).
+    ``engine_process``: vLLM's engine core in a process of its own (``greentrack serve --engine-process``; None:
+    where vLLM runs on GPUs, the server's default, docs/benchmarks.md 2026-11-27 "engine process").
     """
 
     name = "vllm"
@@ -93,7 +94,7 @@ class VllmBackend:
         tensor_parallel_size: int = 1,
         data_parallel_size: int = 1,
         async_scheduling: bool | None = None,
-        engine_process: bool = False,
+        engine_process: bool | None = False,
     ) -> None:
         self.model_id = model or EMBEDDED_MODEL
         vl = import_vllm()
@@ -116,8 +117,9 @@ class VllmBackend:
         #: keeps one per developer and document.
         self._window_starts = WindowStarts(max_documents=4096)
         t0 = time.monotonic()
-        self.engine_process = engine_process
-        self._thread = EngineThread(vl, vl.EngineArgs(**self.engine_args), engine_process=engine_process)
+        #: vLLM's engine core in a process of its own (None asked: where vLLM runs on GPUs)
+        self.engine_process = vl.device_type == "cuda" if engine_process is None else engine_process
+        self._thread = EngineThread(vl, vl.EngineArgs(**self.engine_args), engine_process=self.engine_process)
         err = self._thread.build_error
         if err is not None:
             if isinstance(err, GreentrackError):

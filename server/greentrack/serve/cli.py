@@ -67,11 +67,11 @@ def serve(
                           "effective setting is logged at start)."),
     ] = None,
     engine_process: Annotated[
-        bool,
+        bool | None,
         typer.Option("--engine-process/--no-engine-process",
                      help="vLLM: run the engine core in a process of its own (its own GIL; the step records come "
-                          "back over a local socket). Default: in this process."),
-    ] = False,
+                          "back over a local socket). Default: on where vLLM runs on GPUs, off on CPUs."),
+    ] = None,
     switch_interval_ms: Annotated[
         float | None,
         typer.Option("--switch-interval-ms", min=0.05, max=100.0,

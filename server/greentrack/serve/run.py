@@ -43,8 +43,9 @@ class ServeOptions:
     data_parallel_size: int = 1
     max_num_seqs: int | None = None
     async_scheduling: bool | None = None
-    #: vLLM only: the engine core in a process of its own (``--engine-process``), with its own GIL.
-    engine_process: bool = False
+    #: vLLM only: the engine core in a process of its own, with its own GIL (``--engine-process``; None: where vLLM
+    #: runs on GPUs).
+    engine_process: bool | None = None
     #: vLLM only: more ``EngineArgs`` keywords (``--engine-arg KEY=VALUE``), applied over greentrack's defaults.
     engine_kwargs: tuple[tuple[str, Any], ...] = ()
     #: How long a Python thread holds the GIL before another one waiting gets it (``sys.setswitchinterval``;
@@ -56,10 +57,10 @@ class ServeOptions:
         transformers backend with parallel sizes."""
         if backend != "vllm":
             if (self.tensor_parallel_size > 1 or self.data_parallel_size > 1 or self.max_num_seqs is not None
-                    or self.async_scheduling is not None or self.engine_kwargs or self.engine_process):
+                    or self.async_scheduling is not None or self.engine_kwargs or self.engine_process is not None):
                 raise UsageError("--tensor-parallel-size, --data-parallel-size, --max-num-seqs, "
-                                 "--async-scheduling/--no-async-scheduling, --engine-process and --engine-arg need "
-                                 "--backend vllm")
+                                 "--async-scheduling/--no-async-scheduling, --[no-]engine-process and --engine-arg "
+                                 "need --backend vllm")
             return {}
         kwargs: dict[str, Any] = {}
         if self.tensor_parallel_size > 1:
@@ -70,8 +71,7 @@ class ServeOptions:
             kwargs["max_num_seqs"] = self.max_num_seqs
         if self.async_scheduling is not None:
             kwargs["async_scheduling"] = self.async_scheduling
-        if self.engine_process:
-            kwargs["engine_process"] = True
+        kwargs["engine_process"] = self.engine_process
         if self.engine_kwargs:
             kwargs["engine_kwargs"] = dict(self.engine_kwargs)
         return kwargs
