@@ -3,7 +3,8 @@
 Every stage reads its configuration from a ``Settings`` built here (from the environment, the command
 line, or the extension's ``initializationOptions``), so the names in ``docs/interfaces.md`` live in one place.
 The client's settings are converted and checked once, in ``read_client_settings``: a bad one keeps its last
-good value and yields one message naming the setting and the values it accepts.
+good value and yields one message naming the setting and the values it accepts; an unset one (absent, null or
+empty) goes back to the server's default.
 """
 
 from __future__ import annotations
@@ -215,20 +216,42 @@ CLIENT_SETTING_RULES: dict[str, Rule] = {
 }
 
 
-def read_client_settings(options: Mapping[str, Any] | None, base: Settings) -> tuple[Settings, list[str]]:
+def _unset(value: object) -> bool:
+    """Whether a client setting's value means "not set": absent (None), ``null`` or empty text (only spaces is a bad
+    value, reported)."""
+    return value is None or value == ""
+
+
+def read_client_settings(
+    options: Mapping[str, Any] | None, base: Settings, defaults: Settings | None = None
+) -> tuple[Settings, list[str]]:
     """The extension's settings (``initializationOptions`` or ``didChangeConfiguration``) applied to ``base``,
     each converted and checked once here, and one message per setting that could not be used (that setting keeps
-    its value in ``base``, the last good one). An absent, ``null`` or empty setting keeps ``base``'s value too."""
+    its value in ``base``, the last good one).
+
+    The section is the whole of the client's choice: a setting it leaves unset (absent, ``null`` or ``""``, as VS
+    Code sends one cleared in the Settings UI or removed from settings.json) takes its value in ``defaults``, the
+    server's own (environment, command line, built-in; ``base`` when not given), not the one it had before. Options
+    with neither a ``greentrack`` section nor any of its names are another tool's: nothing changes."""
     if not options:
         return base, []
-    section = options.get("greentrack", options)
+    if "greentrack" in options:
+        section = options["greentrack"]
+    elif any(key in options for key in EXTENSION_SETTINGS):
+        section = options
+    else:
+        return base, []
     if not isinstance(section, Mapping):
         return base, [f"greentrack settings must be an object, not {section!r}: all settings unchanged"]
+    fallback = base if defaults is None else defaults
     changes: dict[str, Any] = {}
     problems: list[str] = []
     for key, field_name in EXTENSION_SETTINGS.items():
         value = section.get(key)
-        if not field_name or value is None or value == "":
+        if not field_name:
+            continue
+        if _unset(value):
+            changes[field_name] = getattr(fallback, field_name)
             continue
         convert, accepted = CLIENT_SETTING_RULES[key]
         try:

@@ -63,6 +63,8 @@ class GreentrackServer(LanguageServer):
             protocol_cls=GreentrackProtocol,
         )
         self.settings = settings
+        #: What a setting the client leaves unset (absent, null, "") means: the environment's and command line's.
+        self.defaults = settings
         self.remote = remote
         self.source: CompletionSource | None = None
         self.state = "starting"
@@ -249,8 +251,9 @@ def _inline_item(text: str, completion_id: str, position: types.Position) -> typ
 
 
 def apply_client_settings(ls: GreentrackServer, options: dict[str, Any]) -> Settings:
-    """The client's settings on top of the current ones; each one the server cannot use is logged and shown."""
-    settings, problems = read_client_settings(options, ls.settings)
+    """The client's settings on top of the current ones (an unset one back to the server's default); each one the
+    server cannot use is logged and shown."""
+    settings, problems = read_client_settings(options, ls.settings, ls.defaults)
     for problem in problems:
         log.warning("%s", problem)
         message = types.ShowMessageParams(type=types.MessageType.Warning, message=f"greentrack: {problem}")
