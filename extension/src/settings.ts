@@ -39,7 +39,8 @@ export interface GreentrackSettings {
   maxTokens: number;
   contextTokens: number;
   debounceMs: number;
-  carbonIntensity: number | null;
+  /** gCO2e/kWh, or an ISO 3166-1 alpha-3 country code (as `GREENTRACK_CARBON_INTENSITY`); null or '': the default. */
+  carbonIntensity: number | string | null;
   enabled: boolean;
   /** Serve what is typed into a suggestion still shown from the server's suggestion cache (0 J, no model work). */
   suggestionCache: boolean;
@@ -57,7 +58,7 @@ export function getSettings(scope?: vscode.ConfigurationScope): GreentrackSettin
     maxTokens: c.get<number>('maxTokens', 64),
     contextTokens: c.get<number>('contextTokens', 1024),
     debounceMs: c.get<number>('debounceMs', 150),
-    carbonIntensity: c.get<number | null>('carbonIntensity', null),
+    carbonIntensity: c.get<number | string | null>('carbonIntensity', null),
     enabled: c.get<boolean>('enabled', true),
     suggestionCache: c.get<boolean>('suggestionCache', true),
   };
@@ -135,11 +136,13 @@ export function cliOptions(s: GreentrackSettings): string[] {
   return args;
 }
 
-/** Environment for greentrack child processes: the extension host's, plus the carbon intensity setting. */
+/** Environment for greentrack child processes: the extension host's, plus the carbon intensity setting (a number or
+ * a country code, as the language server takes it; unset: the host's `GREENTRACK_CARBON_INTENSITY`, else 475). */
 export function childEnv(s: GreentrackSettings): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env, PYTHONUNBUFFERED: '1' };
-  if (typeof s.carbonIntensity === 'number' && Number.isFinite(s.carbonIntensity)) {
-    env.GREENTRACK_CARBON_INTENSITY = String(s.carbonIntensity);
+  const intensity = s.carbonIntensity;
+  if ((typeof intensity === 'number' && Number.isFinite(intensity)) || (typeof intensity === 'string' && intensity.trim())) {
+    env.GREENTRACK_CARBON_INTENSITY = String(intensity).trim();
   }
   return env;
 }

@@ -3,6 +3,7 @@ import { state } from './vscodeStub';
 import assert from 'node:assert/strict';
 import { beforeEach, describe, it } from 'node:test';
 import {
+  childEnv,
   getSettings,
   lspArgs,
   lspEnv,
@@ -56,6 +57,20 @@ describe('settings', () => {
     assert.equal(serverOptions(getSettings()).greentrack.suggestionCache, true);
     state.config['greentrack.suggestionCache'] = false;
     assert.equal(serverOptions(getSettings()).greentrack.suggestionCache, false);
+  });
+
+  it('hands greentrack.carbonIntensity to child processes as the server takes it; unset: the default', () => {
+    const inherited = process.env.GREENTRACK_CARBON_INTENSITY;
+    assert.equal(childEnv(getSettings()).GREENTRACK_CARBON_INTENSITY, inherited);
+    state.config['greentrack.carbonIntensity'] = 120;
+    assert.equal(childEnv(getSettings()).GREENTRACK_CARBON_INTENSITY, '120');
+    state.config['greentrack.carbonIntensity'] = ' FRA ';
+    assert.equal(childEnv(getSettings()).GREENTRACK_CARBON_INTENSITY, 'FRA');
+    for (const unset of [null, '', '  ']) {
+      state.config['greentrack.carbonIntensity'] = unset;
+      assert.equal(childEnv(getSettings()).GREENTRACK_CARBON_INTENSITY, inherited);
+      assert.equal(serverOptions(getSettings()).greentrack.carbonIntensity, unset);
+    }
   });
 
   it('starts lsp --server URL in remote mode, with the token only in the environment', () => {
