@@ -88,3 +88,33 @@ def test_a_request_cancelled_mid_decode_is_charged_for_its_steps_and_conserved(b
     finally:
         backend.attach_step_sink(None)
         monitor.close()
+
+
+def test_an_engine_process_that_dies_fails_requests_clearly_and_never_hangs() -> None:
+    """The GPU or the engine process goes away (here: killed): the next request gets a clear error within seconds,
+    later ones are refused at once, and closing the backend still returns."""
+    import time
+
+    import psutil
+
+    from greentrack.errors import BadInput, GreentrackError
+
+    own = VllmBackend(engine_process=True, warmup=False)
+    try:
+        engines = [c for c in psutil.Process(os.getpid()).children(recursive=True)
+                   if "EngineCore" in " ".join(c.cmdline()) or "EngineCore" in c.name()]
+        assert engines
+        for proc in engines:
+            proc.kill()
+        psutil.wait_procs(engines, timeout=30)
+        t0 = time.monotonic()
+        with pytest.raises(GreentrackError, match=r"vLLM engine stopped|vLLM failed") as failed:
+            own.complete(request(unique_source() + "        return", max_tokens=8), CancelToken())
+        assert not isinstance(failed.value, BadInput)  # the engine's fault, not the prompt's (HTTP 400)
+        assert time.monotonic() - t0 < 30
+        with pytest.raises(GreentrackError, match="stopped after an error"):
+            own.complete(request(unique_source() + "        return", max_tokens=8), CancelToken())
+    finally:
+        t1 = time.monotonic()
+        own.close()
+        assert time.monotonic() - t1 < 60

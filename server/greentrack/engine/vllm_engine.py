@@ -204,6 +204,10 @@ class EngineThread:
             try:
                 self.engine.add_request(job.engine_id, self._engine_input(job.prompt_ids), job.params)
             except Exception as e:
+                if type(e).__name__ == "EngineDeadError":  # the engine (its process, its GPU) is gone: not the prompt
+                    job.error = GreentrackError(f"the vLLM engine stopped: {e}")
+                    job.done.set()
+                    raise
                 job.error = BadInput(f"vLLM refused the prompt ({len(job.prompt_ids)} tokens): {e}")
                 job.done.set()
                 continue
