@@ -12,7 +12,7 @@ from tests.serve.support import greentrack
 
 from greentrack.energy.nvml import cuda_to_nvml_ids
 from greentrack.engine.vllm_setup import VllmModules, engine_args, engine_device, engine_gpus
-from greentrack.errors import UsageError
+from greentrack.errors import BackendUnavailable, UsageError
 from greentrack.pipeline import _gpu_indices
 from greentrack.serve.run import ServeOptions
 
@@ -48,10 +48,18 @@ def test_tensor_parallel_two_meters_gpus_zero_and_one(monkeypatch: pytest.Monkey
     assert cuda_to_nvml_ids(_gpu_indices(device) or []) == [2, 3]
 
 
-def test_tensor_and_data_parallel_use_their_product() -> None:
-    args = _args(ServeOptions(tensor_parallel_size=2, data_parallel_size=2))
-    assert (args["tensor_parallel_size"], args["data_parallel_size"]) == (2, 2)
-    assert engine_gpus(args) == 4
+def test_data_parallel_is_refused_before_anything_loads() -> None:
+    """vLLM's data parallelism through greentrack's synchronous engine hung at start on two H200s: refused, saying
+    what to run instead, rather than a server that never answers while holding the GPUs."""
+    with pytest.raises(UsageError, match="--data-parallel-size above 1 is not supported"):
+        ServeOptions(data_parallel_size=2).backend_kwargs("vllm")
+    with pytest.raises(BackendUnavailable, match="one `greentrack serve` per GPU"):
+        engine_args(Path("/models/m"), CUDA_BUILD, max_model_len=4096, max_num_seqs=8, enforce_eager=None,
+                    dtype=None, logits_processors=[], engine_kwargs=None, data_parallel_size=2)
+    done = greentrack("serve", "--backend", "vllm", "--data-parallel-size", "2", "--port", "1",
+                      "--db", "/nonexistent/never-opened.db")
+    assert done.returncode == 2 and "not supported" in done.stderr and "Traceback" not in done.stderr
+    assert engine_gpus({"tensor_parallel_size": 4}) == 4
     assert _gpu_indices(engine_device("cuda", CUDA_BUILD, gpus=4)) == [0, 1, 2, 3]
 
 

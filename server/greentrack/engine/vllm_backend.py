@@ -109,7 +109,7 @@ class VllmBackend:
         )
         self.device = engine_device(device, vl, gpus=engine_gpus(self.engine_args))
         #: How many requests the engine batches at most (``greentrack serve`` admits that many at once).
-        self.concurrency = int(self.engine_args["max_num_seqs"]) * int(self.engine_args.get("data_parallel_size", 1))
+        self.concurrency = int(self.engine_args["max_num_seqs"])
         self._seq = 0
         self._seq_lock = threading.Lock()
         #: Each document's window start: vLLM's prefix cache matches from the prompt's first token, so a window that

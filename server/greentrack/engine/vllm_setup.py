@@ -157,6 +157,17 @@ def engine_device(device: str, vl: VllmModules, *, gpus: int = 1) -> str:
 GRAPH_CAPTURE_TOKENS = 1024
 
 
+#: Why ``--data-parallel-size`` above 1 is refused. vLLM balances data-parallel engines in its asynchronous front end
+#: (``AsyncLLM``); greentrack's engine thread drives the synchronous ``LLMEngine``, whose client sends every request to
+#: the first engine while the others wait on it: on two H200s (docs/benchmarks.md, 2026-11-27) the server never
+#: answered its first request. Refused before anything loads, instead of a hang holding two GPUs.
+DATA_PARALLEL_REFUSED = (
+    "--data-parallel-size above 1 is not supported: vLLM's data parallelism needs its asynchronous front end, and "
+    "with greentrack's engine the server hung at start on two GPUs. Run one `greentrack serve` per GPU "
+    "(CUDA_VISIBLE_DEVICES=N, its own --port) or split the model with --tensor-parallel-size"
+)
+
+
 def engine_args(
     folder: Path,
     vl: VllmModules,
@@ -199,7 +210,7 @@ def engine_args(
     if tensor_parallel_size > 1:
         kwargs["tensor_parallel_size"] = tensor_parallel_size
     if data_parallel_size > 1:
-        kwargs["data_parallel_size"] = data_parallel_size
+        raise BackendUnavailable(DATA_PARALLEL_REFUSED)
     if async_scheduling is not None:
         kwargs["async_scheduling"] = async_scheduling
     if logits_processors:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greentrack.config import Settings
+from greentrack.engine.vllm_setup import DATA_PARALLEL_REFUSED
 from greentrack.errors import StoreError, UsageError
 from greentrack.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT_S, BodyLimit
 
@@ -66,7 +67,7 @@ class ServeOptions:
         if self.tensor_parallel_size > 1:
             kwargs["tensor_parallel_size"] = self.tensor_parallel_size
         if self.data_parallel_size > 1:
-            kwargs["data_parallel_size"] = self.data_parallel_size
+            raise UsageError(DATA_PARALLEL_REFUSED)
         if self.max_num_seqs is not None:
             kwargs["max_num_seqs"] = self.max_num_seqs
         if self.async_scheduling is not None:
