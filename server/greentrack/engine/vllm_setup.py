@@ -183,8 +183,8 @@ def engine_args(
     async_scheduling: bool | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``EngineArgs``: prefix caching on, greedy and seeded, per-request stats on.
-    ``tensor_parallel_size``/``data_parallel_size`` (``greentrack serve --tensor-parallel-size N
-    --data-parallel-size M``) are passed when above 1: the engine then uses N × M GPUs. ``async_scheduling``
+    ``tensor_parallel_size`` (``greentrack serve --tensor-parallel-size N``) is passed when above 1: the engine then
+    uses N GPUs; ``data_parallel_size`` above 1 is refused (``DATA_PARALLEL_REFUSED``). ``async_scheduling``
     (``--async-scheduling/--no-async-scheduling``) is passed when set; unset, vLLM decides (on with the in-process
     executor of vLLM on GPUs; the CPU platform turns it off whatever is asked: ``effective_async_scheduling``).
 

@@ -55,7 +55,9 @@ def serve(
         int, typer.Option("--tensor-parallel-size", min=1, help="vLLM: GPUs one model is split over.")
     ] = 1,
     data_parallel_size: Annotated[
-        int, typer.Option("--data-parallel-size", min=1, help="vLLM: model replicas (each on its own GPUs).")
+        int, typer.Option("--data-parallel-size", min=1,
+                          help="vLLM: model replicas; above 1 refused (vLLM's data parallelism needs its async "
+                               "front end: run one server per GPU)."),
     ] = 1,
     max_num_seqs: Annotated[
         int | None, typer.Option("--max-num-seqs", min=1, help="vLLM: requests batched at most (default 8).")
