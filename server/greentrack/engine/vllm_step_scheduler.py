@@ -5,8 +5,8 @@ thread builds vLLM's config, then names one of these classes as ``scheduler_conf
 (``scheduler_name``: the one over vLLM's ``AsyncScheduler`` when vLLM settled on async scheduling, else over
 ``Scheduler``). vLLM builds it inside the engine process, where it connects to the server's
 ``vllm_step_channel.StepChannel`` (address and key from the environment) and sends, for every batch whose output
-came back, which requests it served with how many prompt and decode tokens (``vllm_steps.request_work``, the same
-split as in process), timed there: a step runs from the end of the previous one (or, after idle, from the moment
+came back, which requests it served with how many prompt and decode tokens (``vllm_steps.scheduled_work``, the
+same split as in process), timed there: a step runs from the end of the previous one (or, after idle, from the moment
 its batch was scheduled) to the end of ``update_from_output``. It reports a request done once the scheduler has
 freed it and no batch in flight holds it, and the engine idle once no request and no batch is left. Recording
 never breaks the engine: a failure logs one warning and stops the records (the server's ledger then falls back).
@@ -26,7 +26,7 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from greentrack.engine.vllm_step_channel import WireWork, connect_from_env
-from greentrack.engine.vllm_steps import request_work
+from greentrack.engine.vllm_steps import output_placeholders, scheduled_work
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class StepRecording:
         self._gt_live.add(str(request.request_id))
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
-        placeholders = _placeholders(self.requests)
+        placeholders = output_placeholders(self.requests)
         scheduled_s = time.monotonic()
         out = super().schedule(*args, **kwargs)  # type: ignore[misc]
         self._record_schedule(out, placeholders, scheduled_s)
@@ -80,13 +80,8 @@ class StepRecording:
 
     def _record_schedule(self, out: Any, placeholders: dict[str, int], scheduled_s: float) -> None:
         try:
-            counts = getattr(out, "num_scheduled_tokens", None) or {}
-            work: WireWork = {}
-            for rid, n in counts.items():
-                request = self.requests.get(rid)
-                if n and request is not None:
-                    w = request_work(request, int(n), placeholders.get(rid, 0))
-                    work[str(rid)] = (w.prefill_tokens, w.decode_tokens, w.context_tokens)
+            work: WireWork = {sid: (w.prefill_tokens, w.decode_tokens, w.context_tokens)
+                              for sid, w in scheduled_work(out, self.requests, placeholders).items()}
         except Exception as e:  # never break the engine for the energy figures
             log.warning("greentrack: engine step not recorded: %s", e)
             work = {}
@@ -113,10 +108,6 @@ class StepRecording:
         if self._gt_end_s is not None and not self.requests and not any(self._gt_in_flight.values()):
             self._send(("idle", self._gt_end_s if self._gt_end_s <= now_s else now_s))
             self._gt_end_s = None
-
-
-def _placeholders(requests: dict[str, Any]) -> dict[str, int]:
-    return {rid: int(getattr(r, "num_output_placeholders", 0) or 0) for rid, r in requests.items()}
 
 
 class RecordingScheduler(StepRecording, Scheduler):

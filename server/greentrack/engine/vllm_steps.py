@@ -83,6 +83,18 @@ def request_work(request: Any, scheduled: int, placeholders_before: int | None =
     return RequestWork(prefill_tokens=prefill, decode_tokens=scheduled - prefill, context_tokens=before)
 
 
+def output_placeholders(requests: dict[str, Any]) -> dict[str, int]:
+    """Each request's output placeholders (batches in flight under async scheduling), read before ``schedule``."""
+    return {rid: int(getattr(r, "num_output_placeholders", 0) or 0) for rid, r in requests.items()}
+
+
+def scheduled_work(out: Any, requests: dict[str, Any], placeholders: dict[str, int]) -> dict[str, RequestWork]:
+    """What a ``SchedulerOutput`` gives each request (the scheduler's ids), split by ``request_work``."""
+    counts = getattr(out, "num_scheduled_tokens", None) or {}
+    return {str(rid): request_work(requests[rid], int(n), placeholders.get(rid, 0))
+            for rid, n in counts.items() if n and rid in requests}
+
+
 class StepRecorder:
     """Hooks one engine's scheduler and hands ``StepRecord``s to ``sink`` (None: recorded nowhere)."""
 
@@ -129,12 +141,10 @@ class StepRecorder:
         requests: dict[str, Any] = scheduler.requests
 
         def schedule_and_record(*args: Any, **kwargs: Any) -> Any:
-            placeholders = {rid: int(getattr(r, "num_output_placeholders", 0) or 0) for rid, r in requests.items()}
+            placeholders = output_placeholders(requests)
             out = schedule(*args, **kwargs)
             try:
-                counts = getattr(out, "num_scheduled_tokens", None) or {}
-                work = {self.our_id(str(rid)): request_work(requests[rid], int(n), placeholders.get(rid, 0))
-                        for rid, n in counts.items() if n and rid in requests}
+                work = {self.our_id(sid): w for sid, w in scheduled_work(out, requests, placeholders).items()}
             except Exception as e:  # never break the engine for the energy figures
                 log.warning("engine step not recorded: %s", e)
                 work = {}
@@ -185,6 +195,10 @@ class StepRecorder:
                     sink.add_step(StepRecord(self._start_s, end_s, work))
                 self._start_s = end_s  # several at once only under a batch queue: later ones get no time
             self._report_finished(sink)
+
+    def close(self) -> None:
+        """Nothing to release in process (``vllm_step_channel.RemoteStepRecorder`` closes its channel)."""
+        return None
 
     def in_flight(self) -> int:
         """Batches scheduled whose output has not come back: 0 between steps without a batch queue; under async
