@@ -109,7 +109,7 @@ class EngineThread:
             self.closed = True
             self._wake.notify_all()
         self._thread.join(timeout=30)
-        self._close_steps()  # before the engine process goes: its closing records are expected
+        self.steps.close()  # before the engine process goes: its closing records are expected
         core = getattr(self.engine, "engine_core", None)
         if core is not None:
             try:
@@ -117,10 +117,6 @@ class EngineThread:
             except Exception as e:  # pragma: no cover - best effort at exit
                 log.debug("vLLM shutdown: %s", e)
         self.engine = None
-
-    def _close_steps(self) -> None:
-        if isinstance(self.steps, RemoteStepRecorder):
-            self.steps.close()
 
     # -- the thread ---------------------------------------------------------------------------------------
 
@@ -132,7 +128,7 @@ class EngineThread:
                             self.steps.reason)
         except BaseException as e:
             self.build_error = e
-            self._close_steps()
+            self.steps.close()
             return
         finally:
             ready.set()

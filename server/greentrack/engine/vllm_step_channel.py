@@ -105,6 +105,7 @@ class RemoteStepRecorder(StepRecorder):
         return True
 
     def close(self) -> None:
+        """Stop listening (the receiver's end of a closing engine process is then expected, not warned of)."""
         self._closed = True
         self._channel.close()
 
