@@ -56,6 +56,9 @@ def test_data_parallel_is_refused_before_anything_loads() -> None:
     with pytest.raises(BackendUnavailable, match="one `greentrack serve` per GPU"):
         engine_args(Path("/models/m"), CUDA_BUILD, max_model_len=4096, max_num_seqs=8, enforce_eager=None,
                     dtype=None, logits_processors=[], engine_kwargs=None, data_parallel_size=2)
+    with pytest.raises(BackendUnavailable, match="not supported"):  # asked through --engine-arg as well
+        engine_args(Path("/models/m"), CUDA_BUILD, max_model_len=4096, max_num_seqs=8, enforce_eager=None,
+                    dtype=None, logits_processors=[], engine_kwargs={"data_parallel_size": 2})
     done = greentrack("serve", "--backend", "vllm", "--data-parallel-size", "2", "--port", "1",
                       "--db", "/nonexistent/never-opened.db")
     assert done.returncode == 2 and "not supported" in done.stderr and "Traceback" not in done.stderr

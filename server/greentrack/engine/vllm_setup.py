@@ -133,7 +133,7 @@ def import_vllm() -> VllmModules:
 def engine_device(device: str, vl: VllmModules, *, gpus: int = 1) -> str:
     """The backend's device name for the ``device`` asked for ("auto", "cpu", "cuda:N"), or
     ``BackendUnavailable`` when this vLLM build runs elsewhere. On GPUs it names every GPU the engine uses:
-    vLLM takes the first ``gpus`` (tensor × data parallel size) CUDA ordinals, so ``cuda:0,1`` for two; the energy
+    vLLM takes the first ``gpus`` (its tensor parallel size) CUDA ordinals, so ``cuda:0,1`` for two; the energy
     monitor meters those (``pipeline._gpu_indices``; ``CUDA_VISIBLE_DEVICES`` maps them to NVML's indices)."""
     want = (device or "auto").lower()
     if want.startswith("cuda") and vl.device_type != "cuda":
@@ -210,7 +210,7 @@ def engine_args(
     if tensor_parallel_size > 1:
         kwargs["tensor_parallel_size"] = tensor_parallel_size
     if data_parallel_size > 1:
-        raise BackendUnavailable(DATA_PARALLEL_REFUSED)
+        kwargs["data_parallel_size"] = data_parallel_size
     if async_scheduling is not None:
         kwargs["async_scheduling"] = async_scheduling
     if logits_processors:
@@ -218,6 +218,8 @@ def engine_args(
     if vl.device_type == "cuda" and not kwargs["enforce_eager"]:
         kwargs["compilation_config"] = {"max_cudagraph_capture_size": GRAPH_CAPTURE_TOKENS}
     kwargs.update(engine_kwargs or {})
+    if int(kwargs.get("data_parallel_size", 1) or 1) > 1:  # asked by size or by --engine-arg
+        raise BackendUnavailable(DATA_PARALLEL_REFUSED)
     kwargs["disable_log_stats"] = False  # without stats, vLLM keeps no per-request timestamps: no spans
     return kwargs
 
@@ -252,8 +254,9 @@ def build_engine(vl: VllmModules, args: Any, own_process_env: Mapping[str, str] 
 
 
 def engine_gpus(kwargs: Mapping[str, Any]) -> int:
-    """How many GPUs an engine with these ``EngineArgs`` keywords uses: tensor × data parallel size."""
-    return int(kwargs.get("tensor_parallel_size", 1) or 1) * int(kwargs.get("data_parallel_size", 1) or 1)
+    """How many GPUs an engine with these ``EngineArgs`` keywords uses: its tensor parallel size (data parallelism
+    is refused by ``engine_args``)."""
+    return int(kwargs.get("tensor_parallel_size", 1) or 1)
 
 
 def effective_async_scheduling(engine: Any) -> bool | None:
