@@ -37,11 +37,11 @@ from greentrack.energy.types import PhaseSpan
 from greentrack.engine import loading
 from greentrack.engine.generation import GenerationState
 from greentrack.engine.prompt import PromptBuilder, WindowStarts
-from greentrack.engine.stops import StopContext, stop_context, stop_token_ids
+from greentrack.engine.stops import StopContext, stop_context
 from greentrack.engine.tokenizer import LockedTokenizer
 from greentrack.engine.types import CancelToken, CompletionRequest, EngineResult
 from greentrack.engine.vllm_engine import EngineThread, Job
-from greentrack.engine.vllm_healing import EXTRA_ARG, processor_class
+from greentrack.engine.vllm_healing import EXTRA_ARG, model_stop_ids, processor_class
 from greentrack.engine.vllm_setup import (
     default_vllm_env,
     effective_async_scheduling,
@@ -137,8 +137,7 @@ class VllmBackend:
         vocab: dict[str, int] = dict(tokenizer.get_vocab())
         self._builder = PromptBuilder(self._tokenizer, vocab, bos_ids=self._tokenizer.bos_ids(),
                                       suffix_share=suffix_share, healing=healing)
-        eos = getattr(tokenizer, "eos_token_id", None)
-        self._stop_ids = sorted(stop_token_ids(vocab, [] if eos is None else [int(eos)]))
+        self._stop_ids = sorted(model_stop_ids(tokenizer))
         if warmup:
             self._warm_up()
         log.info("vLLM %s engine ready in %.1f s (%s, %s, eager=%s, async_scheduling=%s)", vl.version, self.startup_s,

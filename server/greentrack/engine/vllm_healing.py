@@ -52,12 +52,17 @@ class HealEntry:
         return rest
 
 
-def model_healer(tokenizer: Any) -> tuple[Healer, list[str]]:
-    """The healer of a model and its token texts, as the backend's prompt side sees them: its EOS and stop
-    tokens (``stops.stop_token_ids``) are never allowed while healing."""
-    vocab: dict[str, int] = dict(tokenizer.get_vocab())
+def model_stop_ids(tokenizer: Any) -> set[int]:
+    """The token ids that end a vLLM generation for this tokenizer's model: its EOS and ``stops.stop_token_ids``
+    (the backend's ``SamplingParams.stop_token_ids``; never allowed while healing)."""
     eos = getattr(tokenizer, "eos_token_id", None)
-    return build_healer(tokenizer, stop_token_ids(vocab, [] if eos is None else [int(eos)]))
+    return stop_token_ids(dict(tokenizer.get_vocab()), [] if eos is None else [int(eos)])
+
+
+def model_healer(tokenizer: Any) -> tuple[Healer, list[str]]:
+    """The healer of a model and its token texts, as the backend's prompt side sees them: its stop tokens
+    (``model_stop_ids``) are never allowed while healing."""
+    return build_healer(tokenizer, model_stop_ids(tokenizer))
 
 
 def engine_tokenizer(vllm_config: Any) -> Any:
