@@ -131,6 +131,21 @@ def stored_row(db: Path, completion_id: str) -> dict[str, Any]:
     return dict(found)
 
 
+async def complete_one(client: LanguageClient, uri: str, line: int, character: int
+                       ) -> tuple[types.InlineCompletionItem, dict[str, Any]]:
+    """One inline completion at (line, character) of an open document: its one item and, once it came, its
+    ``greentrack/energy`` notification."""
+    items = await client.text_document_inline_completion_async(inline_params(uri, line, character))
+    assert isinstance(items, list) and len(items) == 1, items
+    assert items[0].command is not None
+    (completion_id,) = items[0].command.arguments or []
+    found = collected(client)
+    energy: dict[str, Any] = await found.wait_for(
+        lambda: next((e for e in found.energy if e["completion_id"] == completion_id), None)
+    )
+    return items[0], energy
+
+
 def configure(client: LanguageClient, settings: dict[str, Any]) -> None:
     """Send ``settings`` as the ``greentrack`` section of ``workspace/didChangeConfiguration``."""
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"greentrack": settings}))

@@ -13,9 +13,8 @@ import pytest
 import pytest_lsp
 from pytest_lsp import LanguageClient
 from tests.lsp.support import (
-    collected,
+    complete_one,
     configure,
-    inline_params,
     make_config,
     open_document,
     start_session,
@@ -46,15 +45,8 @@ async def complete_and_log(client: LanguageClient, name: str) -> dict[str, Any]:
     """One completion; returns its ``greentrack/energy`` notification once its row is in the database."""
     uri = f"file:///work/{name}.py"
     open_document(client, uri, CODE)
-    items = await client.text_document_inline_completion_async(inline_params(uri, 1, len("    return ")))
-    assert isinstance(items, list) and len(items) == 1
-    assert items[0].command is not None
-    (completion_id,) = items[0].command.arguments or []
-    found = collected(client)
-    energy: dict[str, Any] = await found.wait_for(
-        lambda: next((e for e in found.energy if e["completion_id"] == completion_id), None)
-    )
-    assert stored_row(DB, completion_id)["total_j"] == energy["total_j"]
+    _, energy = await complete_one(client, uri, 1, len("    return "))
+    assert stored_row(DB, energy["completion_id"])["total_j"] == energy["total_j"]
     return energy
 
 

@@ -18,8 +18,8 @@ import pytest_lsp
 from pytest_lsp import LanguageClient
 from tests.lsp.support import (
     collected,
+    complete_one,
     configure,
-    inline_params,
     make_config,
     open_document,
     start_session,
@@ -68,15 +68,8 @@ async def intensity_of_one_completion(client: LanguageClient, name: str) -> floa
     """One completion, measured by the model: the carbon intensity (gCO2e/kWh) its stored CO2e was figured with."""
     uri = f"file:///work/{name}_{next(DOCUMENT_NUMBERS)}.py"  # a fresh document each time
     open_document(client, uri, CODE)
-    items = await client.text_document_inline_completion_async(inline_params(uri, 1, len("    return ")))
-    assert isinstance(items, list) and len(items) == 1, items
-    assert items[0].command is not None
-    (completion_id,) = items[0].command.arguments or []
-    found = collected(client)
-    energy: dict[str, Any] = await found.wait_for(
-        lambda: next((e for e in found.energy if e["completion_id"] == completion_id), None)
-    )
-    row = stored_row(DB, completion_id)
+    _, energy = await complete_one(client, uri, 1, len("    return "))
+    row = stored_row(DB, energy["completion_id"])
     assert row["total_j"] == energy["total_j"] > 0, energy
     assert row["co2e_g"] == energy["co2e_g"]
     return float(energy["co2e_g"] / (energy["total_j"] / 3.6e6))

@@ -15,9 +15,8 @@ import pytest
 import pytest_lsp
 from pytest_lsp import LanguageClient
 from tests.lsp.support import (
-    collected,
+    complete_one,
     configure,
-    inline_params,
     make_config,
     open_document,
     start_session,
@@ -40,16 +39,9 @@ async def client(lsp_client: LanguageClient) -> Any:
 
 async def ask(client: LanguageClient, uri: str) -> tuple[str, dict[str, Any]]:
     """One inline completion at the end of ``CODE``: (its text, its ``greentrack/energy`` notification)."""
-    items = await client.text_document_inline_completion_async(inline_params(uri, 1, len("    return ")))
-    assert isinstance(items, list) and len(items) == 1, items
-    assert items[0].command is not None
-    (completion_id,) = items[0].command.arguments or []
-    found = collected(client)
-    energy: dict[str, Any] = await found.wait_for(
-        lambda: next((e for e in found.energy if e["completion_id"] == completion_id), None)
-    )
-    assert stored_row(DB, completion_id)["outcome"] == energy["outcome"]
-    text = items[0].insert_text
+    item, energy = await complete_one(client, uri, 1, len("    return "))
+    assert stored_row(DB, energy["completion_id"])["outcome"] == energy["outcome"]
+    text = item.insert_text
     assert isinstance(text, str) and text
     return text, energy
 
