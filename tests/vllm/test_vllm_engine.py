@@ -207,8 +207,9 @@ def test_cancel_aborts_within_a_step(backend: VllmBackend) -> None:
     assert not again.cancelled and again.completion_tokens >= 1
 
 
-def test_cancel_from_another_thread(backend: VllmBackend) -> None:
-    """The real path: ``cancel()`` from another thread (the language server's), while the engine decodes."""
+def cancel_mid_decode(backend: VllmBackend) -> tuple[EngineResult, float]:
+    """A 64-token request cancelled from another thread (the language server's) in its third engine step: its
+    result and when ``cancel()`` was called."""
     text = unique_source() + "        return 2 * (self.width + self.height)\n\n\nclass Square(Rectangle):\n"
     token = Probe(3)
     box: list[EngineResult] = []
@@ -218,7 +219,12 @@ def test_cancel_from_another_thread(backend: VllmBackend) -> None:
     cancelled_at = time.monotonic()
     token.cancel()
     worker.join(60)
-    r = box[0]
+    return box[0], cancelled_at
+
+
+def test_cancel_from_another_thread(backend: VllmBackend) -> None:
+    """The real path: ``cancel()`` from another thread (the language server's), while the engine decodes."""
+    r, cancelled_at = cancel_mid_decode(backend)
     if not r.cancelled:  # it finished on its own before the cancel landed: a valid outcome, but say which
         assert r.ended_s <= cancelled_at + 0.2, r.stop_reason
         return

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import threading
 from collections.abc import Iterator
 
 import pytest
 from tests.vllm.test_vllm_engine import (  # noqa: F401  (collected here again, against this module's backend)
+    cancel_mid_decode,
     request,
     test_block_completion_after_a_def_with_token_healing,
     test_cancel_from_another_thread,
@@ -24,7 +24,7 @@ from tests.vllm.test_vllm_engine import (  # noqa: F401  (collected here again, 
     unique_source,
 )
 
-from greentrack.engine.types import CancelToken, EngineResult
+from greentrack.engine.types import CancelToken
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
 
@@ -58,7 +58,6 @@ def test_the_engine_core_runs_in_another_process_and_sends_its_steps(backend: Vl
 def test_a_request_cancelled_mid_decode_is_charged_for_its_steps_and_conserved(backend: VllmBackend) -> None:
     """Cancelled by the server while the engine process runs ahead: every step it was in is its own, reported done
     by the engine process once no batch holds it, and requests + idle = the meter over the window."""
-    from tests.vllm.support import Probe
 
     from greentrack.energy.monitor import open_monitor
     from greentrack.energy.step_ledger import StepLedger
@@ -67,15 +66,7 @@ def test_a_request_cancelled_mid_decode_is_charged_for_its_steps_and_conserved(b
     ledger = StepLedger(monitor)
     assert backend.attach_step_sink(ledger) is None
     try:
-        text = unique_source() + "        return 2 * (self.width + self.height)\n\n\nclass Square(Rectangle):\n"
-        token = Probe(3)
-        box: list[EngineResult] = []
-        worker = threading.Thread(target=lambda: box.append(backend.complete(request(text, max_tokens=64), token)))
-        worker.start()
-        assert token.reached.wait(60)
-        token.cancel()
-        worker.join(60)
-        r = box[0]
+        r, _ = cancel_mid_decode(backend)
         figure = ledger.request_energy(str(r.extras["engine_request_id"]), timeout_s=5.0)
         assert figure is not None and figure.extrapolated_j == 0.0
         assert figure.prefill_tokens == r.prompt_tokens - r.reused_prompt_tokens
