@@ -22,7 +22,14 @@ from typing import Any
 
 from greentrack.energy.attribution import MeterInfo, PhaseWeights, attribute
 from greentrack.energy.calibration import Calibration
-from greentrack.energy.interval import TIMED_BY_ENGINE, ErrorModel, Interval, Observation, figure_interval
+from greentrack.energy.interval import (
+    TIMED_BY_ENGINE,
+    ErrorModel,
+    Interval,
+    Observation,
+    figure_interval,
+    sum_intervals,
+)
 from greentrack.energy.types import CounterSample, PhaseSpan
 
 #: Decode prefixes and middle pieces cut from the real decodes. Units: s.
@@ -97,8 +104,9 @@ class Case:
     meter: str
     derived: bool  # cut from a real phase rather than the phase itself
 
-    def observation(self, calibrated: bool) -> Observation:
-        return Observation(self.kind, self.duration_s, calibrated, self.figure_j, self.truth_j)
+    def observation(self, calibrated: bool, run: str = "") -> Observation:
+        """The case as the error model's fit takes it; ``run``: its recording (``fit_error_model(across_runs)``)."""
+        return Observation(self.kind, self.duration_s, calibrated, self.figure_j, self.truth_j, run)
 
 
 class _Attributor:
@@ -181,6 +189,26 @@ def interval_of(case: Case, model: ErrorModel | None, calibrated: bool, timed_by
     return figure_interval(case.figure_j, case.uncertainty_j, kind=case.kind, duration_s=case.duration_s,
                            meter=case.meter, method="attributed", calibrated=calibrated, model=model,
                            timed_by=timed_by)
+
+
+def completion_intervals(all_cases: Sequence[Case], model: ErrorModel | None, calibrated: bool,
+                         timed_by: str = TIMED_BY_ENGINE) -> list[tuple[Case, Interval]]:
+    """Each real completion among ``all_cases`` with its interval as the product gives it
+    (``interval.completion_interval``): the model's ``completion`` entry where it has one that applies, else its
+    real phases' intervals summed linearly (the vLLM-timed model has no completion entries)."""
+    phases: dict[str, list[Case]] = {}
+    for c in all_cases:
+        if not c.derived and c.kind != "completion":
+            phases.setdefault(c.request, []).append(c)
+    out = []
+    for c in all_cases:
+        if c.kind != "completion" or c.derived:
+            continue
+        whole = interval_of(c, model, calibrated, timed_by)
+        summed = None if whole.coverage is not None else sum_intervals(
+            [interval_of(p, model, calibrated, timed_by) for p in phases.get(c.request, [])])
+        out.append((c, summed or whole))
+    return out
 
 
 def summarize(rows: Iterable[tuple[Case, Interval]], *, min_s: float = 0.0, max_s: float = math.inf) -> dict[str, Any]:

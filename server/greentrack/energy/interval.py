@@ -22,7 +22,10 @@ phases timed other than the model's were (``timed_by``): the main model is fitte
 after a device synchronise; phases timed from vLLM's per-request timestamps err differently (its 90 % interval held
 40–50 % of vLLM-served completions of ≥ 100 ms on an H200, 2026-11-27), so they get a model fitted on vLLM-timed
 phases (the file's ``by_timing`` entry of that name, ``bench/fit_interval_model.py --timed-by vllm``) where the
-package ships one, else the bound.
+package ships one, else the bound. Their errors differ between machines (a per-run bias of ±15 %, mostly in the
+prefills), so that model is fitted ``across_runs``: per phase kind, any length (``PER_KIND_BINS_S``), its ends the
+extreme runs' medians widened by the within-run spread, and no ``completion`` entries (a completion's interval is
+then its phases' summed, which follows how much of it is prefill).
 For the CPU-time estimate the interval is the model's ±50 % range (a TDP share, not a measurement): it states no
 coverage. For the calibrated model (no counter): ±max(10 %, 2 × fit error), about 95 % of the calibration's bins.
 """
@@ -49,6 +52,8 @@ TIMED_BY_ENGINE = "engine"
 DEFAULT_COVERAGE = 0.9
 #: Duration bins of the error model, in seconds: [0, 10 ms), [10, 30 ms), … [1 s, ∞).
 DURATION_BINS_S: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, math.inf)
+#: One bin of any duration: a model per phase kind only (the vLLM-timed model, too few runs to split by length).
+PER_KIND_BINS_S: tuple[float, ...] = (0.0, math.inf)
 #: An entry is used only with at least this many cases (fewer cannot place a 5 % quantile).
 MIN_CASES = 20
 BASIS_BOUND = "worst-case bound"
@@ -164,6 +169,7 @@ class Observation:
     calibrated: bool
     figure_j: float
     truth_j: float
+    run: str = ""  # the recording it comes from (``fit_error_model(across_runs=True)`` groups by it)
 
     @property
     def relative_error(self) -> float:
@@ -188,19 +194,32 @@ def fit_error_model(
     bins_s: Sequence[float] = DURATION_BINS_S,
     provenance: dict[str, Any] | None = None,
     timed_by: str = TIMED_BY_ENGINE,
+    across_runs: bool = False,
 ) -> ErrorModel:
-    """The ``coverage`` interval of the relative error per (kind, bin, calibrated), by split-conformal ranks."""
-    cells: dict[tuple[str, bool, int], list[float]] = {}
+    """The ``coverage`` interval of the relative error per (kind, bin, calibrated), by split-conformal ranks.
+
+    ``across_runs``: for errors with a bias of their own per run (``Observation.run``; vLLM-timed phases on
+    different machines), the ranks are taken of each error less its run's median (the spread within a run), and
+    the ends moved out to the lowest and the highest run's median: every run's centre lies inside, however few
+    cases it has (pooled ranks are set by the runs with the most cases and miss a small run's bias)."""
+    cells: dict[tuple[str, bool, int], dict[str, list[float]]] = {}
     for o in observations:
         if o.figure_j <= 0.0 or not math.isfinite(o.truth_j):
             continue
         b = bisect.bisect_right(bins_s, o.duration_s) - 1
-        cells.setdefault((o.kind, o.calibrated, b), []).append(o.relative_error)
+        cells.setdefault((o.kind, o.calibrated, b), {}).setdefault(o.run if across_runs else "", []).append(
+            o.relative_error)
     tail = 0.5 * (1.0 - coverage)
     entries = []
-    for (kind, calibrated, b), errors in sorted(cells.items()):
-        errors.sort()
-        q_lo, q_hi = _conformal_quantiles(errors, tail)
+    for (kind, calibrated, b), by_run in sorted(cells.items()):
+        errors = sorted(e for run_errors in by_run.values() for e in run_errors)
+        if across_runs:
+            centres = {run: statistics.median(run_errors) for run, run_errors in by_run.items()}
+            spread_lo, spread_hi = _conformal_quantiles(
+                sorted(e - centres[run] for run, run_errors in by_run.items() for e in run_errors), tail)
+            q_lo, q_hi = min(centres.values()) + spread_lo, max(centres.values()) + spread_hi
+        else:
+            q_lo, q_hi = _conformal_quantiles(errors, tail)
         entries.append(ErrorEntry(kind, calibrated, bins_s[b], bins_s[b + 1], len(errors), q_lo, q_hi,
                                   statistics.median(errors)))
     return ErrorModel(tuple(meters), coverage, tuple(entries), dict(provenance or {}), timed_by)
@@ -221,8 +240,9 @@ def _from_entry(figure_j: float, uncertainty_j: float | None, entry: ErrorEntry,
         low, high = max(low, figure_j - uncertainty_j), min(high, figure_j + uncertainty_j)
     device = model.provenance.get("device", "") or "this meter"
     upper = "" if math.isinf(entry.max_s) else f"–{entry.max_s * 1000:.0f}"
+    length = "any length" if entry.min_s <= 0.0 and not upper else f"{entry.min_s * 1000:.0f}{upper} ms"
     timing = "" if model.timed_by == TIMED_BY_ENGINE else f", timed by {model.timed_by}"
-    basis = f"errors of {entry.kind}s of {entry.min_s * 1000:.0f}{upper} ms on {device}{timing}"
+    basis = f"errors of {entry.kind}s of {length} on {device}{timing}"
     return Interval(max(0.0, low), high, model.coverage, basis)
 
 
