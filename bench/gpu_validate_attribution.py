@@ -58,7 +58,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from bench.interval_data import cases, interval_of, load_recording, phase_accuracy, summarize, truth_power_w
+from bench.interval_data import (
+    cases,
+    completion_intervals,
+    load_recording,
+    phase_accuracy,
+    summarize,
+    truth_power_w,
+)
 
 from greentrack.calibrate import gaps_s, run_calibration, run_window
 from greentrack.energy.attribution import Attribution, Knot, MeterInfo, PhaseWeights, attribute, find_knots
@@ -577,7 +584,9 @@ def interval_check(out: Path) -> dict[str, Any]:
         for name, model, timed_by in models:
             chosen = [c for c in all_cases if c.kind == "completion" and not c.derived
                       and (name != "held_out" or c.request.split("/")[0] not in train)]
-            pairs = [(c, interval_of(c, model, calibrated, timed_by)) for c in chosen]
+            chosen_ids = {id(c) for c in chosen}  # as the product gives them: phases summed without a completion entry
+            pairs = [(c, iv) for c, iv in completion_intervals(all_cases, model, calibrated, timed_by)
+                     if id(c) in chosen_ids]
             key = f"{name}_{'calibrated' if calibrated else 'uncalibrated'}"
             summary[key] = {"completions_ge_100ms": summarize(pairs, min_s=0.1),
                             "completions_lt_100ms": summarize(pairs, max_s=0.1)}
