@@ -48,10 +48,11 @@ from greentrack.engine.vllm_setup import (
     engine_args,
     engine_device,
     engine_gpus,
+    engine_process_gpus,
     import_vllm,
 )
 from greentrack.engine.vllm_steps import StepSink
-from greentrack.errors import BadInput, GreentrackError, ModelLoadError
+from greentrack.errors import BackendUnavailable, BadInput, GreentrackError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class VllmBackend:
     argument (None: vLLM decides); ``async_scheduling`` the attribute is what the built engine runs with.
     ``engine_process``: vLLM's engine core in a process of its own (``greentrack serve --engine-process``; None:
     where vLLM runs on GPUs, the server's default, docs/benchmarks.md 2026-11-27 "engine process").
+    ``gpus``: the CUDA ordinals (this process's numbering) its engine process runs on, one per tensor parallel rank
+    (a replica of ``greentrack serve --data-parallel-size``); None: vLLM's choice, the first visible ones.
     """
 
     name = "vllm"
@@ -92,22 +95,25 @@ class VllmBackend:
         warmup: bool = True,
         engine_kwargs: Mapping[str, Any] | None = None,
         tensor_parallel_size: int = 1,
-        data_parallel_size: int = 1,
         async_scheduling: bool | None = None,
         engine_process: bool | None = False,
+        gpus: Sequence[int] | None = None,
     ) -> None:
         self.model_id = model or EMBEDDED_MODEL
         vl = import_vllm()
         self._vllm = vl
+        if gpus is not None and vl.device_type != "cuda":  # before the model is converted or loaded
+            raise BackendUnavailable(f"GPUs {list(gpus)} were given, but this vLLM build runs on {vl.device_type}")
         self.device = engine_device(device, vl)  # a build for another device fails before the model loads
         self.folder = loading.materialize_hf_folder(loading.resolve_model(self.model_id))
         self.engine_args = engine_args(
             self.folder, vl, max_model_len=max_model_len, max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
             dtype=dtype, logits_processors=[processor_class()] if healing else [], engine_kwargs=engine_kwargs,
-            tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-            async_scheduling=async_scheduling,
+            tensor_parallel_size=tensor_parallel_size, async_scheduling=async_scheduling,
         )
-        self.device = engine_device(device, vl, gpus=engine_gpus(self.engine_args))
+        process_env = self._placement(gpus, engine_process)
+        self.device = engine_device(device, vl, gpus=engine_gpus(self.engine_args),
+                                    ordinals=list(gpus) if gpus is not None else None)
         #: How many requests the engine batches at most (``greentrack serve`` admits that many at once).
         self.concurrency = int(self.engine_args["max_num_seqs"])
         self._seq = 0
@@ -117,9 +123,10 @@ class VllmBackend:
         #: keeps one per developer and document.
         self._window_starts = WindowStarts(max_documents=4096)
         t0 = time.monotonic()
-        #: vLLM's engine core in a process of its own (None asked: where vLLM runs on GPUs)
+        #: vLLM's engine core in a process of its own (None asked: where vLLM runs on GPUs, or placed on ``gpus``)
         self.engine_process = vl.device_type == "cuda" if engine_process is None else engine_process
-        self._thread = EngineThread(vl, vl.EngineArgs(**self.engine_args), engine_process=self.engine_process)
+        self._thread = EngineThread(vl, vl.EngineArgs(**self.engine_args), engine_process=self.engine_process,
+                                    process_env=process_env)
         err = self._thread.build_error
         if err is not None:
             if isinstance(err, GreentrackError):
@@ -142,6 +149,20 @@ class VllmBackend:
             self._warm_up()
         log.info("vLLM %s engine ready in %.1f s (%s, %s, eager=%s, async_scheduling=%s)", vl.version, self.startup_s,
                  self.folder, self.engine_args["dtype"], self.engine_args["enforce_eager"], self._async_shown())
+
+    def _placement(self, gpus: Sequence[int] | None, engine_process: bool | None) -> dict[str, str] | None:
+        """The engine process's ``CUDA_VISIBLE_DEVICES`` for ``gpus`` (None: vLLM's own placement, the first
+        visible GPUs). A replica's GPUs need its engine core in a process of its own, on GPUs, one per tensor
+        parallel rank: else a ``BackendUnavailable`` (a vLLM build for another device is refused on import)."""
+        if gpus is None:
+            return None
+        if engine_process is False:
+            raise BackendUnavailable("an engine placed on given GPUs runs in a process of its own: "
+                                     "drop --no-engine-process")
+        if len(gpus) != engine_gpus(self.engine_args):
+            raise BackendUnavailable(f"{len(gpus)} GPUs given for a tensor parallel size of "
+                                     f"{engine_gpus(self.engine_args)}")
+        return engine_process_gpus(gpus)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> VllmBackend:

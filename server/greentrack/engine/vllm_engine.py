@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,10 +66,12 @@ class EngineThread:
     When building failed, ``build_error`` holds why (and the thread has ended); ``fatal`` holds the error that
     stopped a running engine. ``engine_process``: vLLM's engine core runs in a process of its own, which sends the
     step records over a ``StepChannel`` (``RemoteStepRecorder``); ``step()`` then waits for that process's outputs
-    while it schedules and runs the model with a GIL of its own.
+    while it schedules and runs the model with a GIL of its own. ``process_env``: more environment for that process
+    (a replica's ``CUDA_VISIBLE_DEVICES``).
     """
 
-    def __init__(self, vl: VllmModules, engine_args: Any, *, engine_process: bool = False) -> None:
+    def __init__(self, vl: VllmModules, engine_args: Any, *, engine_process: bool = False,
+                 process_env: Mapping[str, str] | None = None) -> None:
         self._vllm = vl
         self._submit: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._wake = threading.Condition()
@@ -84,6 +86,9 @@ class EngineThread:
         self._collect_run = 0  # such steps since the last request left
         #: Which requests each engine step served (``vllm_steps``); ``steps.installed`` False where vLLM does not
         #: allow it (``steps.reason`` says why).
+        if process_env and not engine_process:
+            raise ValueError("an environment for the engine process needs engine_process")
+        self._process_env = dict(process_env or {})
         self._channel = StepChannel() if engine_process else None
         self.steps: StepRecorder = RemoteStepRecorder(self._channel) if self._channel is not None else StepRecorder()
         ready = threading.Event()
@@ -122,7 +127,8 @@ class EngineThread:
 
     def _run(self, args: Any, ready: threading.Event) -> None:
         try:
-            self.engine = build_engine(self._vllm, args, None if self._channel is None else self._channel.env)
+            own_env = None if self._channel is None else {**self._channel.env, **self._process_env}
+            self.engine = build_engine(self._vllm, args, own_env)
             if not self.steps.install(self.engine):
                 log.warning("engine steps are not recorded (%s): batched requests cannot be attributed by step",
                             self.steps.reason)

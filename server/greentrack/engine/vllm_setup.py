@@ -130,11 +130,12 @@ def import_vllm() -> VllmModules:
                        str(getattr(current_platform, "device_type", "cpu")))
 
 
-def engine_device(device: str, vl: VllmModules, *, gpus: int = 1) -> str:
+def engine_device(device: str, vl: VllmModules, *, gpus: int = 1, ordinals: Sequence[int] | None = None) -> str:
     """The backend's device name for the ``device`` asked for ("auto", "cpu", "cuda:N"), or
     ``BackendUnavailable`` when this vLLM build runs elsewhere. On GPUs it names every GPU the engine uses:
-    vLLM takes the first ``gpus`` (its tensor parallel size) CUDA ordinals, so ``cuda:0,1`` for two; the energy
-    monitor meters those (``pipeline._gpu_indices``; ``CUDA_VISIBLE_DEVICES`` maps them to NVML's indices)."""
+    vLLM takes the first ``gpus`` (its tensor parallel size) CUDA ordinals, so ``cuda:0,1`` for two, or those of
+    ``ordinals`` (a replica's engine process sees only them: ``engine_process_gpus``); the energy monitor meters
+    those (``pipeline._gpu_indices``; ``CUDA_VISIBLE_DEVICES`` maps them to NVML's indices)."""
     want = (device or "auto").lower()
     if want.startswith("cuda") and vl.device_type != "cuda":
         raise BackendUnavailable(
@@ -145,7 +146,25 @@ def engine_device(device: str, vl: VllmModules, *, gpus: int = 1) -> str:
         raise BackendUnavailable(f"device cpu requested, but this vLLM build runs on {vl.device_type}")
     if vl.device_type != "cuda":
         return vl.device_type
-    return "cuda:" + ",".join(str(i) for i in range(max(1, gpus)))
+    used = list(ordinals) if ordinals is not None else list(range(max(1, gpus)))
+    return "cuda:" + ",".join(str(i) for i in used)
+
+
+def engine_process_gpus(ordinals: Sequence[int]) -> dict[str, str]:
+    """The environment that makes an engine process see only the GPUs of this process's CUDA ``ordinals`` (its
+    ``cuda:0`` is the first of them): ``CUDA_VISIBLE_DEVICES`` with this process's own entries for them (an index
+    or a ``GPU-…`` UUID) when it has the variable, else the ordinals. vLLM's own data-parallel engines are placed
+    the same way. A ``BackendUnavailable`` for an ordinal this process does not see."""
+    if not ordinals or any(i < 0 for i in ordinals):
+        raise BackendUnavailable(f"no GPUs given for an engine process: {list(ordinals)}")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None or not visible.strip():
+        return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in ordinals)}
+    entries = [v.strip() for v in visible.split(",") if v.strip()]
+    missing = [i for i in ordinals if i >= len(entries)]
+    if missing:
+        raise BackendUnavailable(f"cuda:{missing[0]} is not among CUDA_VISIBLE_DEVICES={visible}")
+    return {"CUDA_VISIBLE_DEVICES": ",".join(entries[i] for i in ordinals)}
 
 
 #: On GPUs, steps of up to this many tokens run as CUDA graphs. vLLM's default is 2 × max_num_seqs (16 for the
@@ -157,14 +176,15 @@ def engine_device(device: str, vl: VllmModules, *, gpus: int = 1) -> str:
 GRAPH_CAPTURE_TOKENS = 1024
 
 
-#: Why ``--data-parallel-size`` above 1 is refused. vLLM balances data-parallel engines in its asynchronous front end
-#: (``AsyncLLM``); greentrack's engine thread drives the synchronous ``LLMEngine``, whose client sends every request to
-#: the first engine while the others wait on it: on two H200s (docs/benchmarks.md, 2026-11-27) the server never
-#: answered its first request. Refused before anything loads, instead of a hang holding two GPUs.
+#: Why vLLM's own data parallelism (``--engine-arg data_parallel_size=N``) is refused. vLLM balances data-parallel
+#: engines in its asynchronous front end (``AsyncLLM``); greentrack's engine thread drives the synchronous
+#: ``LLMEngine``, whose client sends every request to the first engine while the others wait on it: on two H200s
+#: (docs/benchmarks.md, 2026-11-27) the server never answered its first request. ``greentrack serve
+#: --data-parallel-size N`` runs N replicas of its own instead (``serve.replicas``), each metered on its own GPUs.
 DATA_PARALLEL_REFUSED = (
-    "--data-parallel-size above 1 is not supported: vLLM's data parallelism needs its asynchronous front end, and "
-    "with greentrack's engine the server hung at start on two GPUs. Run one `greentrack serve` per GPU "
-    "(CUDA_VISIBLE_DEVICES=N, its own --port) or split the model with --tensor-parallel-size"
+    "vLLM's own data parallelism (data_parallel_size above 1) is not supported: it needs vLLM's asynchronous front "
+    "end, and with greentrack's engine the server hung at start on two GPUs. Use `greentrack serve "
+    "--data-parallel-size N` (one engine per GPU, each metered on its own GPU) or --tensor-parallel-size"
 )
 
 
@@ -179,12 +199,11 @@ def engine_args(
     logits_processors: Sequence[type],
     engine_kwargs: Mapping[str, Any] | None,
     tensor_parallel_size: int = 1,
-    data_parallel_size: int = 1,
     async_scheduling: bool | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``EngineArgs``: prefix caching on, greedy and seeded, per-request stats on.
     ``tensor_parallel_size`` (``greentrack serve --tensor-parallel-size N``) is passed when above 1: the engine then
-    uses N GPUs; ``data_parallel_size`` above 1 is refused (``DATA_PARALLEL_REFUSED``). ``async_scheduling``
+    uses N GPUs; vLLM's ``data_parallel_size`` above 1 is refused (``DATA_PARALLEL_REFUSED``). ``async_scheduling``
     (``--async-scheduling/--no-async-scheduling``) is passed when set; unset, vLLM decides (on with the in-process
     executor of vLLM on GPUs; the CPU platform turns it off whatever is asked: ``effective_async_scheduling``).
 
@@ -205,12 +224,10 @@ def engine_args(
         "enforce_eager": vl.device_type == "cpu" if enforce_eager is None else enforce_eager,
         "seed": 0,
     }
-    if tensor_parallel_size < 1 or data_parallel_size < 1:
-        raise ValueError("tensor and data parallel sizes are at least 1")
+    if tensor_parallel_size < 1:
+        raise ValueError("the tensor parallel size is at least 1")
     if tensor_parallel_size > 1:
         kwargs["tensor_parallel_size"] = tensor_parallel_size
-    if data_parallel_size > 1:
-        kwargs["data_parallel_size"] = data_parallel_size
     if async_scheduling is not None:
         kwargs["async_scheduling"] = async_scheduling
     if logits_processors:
@@ -218,7 +235,7 @@ def engine_args(
     if vl.device_type == "cuda" and not kwargs["enforce_eager"]:
         kwargs["compilation_config"] = {"max_cudagraph_capture_size": GRAPH_CAPTURE_TOKENS}
     kwargs.update(engine_kwargs or {})
-    if int(kwargs.get("data_parallel_size", 1) or 1) > 1:  # asked by size or by --engine-arg
+    if int(kwargs.get("data_parallel_size", 1) or 1) > 1:  # asked by --engine-arg
         raise BackendUnavailable(DATA_PARALLEL_REFUSED)
     kwargs["disable_log_stats"] = False  # without stats, vLLM keeps no per-request timestamps: no spans
     return kwargs
@@ -254,8 +271,8 @@ def build_engine(vl: VllmModules, args: Any, own_process_env: Mapping[str, str] 
 
 
 def engine_gpus(kwargs: Mapping[str, Any]) -> int:
-    """How many GPUs an engine with these ``EngineArgs`` keywords uses: its tensor parallel size (data parallelism
-    is refused by ``engine_args``)."""
+    """How many GPUs an engine with these ``EngineArgs`` keywords uses: its tensor parallel size (vLLM's data
+    parallelism is refused by ``engine_args``)."""
     return int(kwargs.get("tensor_parallel_size", 1) or 1)
 
 
