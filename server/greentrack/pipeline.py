@@ -387,7 +387,9 @@ class Pipeline:
             return False
         return self.store.mark_accepted(completion_id)
 
-    def close(self) -> None:
+    def close(self, *, close_store: bool = True) -> None:
+        """Store what is pending, release the engine and the meter; then the store, unless ``close_store`` is False
+        (replicas of ``greentrack serve --data-parallel-size`` share one)."""
         self._finalizer.shutdown(wait=True)
         try:
             self.backend.close()
@@ -404,7 +406,7 @@ class Pipeline:
             self.monitor.close()
         except Exception as e:
             log.warning("while closing: %s", e)
-        if self.store is not None:
+        if self.store is not None and close_store:
             self.store.close()
 
 

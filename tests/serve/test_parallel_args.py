@@ -1,19 +1,22 @@
-"""``greentrack serve --tensor-parallel-size N --data-parallel-size M``: the sizes reach vLLM's engine arguments, the
-backend names every GPU the engine uses, and the energy monitor meters those GPUs (through CUDA_VISIBLE_DEVICES).
+"""``greentrack serve --tensor-parallel-size N --data-parallel-size M``: the tensor size reaches vLLM's engine
+arguments, each of the M replicas gets its own N GPUs, the backend names every GPU its engine uses, and the energy
+monitor meters those GPUs (through CUDA_VISIBLE_DEVICES).
 ``--async-scheduling/--no-async-scheduling`` reaches them as ``async_scheduling`` (unset: left out, vLLM decides).
 No GPU here: vLLM's modules are not needed for the arithmetic (a ``VllmModules`` of a CUDA build, without classes)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 from tests.serve.support import greentrack
 
 from greentrack.energy.nvml import cuda_to_nvml_ids
-from greentrack.engine.vllm_setup import VllmModules, engine_args, engine_device, engine_gpus
+from greentrack.engine.vllm_setup import VllmModules, engine_args, engine_device, engine_gpus, engine_process_gpus
 from greentrack.errors import BackendUnavailable, UsageError
 from greentrack.pipeline import _gpu_indices
+from greentrack.serve.replicas import replica_gpus
 from greentrack.serve.run import ServeOptions
 
 CUDA_BUILD = VllmModules("0.26.0", None, None, None, None, "cuda")
@@ -48,22 +51,51 @@ def test_tensor_parallel_two_meters_gpus_zero_and_one(monkeypatch: pytest.Monkey
     assert cuda_to_nvml_ids(_gpu_indices(device) or []) == [2, 3]
 
 
-def test_data_parallel_is_refused_before_anything_loads() -> None:
-    """vLLM's data parallelism through greentrack's synchronous engine hung at start on two H200s: refused, saying
-    what to run instead, rather than a server that never answers while holding the GPUs."""
-    with pytest.raises(UsageError, match="--data-parallel-size above 1 is not supported"):
-        ServeOptions(data_parallel_size=2).backend_kwargs("vllm")
-    with pytest.raises(BackendUnavailable, match="one `greentrack serve` per GPU"):
-        engine_args(Path("/models/m"), CUDA_BUILD, max_model_len=4096, max_num_seqs=8, enforce_eager=None,
-                    dtype=None, logits_processors=[], engine_kwargs=None, data_parallel_size=2)
-    with pytest.raises(BackendUnavailable, match="not supported"):  # asked through --engine-arg as well
+def test_vllms_own_data_parallelism_is_refused_before_anything_loads() -> None:
+    """vLLM's data parallelism through greentrack's synchronous engine hung at start on two H200s: asked through
+    --engine-arg it is refused, saying what to run instead, rather than a server that never answers while holding
+    the GPUs. ``--data-parallel-size`` runs greentrack's own replicas (``serve.replicas``), never vLLM's."""
+    assert "data_parallel_size" not in ServeOptions(data_parallel_size=2).backend_kwargs("vllm")
+    with pytest.raises(BackendUnavailable, match="greentrack serve --data-parallel-size"):
         engine_args(Path("/models/m"), CUDA_BUILD, max_model_len=4096, max_num_seqs=8, enforce_eager=None,
                     dtype=None, logits_processors=[], engine_kwargs={"data_parallel_size": 2})
-    done = greentrack("serve", "--backend", "vllm", "--data-parallel-size", "2", "--port", "1",
-                      "--db", "/nonexistent/never-opened.db")
-    assert done.returncode == 2 and "not supported" in done.stderr and "Traceback" not in done.stderr
     assert engine_gpus({"tensor_parallel_size": 4}) == 4
     assert _gpu_indices(engine_device("cuda", CUDA_BUILD, gpus=4)) == [0, 1, 2, 3]
+
+
+def test_replicas_are_refused_where_they_cannot_run() -> None:
+    """Replicas need vLLM on GPUs with the engine core in a process of its own: refused before the store or a
+    model opens (the database below is never created), with why, exit 2."""
+    with pytest.raises(UsageError, match="drop --no-engine-process"):
+        ServeOptions(data_parallel_size=2, engine_process=False).backend_kwargs("vllm")
+    with pytest.raises(UsageError, match="need --backend vllm"):
+        ServeOptions(data_parallel_size=2).backend_kwargs("transformers")
+    for extra, said in ((("--device", "cpu"), "needs GPUs"), (("--device", "cuda:1"), "CUDA_VISIBLE_DEVICES"),
+                        ((), "this vLLM build runs on cpu")):
+        if not extra and importlib.util.find_spec("vllm") is None:
+            continue  # without vLLM: its own "not installed" line, tested elsewhere
+        done = greentrack("serve", "--backend", "vllm", "--data-parallel-size", "2", *extra, "--port", "1",
+                          "--db", "/nonexistent/never-opened.db", timeout_s=120)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_each_replica_gets_its_own_gpus_metered_through_the_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replica r of tensor parallel size T runs on this process's ordinals r·T … r·T+T−1: its engine process sees
+    only those (``CUDA_VISIBLE_DEVICES``), and its monitor meters the same GPUs through NVML's numbering."""
+    assert replica_gpus(2, 1) == [[0], [1]]
+    assert replica_gpus(2, 2) == [[0, 1], [2, 3]]
+    device = engine_device("auto", CUDA_BUILD, gpus=1, ordinals=[1])
+    assert device == "cuda:1" and _gpu_indices(device) == [1]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert engine_process_gpus([1]) == {"CUDA_VISIBLE_DEVICES": "1"}
+    assert cuda_to_nvml_ids(_gpu_indices(device) or []) == [1]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,GPU-5e3f")  # this process sees NVML's 4 and 6 and one by UUID
+    assert engine_process_gpus([1]) == {"CUDA_VISIBLE_DEVICES": "6"}
+    assert cuda_to_nvml_ids(_gpu_indices(device) or []) == [6]
+    assert engine_process_gpus([1, 2]) == {"CUDA_VISIBLE_DEVICES": "6,GPU-5e3f"}
+    assert _gpu_indices(engine_device("auto", CUDA_BUILD, gpus=2, ordinals=[2, 3])) == [2, 3]
+    with pytest.raises(BackendUnavailable, match="not among CUDA_VISIBLE_DEVICES"):
+        engine_process_gpus([3])
 
 
 def test_parallel_sizes_need_the_vllm_backend() -> None:

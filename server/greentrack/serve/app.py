@@ -172,14 +172,26 @@ def _add_service_state_routes(app: FastAPI, service: CompletionService) -> None:
         problem = sampler.error if sampler is not None and sampler.error else None
         if sampler is not None and not problem and not sampler.running:
             problem = "the energy sampler stopped"
+        replicas = service.replicas
+        for pipeline in replicas.pipelines[1:]:
+            other = pipeline.monitor.sampler
+            if not problem and other is not None and (other.error or not other.running):
+                problem = other.error or "the energy sampler stopped"
         body = {
             "status": "error" if problem else "ok", "reason": problem, "version": __version__,
             "model": service.model_id, "backend": service.pipeline.backend.name,
-            "device": service.pipeline.backend.device, "meter": monitor.meter_name, "method": monitor.method,
+            "device": " + ".join(replicas.devices), "meter": " + ".join(p.monitor.meter_name for p in
+                                                                        replicas.pipelines),
+            "method": monitor.method,
             "queue_depth": service.scheduler.depth, "running": service.scheduler.running,
             "slots": service.scheduler.slots,
             # --suggestion-cache/--no-suggestion-cache as the pipeline runs it (Pipeline.use_suggestion_cache)
             "suggestion_cache": service.pipeline.suggestion_cache is not None,
+            # greentrack serve --data-parallel-size: each replica's GPUs, meter, requests in flight and served
+            "replicas": [{"device": p.backend.device, "meter": p.monitor.meter_name, "in_flight": in_flight,
+                          "served": served}
+                         for p, in_flight, served in zip(replicas.pipelines, replicas.in_flight(), replicas.served(),
+                                                         strict=True)],
         }
         return JSONResponse(body, 503 if problem else 200)
 

@@ -8,7 +8,8 @@ when a generation starts (``begin``), which phases it ran (``end``) and what ene
 - ``LedgerIdle`` (a batching backend whose pipeline has a step ledger: vLLM). The ledger already splits every
   counter interval into the requests' shares and idle (``energy.step_ledger``); this stores its idle windows
   through ``Pipeline.store_idle_energy``. Σ stored completions + stored idle = the counter's delta over the
-  ledger's window.
+  ledger's window. With replicas (``greentrack serve --data-parallel-size``), ``ReplicaIdle`` holds one per replica,
+  each on its own GPUs' counter.
 - ``IdleMeter`` (one generation at a time: transformers). Each completion is attributed alone, from its own
   spans, on the counter's knots. A *cut* is a knot that no completion's spans straddle and before which every
   completion is attributed; the idle energy between two cuts is the counter's delta between them less the
@@ -161,6 +162,43 @@ class LedgerIdle(IdleAccounts):
 
     def close(self) -> None:
         self.stop()  # the pipeline stores the last window when it closes (after flushing the ledger)
+
+
+class ReplicaIdle(IdleAccounts):
+    """The idle energy of several replicas (``serve.replicas``), each from its own step ledger (``LedgerIdle``, which
+    store their windows): ``account`` accounts each, ``totals`` sums them. Times are replica-seconds: ``window_s``
+    and ``idle_s`` add over replicas, so ``1 − idle_s / window_s`` is the replicas' mean utilisation."""
+
+    def __init__(self, parts: Sequence[LedgerIdle], sink: Callable[[list[IdleEnergy]], None], *,
+                 period_s: float) -> None:
+        super().__init__(sink, period_s=period_s)
+        if not parts:
+            raise ValueError("ReplicaIdle needs at least one replica")
+        self.parts = list(parts)
+
+    def account(self) -> list[IdleEnergy]:
+        return [energy for part in self.parts for energy in part.account()]
+
+    def totals(self) -> EnergyTotals:
+        each = [part.totals() for part in self.parts]
+        return EnergyTotals(
+            math.fsum(t.meter_j for t in each), math.fsum(t.completions_j for t in each),
+            math.fsum(t.idle_j for t in each), math.fsum(t.window_s for t in each),
+            math.fsum(t.idle_s for t in each),
+        )
+
+    def start(self) -> IdleAccounts:
+        for part in self.parts:
+            part.start()
+        return self
+
+    def stop(self) -> None:
+        for part in self.parts:
+            part.stop()
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
 
 
 @dataclass

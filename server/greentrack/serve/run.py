@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from greentrack.config import Settings
-from greentrack.engine.vllm_setup import DATA_PARALLEL_REFUSED
 from greentrack.errors import StoreError, UsageError
 from greentrack.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT_S, BodyLimit
 
@@ -38,8 +37,9 @@ class ServeOptions:
     max_connections: int = 256
     max_queued_per_developer: int = 16
     strict_device: bool = False
-    #: vLLM only: GPUs per model replica (tensor parallel), replicas (data parallel), requests batched at most,
-    #: async scheduling (None: vLLM's own choice).
+    #: vLLM only: GPUs per model replica (tensor parallel), replicas (data parallel: greentrack's own, one engine
+    #: process per replica, ``serve.replicas``), requests batched at most per replica, async scheduling (None: vLLM's
+    #: own choice).
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
     max_num_seqs: int | None = None
@@ -66,8 +66,9 @@ class ServeOptions:
         kwargs: dict[str, Any] = {}
         if self.tensor_parallel_size > 1:
             kwargs["tensor_parallel_size"] = self.tensor_parallel_size
-        if self.data_parallel_size > 1:
-            raise UsageError(DATA_PARALLEL_REFUSED)
+        if self.data_parallel_size > 1 and self.engine_process is False:
+            raise UsageError("--data-parallel-size above 1 runs each replica's engine in a process of its own: "
+                             "drop --no-engine-process")
         if self.max_num_seqs is not None:
             kwargs["max_num_seqs"] = self.max_num_seqs
         if self.async_scheduling is not None:
@@ -83,14 +84,17 @@ def serve(settings: Settings, options: ServeOptions) -> None:
     for a model, meter or database that cannot be used (before listening)."""
     import uvicorn
 
-    from greentrack.pipeline import open_pipeline, open_store
+    from greentrack.pipeline import open_store
     from greentrack.serve.app import build_app
     from greentrack.serve.auth import Authenticator, LockedStore, is_loopback
     from greentrack.serve.metrics import ServerMetrics
+    from greentrack.serve.replicas import check_replicas, open_replicas
     from greentrack.serve.scheduler import FairScheduler
-    from greentrack.serve.service import CompletionService, backend_slots
+    from greentrack.serve.service import CompletionService
 
     backend_kwargs = options.backend_kwargs(settings.backend)  # refused before anything loads
+    if options.data_parallel_size > 1:
+        check_replicas(settings, backend_kwargs)
     if options.switch_interval_s is not None:
         sys.setswitchinterval(options.switch_interval_s)
     loopback = is_loopback(options.host)
@@ -102,16 +106,16 @@ def serve(settings: Settings, options: ServeOptions) -> None:
         store.close()
         raise UsageError(f"refusing to serve on {options.host} without tokens: anyone could use it. Issue one per "
                          f"developer first (`greentrack token add EMAIL --db {settings.db_path}`), or bind 127.0.0.1")
-    pipeline = open_pipeline(settings, store=store, strict_device=options.strict_device,
-                             backend_kwargs=backend_kwargs)
+    replicas = open_replicas(settings, store=store, replicas=options.data_parallel_size,
+                             strict_device=options.strict_device, backend_kwargs=backend_kwargs)
+    pipeline = replicas.primary
     # The pipeline's own Store: a second Store on the same file in this process would drop SQLite's POSIX locks
     # when it closes its file (fcntl locks are per process), and another process could then delete the WAL.
     own_store = LockedStore(store)
     metrics = ServerMetrics()
     service = CompletionService(
-        pipeline, own_store, metrics, idle_period_s=options.idle_period_s,
-        scheduler=FairScheduler(max_queued_per_developer=options.max_queued_per_developer,
-                                slots=backend_slots(pipeline.backend)),
+        replicas, own_store, metrics, idle_period_s=options.idle_period_s,
+        scheduler=FairScheduler(max_queued_per_developer=options.max_queued_per_developer, slots=replicas.slots),
     )
     auth = Authenticator(own_store, local_developer=settings.developer, loopback=loopback)
     app = BodyLimit(build_app(service, auth), max_body_bytes=options.max_body_bytes,
@@ -123,8 +127,10 @@ def serve(settings: Settings, options: ServeOptions) -> None:
         server_header=False,
     )
     who = "tokens required" if store.has_tokens() else f"no tokens: serving {settings.developer} on loopback"
+    where = " + ".join(replicas.devices)
+    meters = " + ".join(p.monitor.meter_name for p in replicas.pipelines)
     log.info("serving %s (%s on %s, %d at once; energy: %s%s) on http://%s:%d (%s)", pipeline.backend.model_id,
-             pipeline.backend.name, pipeline.backend.device, service.scheduler.slots, pipeline.monitor.meter_name,
+             pipeline.backend.name, where, service.scheduler.slots, meters,
              ", by engine step" if pipeline.ledger is not None else "", options.host, options.port, who)
     try:
         uvicorn.Server(config).run()  # the app's lifespan closes the service on a signal

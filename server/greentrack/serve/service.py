@@ -3,7 +3,8 @@
 Place in the flow: handlers (``app``) authenticate, build a ``CompletionRequest`` (``models``) and await
 ``CompletionService.generate``; it queues the generation on the ``FairScheduler``, which admits up to the
 backend's concurrency (``backend_slots``: one for transformers, ``max_num_seqs`` for vLLM, whose engine batches
-the admitted requests and shares its prefix cache among all developers), fairly across developers; races it
+the admitted requests and shares its prefix cache among all developers; summed over the replicas of
+``--data-parallel-size``, ``replicas``, which picks each admitted request's replica), fairly across developers; races it
 against the client's disconnection, and, once the engine is done, hands the result to ``Pipeline.finalize_later``
 with the caller's developer. The answer never waits for the energy: the record arrives later (``record_view``
 long-polls for it) and is counted in the metrics. Idle energy (``idle``): from the pipeline's step ledger when
@@ -31,9 +32,10 @@ from greentrack.errors import BadInput, GreentrackError
 from greentrack.pipeline import Pipeline, RequestContext, host_name, wall_clock_iso
 from greentrack.record import CompletionRecord
 from greentrack.serve.auth import Caller, LockedStore
-from greentrack.serve.idle import EnergyTotals, IdleAccounts, IdleEnergy, IdleMeter, LedgerIdle
+from greentrack.serve.idle import EnergyTotals, IdleAccounts, IdleEnergy, IdleMeter, LedgerIdle, ReplicaIdle
 from greentrack.serve.metrics import ServerMetrics
 from greentrack.serve.models import record_view
+from greentrack.serve.replicas import ReplicaSet
 from greentrack.serve.scheduler import FairScheduler
 
 log = logging.getLogger(__name__)
@@ -54,15 +56,6 @@ class ClientGone(GreentrackError):
     """The client disconnected before its completion was ready; the generation was cancelled."""
 
 
-def backend_slots(backend: object) -> int:
-    """How many generations the backend runs at once: its ``concurrency`` when it batches (vLLM: the engine's
-    ``max_num_seqs``), else one."""
-    if not getattr(backend, "batches", False):
-        return 1
-    concurrency = getattr(backend, "concurrency", 1)
-    return max(1, int(concurrency)) if isinstance(concurrency, int) else 1
-
-
 def engine_queue_s(result: EngineResult) -> float:
     """How long the request waited inside the engine before its first step (vLLM's queue), 0 where unknown.
     Units: s."""
@@ -79,6 +72,7 @@ class _Entry:
     developer: str
     done: asyncio.Event = field(default_factory=asyncio.Event)
     record: CompletionRecord | None = None
+    replica: int = 0  # which replica's engine ran it (``ReplicaSet``): its pipeline attributes and stores it
     dropped: bool = False  # cancelled before reaching the model: no record will come
     undelivered: bool = False  # the client left before the answer: logged as cancelled
 
@@ -129,27 +123,36 @@ def server_timings_ms(result: EngineResult, *, received_s: float, slot_wait_s: f
 
 
 class CompletionService:
-    """Holds the pipeline, the scheduler, the HTTP layer's store connection, the metrics and the idle accounts."""
+    """Holds the pipelines (one per replica: ``ReplicaSet``), the scheduler, the HTTP layer's store connection, the
+    metrics and the idle accounts."""
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipelines: Pipeline | ReplicaSet,
         store: LockedStore,
         metrics: ServerMetrics,
         *,
         scheduler: FairScheduler | None = None,
         idle_period_s: float = 30.0,
     ) -> None:
-        self.pipeline = pipeline
+        self.replicas = pipelines if isinstance(pipelines, ReplicaSet) else ReplicaSet([pipelines])
+        #: The first replica's pipeline: settings, model and backend kind, the same for every replica.
+        self.pipeline = self.replicas.primary
         self.store = store
         self.metrics = metrics
-        self.scheduler = scheduler or FairScheduler(slots=backend_slots(pipeline.backend))
+        self.scheduler = scheduler or FairScheduler(slots=self.replicas.slots)
         self.host = host_name()
         self.idle: IdleAccounts
-        if pipeline.ledger is not None:  # the ledger splits idle from the requests; the pipeline stores it
-            self.idle = LedgerIdle(pipeline, self._observe_idle, period_s=idle_period_s)
+        with_ledgers = [p for p in self.replicas.pipelines if p.ledger is not None]
+        if len(self.replicas) > 1:
+            if len(with_ledgers) != len(self.replicas):
+                raise GreentrackError("every replica needs a step ledger (a counter on its GPUs)")
+            self.idle = ReplicaIdle([LedgerIdle(p, self._observe_idle, period_s=idle_period_s)
+                                     for p in self.replicas.pipelines], self._observe_idle, period_s=idle_period_s)
+        elif with_ledgers:  # the ledger splits idle from the requests; the pipeline stores it
+            self.idle = LedgerIdle(self.pipeline, self._observe_idle, period_s=idle_period_s)
         else:
-            self.idle = IdleMeter(pipeline.monitor, self._store_idle, period_s=idle_period_s)
+            self.idle = IdleMeter(self.pipeline.monitor, self._store_idle, period_s=idle_period_s)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._live: dict[str, tuple[str, CancelToken]] = {}
@@ -176,11 +179,11 @@ class CompletionService:
         log.info("shutting down: finishing in-flight completions and storing their records")
         self.scheduler.close()
         try:
-            self.pipeline.drain()  # every record stored: the idle meter knows every completion's energy
+            self.replicas.drain()  # every record stored: the idle meter knows every completion's energy
         except Exception as e:
             log.warning("shutting down: records still being stored: %s", e)
         self.idle.close()
-        self.pipeline.close()  # stores the ledger's last idle window, then closes the store
+        self.replicas.close()  # each stores its ledger's last idle window; then the store closes
         totals = self.idle.totals()
         log.info("energy over %.1f s: meter %.6f J = completions %.6f J + idle %.6f J", totals.window_s,
                  totals.meter_j, totals.completions_j, totals.idle_j)
@@ -207,7 +210,7 @@ class CompletionService:
         entry = _Entry(caller.developer)
         self._register(cid, entry, cancel, request.document_key if supersede else None)
         context = RequestContext(uri, request.language_id, received_s, developer=caller.developer)
-        run = self._metered_run(cid, request, cancel)
+        run = self._metered_run(cid, request, cancel, entry)
         try:
             job = self.scheduler.submit(caller.developer, run, cancel)
         except GreentrackError:
@@ -234,17 +237,22 @@ class CompletionService:
                 self._by_document[key] = cancel
             self._evict()
 
-    def _metered_run(self, cid: str, request: CompletionRequest, cancel: CancelToken) -> Callable[[], EngineResult]:
-        """The scheduler's job: the pipeline's run, between the idle meter's ``begin`` and ``end`` for ``cid``."""
+    def _metered_run(self, cid: str, request: CompletionRequest, cancel: CancelToken, entry: _Entry
+                     ) -> Callable[[], EngineResult]:
+        """The scheduler's job: the run of the replica chosen when it is admitted (``ReplicaSet.acquire``), between
+        the idle meter's ``begin`` and ``end`` for ``cid``."""
 
         def run() -> EngineResult:
+            replica = self.replicas.acquire(entry.developer)
+            entry.replica = replica
             self.idle.begin(cid)
             spans: list[PhaseSpan] = []
             try:
-                result = self.pipeline.run(request, cancel)
+                result = self.replicas.pipelines[replica].run(request, cancel)
                 spans = result.spans
                 return result
             finally:
+                self.replicas.release(replica)
                 self.idle.end(cid, spans)
 
         return run
@@ -292,7 +300,8 @@ class CompletionService:
             return
         if entry.undelivered and not result.cancelled:
             result.cancelled = True  # finished, but nobody received it
-        self.pipeline.finalize_later(result, context, on_done=lambda record: self._stored(entry, record)) \
+        pipeline = self.replicas.pipelines[entry.replica]
+        pipeline.finalize_later(result, context, on_done=lambda record: self._stored(entry, record)) \
             .add_done_callback(lambda f: self._finalize_failed(f, cid, entry))
 
     def _finalize_failed(self, future: Future[CompletionRecord], cid: str, entry: _Entry) -> None:
