@@ -294,7 +294,8 @@ class Pipeline:
         engine_id = result.extras.get("engine_request_id")
         ledger = self.ledger
         if ledger is not None and isinstance(engine_id, str) and (result.spans or ledger.has_steps(engine_id)):
-            figure = ledger.request_energy(engine_id)
+            first_step_s = min((span.start_s for span in result.spans), default=None)
+            figure = ledger.request_energy(engine_id, first_step_s=first_step_s)
             if figure is not None:
                 meter = ledger.meter
                 return figure.phases(replace(meter, name=meter.name + STEPS_METER_SUFFIX)), figure

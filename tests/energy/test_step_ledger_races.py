@@ -158,3 +158,28 @@ def test_a_request_in_no_recorded_step_is_answered_none(ledger: StepLedger) -> N
     assert running is not None and running.steps == 2
     conserves(ledger)
     assert math.isfinite(ledger.totals().idle_j)
+
+
+def test_records_from_an_engine_process_that_arrive_after_the_result_are_waited_for(ledger: StepLedger) -> None:
+    # With the engine core in its own process, the step records come over a socket of their own and can arrive after
+    # vLLM's output for the request: after a quiet second, the ledger has heard nothing (not even "busy") when the
+    # finaliser asks. Seen on two H200s (greentrack serve --data-parallel-size 2: 3 of 1 494 requests stored with
+    # their own-phase estimate). Given when the request's first step started, it waits for the records.
+    time.sleep(1.2)  # the engine idle and quiet for longer than the ledger's 1 s of patience
+    first_s = time.monotonic()  # the request's prefill started here, in the engine process
+    time.sleep(0.05)
+    hurried = ledger.request_energy("unknown-yet", timeout_s=0.5)  # the old rule: taken for never recorded
+    assert hurried is None
+    figure: list[RequestEnergy | None] = []
+    waiter = threading.Thread(target=lambda: figure.append(ledger.request_energy("late-records", first_step_s=first_s)))
+    waiter.start()
+    time.sleep(0.3)  # the channel delivers: busy (stamped in the engine process), the step, done, idle
+    ledger.engine_busy(at_s=first_s)
+    end_s = step(ledger, first_s, 0.0, {"late-records": PREFILL})
+    ledger.request_done("late-records")
+    ledger.engine_idle(end_s)
+    waiter.join(timeout=10)
+    assert figure and figure[0] is not None and figure[0].steps == 1 and figure[0].energy_j > 0
+    # and a request that no step served is still answered None, once the records reach past its start
+    assert ledger.request_energy("never-recorded", first_step_s=first_s) is None
+    conserves(ledger)

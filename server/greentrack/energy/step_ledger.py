@@ -105,8 +105,14 @@ class StepLedger:
         with self._lock:
             return self._accounts.last_step_s(request_id) is not None
 
-    def request_energy(self, request_id: str, *, timeout_s: float = 2.0) -> RequestEnergy | None:
+    def request_energy(self, request_id: str, *, timeout_s: float = 2.0, first_step_s: float | None = None
+                       ) -> RequestEnergy | None:
         """The request's figures once the counter covers its last step; None if no step of it was recorded.
+
+        ``first_step_s``: when its first step started (its prefill span's start). A request not known yet is taken
+        for one no step recorded only once the steps reported reach past that moment: records sent by an engine
+        process can arrive after the request's result, so "not known yet" is not "never" (without it: once the engine
+        is idle and reported nothing for 1 s).
 
         Past ``timeout_s`` (the meter stalled), the uncovered step time is extrapolated at the last interval's mean
         power, with a warning and a wider uncertainty; its later attributed share goes to the idle window's
@@ -129,10 +135,12 @@ class StepLedger:
                 else:
                     known = True
                 target_s = self._last_s(request_id)
+                reported_past = (self._steps_until_s > first_step_s if first_step_s is not None
+                                 else time.monotonic() - self._steps_until_s > 1.0 and not self._busy)
             now = time.monotonic()
             if now >= deadline:
                 break
-            if not known and now - self._steps_until_s > 1.0 and not self._busy:
+            if not known and reported_past:
                 return None  # the engine never reported it (steps not recorded for it)
             # The counter already stepped after the request's last step but the figure is not final yet (the
             # engine is busy and later steps are still coming in): wait for the next step, never spin. Spinning
