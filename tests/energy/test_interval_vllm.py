@@ -181,8 +181,8 @@ def test_completions_without_a_completion_entry_sum_their_phases_intervals() -> 
 
 
 def test_the_shipped_vllm_model_holds_leave_one_machine_out(tmp_path: Path) -> None:
-    """``bench/interval_runs_vllm.txt`` (two H200s, async scheduling off and on each) refits the shipped vLLM
-    model: every held-out check of completions ≥ 100 ms covers ≥ 85 %; the engine-timed model stays as it was."""
+    """``bench/interval_runs_vllm.txt`` (three H200 machines, async scheduling off and on each) refits the shipped
+    vLLM model: every held-out check of completions ≥ 100 ms covers ≥ 85 %; the engine-timed model stays as it was."""
     out = tmp_path / "interval_model.json"
     shutil.copy(SHIPPED, out)
     before = json.loads(out.read_text())
@@ -196,7 +196,7 @@ def test_the_shipped_vllm_model_holds_leave_one_machine_out(tmp_path: Path) -> N
     assert fitted is not None and shipped is not None and fitted.entries == shipped.entries
     held_out = {h["test"]: h["completions_ge_100ms"] for h in fitted.provenance["held_out"] if h["calibrated"]}
     left_out = {t: h for t, h in held_out.items() if t.endswith("(left out)")}
-    assert len(left_out) == 2 and all(h["n"] >= 10 and h["coverage"] >= 0.85 for h in left_out.values())
+    assert len(left_out) == 3 and all(h["n"] >= 10 and h["coverage"] >= 0.85 for h in left_out.values())
     assert all(h["median_half_width_pct"] > 20.0 for h in left_out.values())  # honest, not narrow: goal not met
     assert {e.kind for e in fitted.entries} == {"prefill", "decode"}
     iv = figure_interval(10.0, 8.0, kind="prefill", duration_s=0.05, meter="nvml:gpu0", method="attributed",
