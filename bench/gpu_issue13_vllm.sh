@@ -9,8 +9,11 @@
 # Knobs: GT_ASYNC_MODES ("off on"), GT_REQUESTS (90 completions per mode), GT_LONG_SHARE (0.5 of them decode
 # GT_LONG_OUTPUT_TOKENS − 1 = 64 tokens: completions of ≥ 100 ms for the vLLM error model). About 340 s on an H200
 # for both modes (the run of 2026-11-27 with 60 short completions: 279 s).
-# Then: bench/fit_interval_model.py --timed-by vllm "$OUT"/v_*/h100_mixed.json (held-out checks; writes the model
-# only when they hold) and bench/replay_calibration.py "$OUT"/v_*/h100_mixed.json (also in validate_<mode>.txt).
+# Then, with this machine's two recordings added to the others (held-out checks leave each machine out; the model is
+# written only when they hold): PYTHONPATH=server:. python3 bench/fit_interval_model.py @bench/interval_runs_vllm.txt
+# NAME="$OUT"/v_off/h100_mixed.json NAME="$OUT"/v_on/h100_mixed.json; copy both into tests/energy/data and list
+# them in bench/interval_runs_vllm.txt to keep the fit reproducible. bench/replay_calibration.py replays the
+# calibration variants (also in validate_<mode>.txt). Many files: tar "$OUT" before it comes back from the device.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
 bench_start "${1:?output folder}" 560
