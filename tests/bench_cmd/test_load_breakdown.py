@@ -154,7 +154,8 @@ def test_a_level_carries_the_breakdown_its_requests_and_a_second_table() -> None
     line = breakdown_line(s)
     assert line.startswith("slowest 5 % (n=1): server 300 ms = HTTP+client 10 + queue 100 + prefill 80 + decode 100")
     assert "decode p50 30.00 ms/token" in line
-    assert "other 10 ms (to the engine —, admit —, after decode —)" in line  # this server stamped none
+    # this server stamped none
+    assert "other 10 ms (to the engine —: scheduler — + prompt —; admit —, after decode —)" in line
 
 
 def test_a_level_without_answers_has_an_empty_breakdown() -> None:

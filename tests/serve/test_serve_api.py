@@ -127,6 +127,7 @@ def test_official_openai_client_plain_fim_and_streaming(team: tuple[Server, dict
     timings = green["server_timings_ms"]
     assert timings["admit"] is None and timings["after_decode"] is None
     assert 0 <= timings["before_engine"] <= green["latency_ms"] - green["prefill_ms"] - green["decode_ms"] + 0.01
+    assert timings["to_scheduler"] + timings["to_prompt"] == pytest.approx(timings["before_engine"], abs=0.003)
     assert done.usage is not None and done.usage.prompt_tokens == green["prompt_tokens"]
     with server.client(tokens[ALICE]) as raw:
         record = raw.get(f"/v1/greentrack/completions/{done.id}", params={"wait": 10}).json()

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: The parts of ``server_other_ms`` the answer names (``server_timings_ms``, docs/interfaces.md).
-SERVER_TIMINGS = ("before_engine", "admit", "after_decode")
+SERVER_TIMINGS = ("before_engine", "to_scheduler", "to_prompt", "admit", "after_decode")
 
 
 @dataclass
@@ -65,7 +65,7 @@ class RequestLog:
     reused_prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached: bool = False
-    #: The answer's ``server_timings_ms`` (``before_engine``, ``admit``, ``after_decode``): in ``server_other_ms``.
+    #: The answer's ``server_timings_ms`` (``SERVER_TIMINGS``): parts of ``server_other_ms``.
     server_timings_ms: dict[str, float | None] = field(default_factory=dict)
 
     @property
@@ -129,12 +129,12 @@ class RequestLog:
 #: ``overhead_ms``: their difference (the connection; the server's HTTP layer before the app stamps the request's
 #: arrival and after the engine ends — event-loop waits included; the client's threads); ``server_other_ms``:
 #: ``server_latency_ms`` − queue − prefill − decode (the server's time outside the engine's phases);
-#: ``before_engine_ms``, ``admit_ms``, ``after_decode_ms``: the parts of it the server stamps (its answer's
-#: ``server_timings_ms``); ``decode_ms_per_token``: decode / (completion_tokens − 1), cache hits and one-token
-#: answers left out.
+#: ``before_engine_ms`` (= ``to_scheduler_ms`` + ``to_prompt_ms``), ``admit_ms``, ``after_decode_ms``: the parts of
+#: it the server stamps (its answer's ``server_timings_ms``); ``decode_ms_per_token``: decode / (completion_tokens −
+#: 1), cache hits and one-token answers left out.
 BREAKDOWN_COMPONENTS: tuple[str, ...] = (
     "server_ms", "server_latency_ms", "overhead_ms", "queue_ms", "prefill_ms", "decode_ms", "server_other_ms",
-    "before_engine_ms", "admit_ms", "after_decode_ms",
+    "before_engine_ms", "to_scheduler_ms", "to_prompt_ms", "admit_ms", "after_decode_ms",
     "completion_tokens", "decode_ms_per_token", "prompt_tokens", "reused_prompt_tokens",
 )
 
@@ -207,7 +207,8 @@ def breakdown_line(level: Mapping[str, Any]) -> str:
     return (f"slowest {b.get('slowest_pct', SLOWEST_PCT)} % (n={b.get('slowest_n', 0)}): server "
             f"{ms(slow.get('server_ms'))} ms = HTTP+client {ms(slow.get('overhead_ms'))} + queue "
             f"{ms(slow.get('queue_ms'))} + prefill {ms(slow.get('prefill_ms'))} + decode {ms(slow.get('decode_ms'))}"
-            f" + other {ms(slow.get('server_other_ms'))} ms (to the engine {ms(slow.get('before_engine_ms'))}, admit "
+            f" + other {ms(slow.get('server_other_ms'))} ms (to the engine {ms(slow.get('before_engine_ms'))}: "
+            f"scheduler {ms(slow.get('to_scheduler_ms'))} + prompt {ms(slow.get('to_prompt_ms'))}; admit "
             f"{ms(slow.get('admit_ms'))}, after decode {ms(slow.get('after_decode_ms'))}), "
             f"{rate(slow.get('completion_tokens'))} tokens; decode p50 {rate(p50.get('decode_ms_per_token'))} ms/token")
 

@@ -92,7 +92,7 @@ class Generation:
 
 
 def _generation(cid: str, result: EngineResult | None, slot_wait_s: float, received_s: float,
-                entry: _Entry) -> Generation:
+                entry: _Entry, queued_s: float | None = None) -> Generation:
     """The handler's answer: the queue time (the slot's wait plus the engine's batch wait) and the latency."""
     queue_ms = slot_wait_s * 1000.0
     if result is None:
@@ -100,23 +100,30 @@ def _generation(cid: str, result: EngineResult | None, slot_wait_s: float, recei
     queue_ms += engine_queue_s(result) * 1000.0  # a slot was free, but the engine's batch was not yet
     latency_ms = max(0.0, (result.ended_s - received_s) * 1000.0)
     return Generation(cid, result, queue_ms, latency_ms, entry.record,
-                      server_timings_ms(result, received_s=received_s, slot_wait_s=slot_wait_s))
+                      server_timings_ms(result, received_s=received_s, slot_wait_s=slot_wait_s, queued_s=queued_s))
 
 
-def server_timings_ms(result: EngineResult, *, received_s: float, slot_wait_s: float) -> dict[str, float | None]:
+def server_timings_ms(result: EngineResult, *, received_s: float, slot_wait_s: float, queued_s: float | None = None
+                      ) -> dict[str, float | None]:
     """The server's time outside queue, prefill and decode, from the engine's stamps (docs/interfaces.md, "HTTP
     API"): ``before_engine`` (received → the engine's request opened, the slot's wait left out: authentication,
-    the scheduler's hand-over, the prompt built), ``admit`` (→ the engine thread gave it to vLLM), ``after_decode``
-    (the last token → the engine's result: the stop rules, the step that saw them). None where the backend has no
-    such stamp. Units: ms."""
+    the scheduler's hand-over, the prompt built), in two parts when ``queued_s`` (when the scheduler took the job) is
+    given: ``to_scheduler`` (received → queued: parsing, authentication, checks) and ``to_prompt`` (a slot's worker
+    took it → the engine's request opened: the replica picked, the suggestion cache asked, the prompt built);
+    ``admit`` (→ the engine thread gave it to vLLM), ``after_decode`` (the last token → the engine's result: the
+    stop rules, the step that saw them). None where the backend has no such stamp. Units: ms."""
     extras = result.extras
     arrival, last = extras.get("arrival_s"), extras.get("last_token_s")
 
     def ms(a: float, b: float) -> float:
         return round(max(0.0, b - a) * 1000.0, 3)
 
+    parts: dict[str, float | None] = {"to_scheduler": None, "to_prompt": None}
+    if queued_s is not None:
+        parts = {"to_scheduler": ms(received_s, queued_s), "to_prompt": ms(queued_s + slot_wait_s, result.started_s)}
     return {
         "before_engine": ms(received_s + slot_wait_s, result.started_s),
+        **parts,
         "admit": ms(result.started_s, arrival) if isinstance(arrival, float) else None,
         "after_decode": ms(last, result.ended_s) if isinstance(last, float) else None,
     }
@@ -219,7 +226,7 @@ class CompletionService:
         self.metrics.queue_depth.set(self.scheduler.depth)
         job.future.add_done_callback(lambda f: self._engine_done(f, cid, entry, context, cancel))
         result = await self._wait_for_engine(job.future, disconnected, cid, entry, cancel)
-        return _generation(cid, result, job.queue_s, received_s, entry)
+        return _generation(cid, result, job.queue_s, received_s, entry, job.queued_s)
 
     def _register(self, cid: str, entry: _Entry, cancel: CancelToken, superseding_document: str | None) -> None:
         """Books ``cid`` as live (``Conflict`` when the id is taken); with ``superseding_document``, cancels the
