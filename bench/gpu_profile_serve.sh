@@ -6,7 +6,8 @@
 # Starts the server (as bench/gpu_serve.sh does), drives N developers (GT_DEVS, default 64; GT_BUDGET=line for
 # line budgets) with bench/load.py for
 # GT_LOAD_S seconds, and meanwhile samples the server's and the load client's Python stacks with py-spy (every
-# thread, idle frames left out, engine-core subprocesses included), and their threads' CPU with top. Files in $OUT:
+# thread, idle frames left out, engine-core subprocesses included), and their threads' CPU with top. GT_SERVE_FLAGS:
+# more `greentrack serve` flags (e.g. "--data-parallel-size 2" on two GPUs). Files in $OUT:
 # serve_log.txt, load.json, load_log.txt, pyspy_server.txt, pyspy_client.txt, top.txt, summary.txt.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
@@ -22,8 +23,9 @@ model=/tmp/qwen-shape
 db=/tmp/gt-prof/serve.db
 mkdir -p /tmp/gt-prof
 port=8767
-start_serve $port "$out/serve_log.txt" 180 --backend vllm --device cuda --model "$model" --db "$db" \
-  --idle-period 5 --max-num-seqs 128
+# shellcheck disable=SC2086  # GT_SERVE_FLAGS: more serve flags, as words (e.g. "--data-parallel-size 2")
+start_serve $port "$out/serve_log.txt" 300 --backend vllm --device cuda --model "$model" --db "$db" \
+  --idle-period 5 --max-num-seqs 128 ${GT_SERVE_FLAGS:-}
 echo "server up? $(health_of $port)"
 python3 bench/load.py --server "http://127.0.0.1:$port" --mint-db "$db" --levels "$devs:$load_s" \
   --budget "${GT_BUDGET:-fixed}" \
