@@ -133,3 +133,37 @@ def test_a_developer_at_their_cap_lets_another_through() -> None:
     for j in jobs.values():
         j.future.result(timeout=5)
     scheduler.close()
+
+
+def test_a_release_that_lifts_a_cap_starts_every_job_it_makes_runnable() -> None:
+    """Each event wakes one idle worker, never all of them; a worker that took a job wakes the next. Bob leaving lifts
+    Alice's cap from 4 to 8: her three capped jobs must all start then, while her first four still run."""
+    scheduler = FairScheduler(slots=8)
+    hold_alice, hold_bob = threading.Event(), threading.Event()
+    started: list[str] = []
+    lock = threading.Lock()
+
+    def job(name: str, gate: threading.Event) -> EngineResult:
+        with lock:
+            started.append(name)
+        gate.wait(10)
+        return _result(name)
+
+    alice = [scheduler.submit("alice", functools.partial(job, f"a{i}", hold_alice), CancelToken()) for i in range(7)]
+    bob = scheduler.submit("bob", functools.partial(job, "b0", hold_bob), CancelToken())
+    deadline = time.monotonic() + 5
+    while len(started) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(started) == ["a0", "a1", "a2", "a3", "b0"], started  # Alice capped at 8 // 2 = 4
+    assert scheduler.depth == 3
+    hold_bob.set()
+    bob.future.result(timeout=5)
+    deadline = time.monotonic() + 5
+    while len(started) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(started) == ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "b0"], started
+    assert not any(j.future.done() for j in alice)  # the first four still ran: the three started on Bob's release
+    hold_alice.set()
+    for j in alice:
+        j.future.result(timeout=5)
+    scheduler.close()
