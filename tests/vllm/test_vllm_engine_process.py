@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from tests.vllm.test_vllm_engine import (  # noqa: F401  (collected here again, against this module's backend)
@@ -90,10 +91,14 @@ def test_an_engine_process_that_dies_fails_requests_clearly_and_never_hangs() ->
 
     from greentrack.errors import BadInput, GreentrackError
 
+    def engine_processes() -> set[psutil.Process]:
+        return {c for c in psutil.Process(os.getpid()).children(recursive=True)
+                if "EngineCore" in " ".join(c.cmdline()) or "EngineCore" in c.name()}
+
+    others = engine_processes()  # the module's backend's: left alone, later tests use it
     own = VllmBackend(engine_process=True, warmup=False)
     try:
-        engines = [c for c in psutil.Process(os.getpid()).children(recursive=True)
-                   if "EngineCore" in " ".join(c.cmdline()) or "EngineCore" in c.name()]
+        engines = list(engine_processes() - others)
         assert engines
         for proc in engines:
             proc.kill()
@@ -109,3 +114,28 @@ def test_an_engine_process_that_dies_fails_requests_clearly_and_never_hangs() ->
         t1 = time.monotonic()
         own.close()
         assert time.monotonic() - t1 < 60
+
+
+def test_a_request_is_expected_before_the_engine_process_can_record_it(
+    backend: VllmBackend, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """vLLM schedules a request as ``id-<8 random chars>``; the records of its steps come back over the step channel,
+    which may deliver the first one before ``add_request`` returns in the server. The id must be expected by then
+    (else its steps stay under vLLM's id and the request has none: seen on two H200s), so ``expect`` comes first."""
+    calls: list[str] = []
+    engine, steps = backend._thread.engine, backend._thread.steps
+    add, expect = engine.add_request, steps.expect
+
+    def adding(*args: Any, **kwargs: Any) -> Any:
+        calls.append("add")
+        return add(*args, **kwargs)
+
+    def expecting(request_id: str) -> None:
+        calls.append("expect")
+        expect(request_id)
+
+    monkeypatch.setattr(engine, "add_request", adding)
+    monkeypatch.setattr(steps, "expect", expecting)
+    r = backend.complete(request(unique_source() + "        return", max_tokens=4), CancelToken())
+    assert r.completion_tokens >= 1
+    assert calls[:2] == ["expect", "add"], calls

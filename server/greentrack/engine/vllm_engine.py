@@ -203,9 +203,14 @@ class EngineThread:
     def _admit(self, active: dict[str, Job]) -> None:
         while not self._submit.empty():
             job = self._submit.get_nowait()
+            # expected before it is added: an engine process can send its first step's record before add_request
+            # returns, and a record of an id not expected keeps vLLM's suffixed id (the request then has no steps:
+            # 3 of 1 494 requests with two replicas on two H200s, docs/benchmarks.md 2026-11-27)
+            self.steps.expect(job.engine_id)
             try:
                 self.engine.add_request(job.engine_id, self._engine_input(job.prompt_ids), job.params)
             except Exception as e:
+                self.steps.withdraw(job.engine_id)
                 if type(e).__name__ == "EngineDeadError":  # the engine (its process, its GPU) is gone: not the prompt
                     job.error = GreentrackError(f"the vLLM engine stopped: {e}")
                     job.done.set()
@@ -215,7 +220,6 @@ class EngineThread:
                 continue
             job.added = True
             job.state.begin_budget(time.monotonic())
-            self.steps.expect(job.engine_id)
             active[job.engine_id] = job
 
     def _engine_input(self, ids: list[int]) -> Any:

@@ -114,6 +114,10 @@ class RemoteStepRecorder(StepRecorder):
         with self._lock:
             self._expected.add(request_id)
 
+    def withdraw(self, request_id: str) -> None:
+        with self._lock:
+            self._expected.discard(request_id)
+
     def begin_step(self) -> None:
         return None
 

@@ -114,11 +114,17 @@ class StepRecorder:
         self._ids: dict[str, str] = {}  # the scheduler's id → ours
 
     def expect(self, request_id: str) -> None:
-        """``request_id`` was added to the engine (vLLM 0.32 schedules it as ``request_id-<8 random chars>``)."""
+        """``request_id`` is about to be added to the engine, which schedules it as ``request_id-<8 random chars>``
+        (vLLM 0.26 and 0.32: ``InputProcessor.assign_request_id``). Called before ``add_request``: an engine in
+        another process may record the request's first step before ``add_request`` returns here."""
         self._expected.add(request_id)
 
+    def withdraw(self, request_id: str) -> None:
+        """``request_id`` was not added after all (the engine refused it)."""
+        self._expected.discard(request_id)
+
     def our_id(self, scheduler_id: str) -> str:
-        """Our id for the scheduler's: vLLM 0.32's ``LLMEngine`` appends ``-`` and 8 random characters, 0.26 not."""
+        """Our id for the scheduler's: vLLM's ``LLMEngine`` appends ``-`` and 8 random characters (``expect``)."""
         known = self._ids.get(scheduler_id)
         if known is not None:
             return known
