@@ -5,10 +5,14 @@ turned away without stopping the records, and a message the server does not unde
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
+from pathlib import Path
 
 import pytest
 
@@ -16,9 +20,11 @@ from greentrack.energy.step_attribution import StepRecord
 from greentrack.engine.vllm_step_channel import (
     ADDRESS_ENV,
     AUTHKEY_ENV,
+    FOLDER_PREFIX,
     RemoteStepRecorder,
     StepChannel,
     connect_from_env,
+    remove_stale_folders,
 )
 
 
@@ -135,3 +141,25 @@ def test_without_the_environment_the_engine_side_sends_nothing(monkeypatch: pyte
     monkeypatch.setenv(ADDRESS_ENV, "/nonexistent/greentrack/steps.sock")
     monkeypatch.setenv(AUTHKEY_ENV, "00")
     assert connect_from_env() is None  # a server that is gone: a warning, and the engine starts anyway
+
+
+def test_a_killed_servers_folder_is_removed_by_the_next_one_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """A server killed with SIGKILL cannot remove its 0700 socket folder; the next channel removes this user's folders
+    whose server process is gone, and leaves a live server's (here: this process's, and its own) alone."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(gone.stdout)  # exited: no process has this pid now (unless reused, then the folder stays)
+    stale = tmp_path / f"{FOLDER_PREFIX}{dead_pid}-abc123"
+    stale.mkdir(mode=0o700)
+    (stale / "steps.sock").write_text("")
+    live = tmp_path / f"{FOLDER_PREFIX}{os.getppid()}-def456"  # the process that started pytest: alive
+    live.mkdir(mode=0o700)
+    unrelated = tmp_path / "greentrack-steps-notapid"
+    unrelated.mkdir()
+    assert remove_stale_folders(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and live.exists() and unrelated.exists()
+    channel = StepChannel()
+    try:
+        assert os.path.basename(os.path.dirname(channel.address)).startswith(f"{FOLDER_PREFIX}{os.getpid()}-")
+    finally:
+        channel.close()

@@ -59,11 +59,43 @@ def connect_from_env() -> Connection | None:
     return conn
 
 
+#: The channel's private folder in the temporary directory: ``greentrack-steps-<server pid>-<random>``.
+FOLDER_PREFIX = "greentrack-steps-"
+
+
+def remove_stale_folders(temp_dir: str | None = None) -> list[str]:
+    """Remove this user's channel folders whose server process is gone (one killed with SIGKILL could not remove
+    its own); returns them. A folder whose pid is alive (or reused) is left alone."""
+    root = temp_dir or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        pid_text = name[len(FOLDER_PREFIX):].split("-", 1)[0] if name.startswith(FOLDER_PREFIX) else ""
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        path = os.path.join(root, name)
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except OSError:  # not ours to signal (another user's pid): alive
+            continue
+    return removed
+
+
 class StepChannel:
     """Listens for the engine process. ``env`` is what that process needs in its environment."""
 
     def __init__(self) -> None:
-        self._folder = tempfile.mkdtemp(prefix="greentrack-steps-")  # 0700: only this user reaches the socket
+        remove_stale_folders()
+        # 0700: only this user reaches the socket
+        self._folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
         self.address = os.path.join(self._folder, "steps.sock")
         self._key = secrets.token_bytes(32)
         self._listener = Listener(self.address, family="AF_UNIX", authkey=self._key)
