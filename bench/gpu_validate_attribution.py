@@ -426,11 +426,17 @@ def shaped_decode_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int],
     w = steady_window(monitor, run_phases, n, m, "decode", window_s)
     dec_s = w.count * w.mean_s
     pre_s = w.covered_s - dec_s  # each request's prefill then its decode, one after the other
-    power_w = (w.energy_j - prefill["power_w"] * pre_s - gap_w * w.gap_s) / dec_s
+    # the window's prefills at the prefill window's energy per phase, the stable reading: through vLLM a prefill's
+    # duration moves with the host between windows (its power the other way), so power × this window's prefill
+    # time removed far too much once (18.6 W left for decodes after 4096-token prefills, below idle)
+    prefill_j = float(prefill.get("energy_j", prefill["power_w"] * prefill.get("duration_ms", 0.0) / 1000.0))
+    power_w = (w.energy_j - prefill_j * w.count - gap_w * w.gap_s) / dec_s
     step_ms = 1000 * w.mean_s / (m - 1)
     log(f"truth decode after prefill {n}, {m} output tokens: {power_w:.1f} W, {step_ms:.2f} ms/token ({w.count} "
-        f"decodes, gaps {100 * w.gap_s / (w.covered_s + w.gap_s):.0f} % of the window)")
-    return {"power_w": power_w, "step_ms": step_ms, "count": w.count, "output_tokens": m}
+        f"decodes, gaps {100 * w.gap_s / (w.covered_s + w.gap_s):.0f} % of the window)"
+        + ("" if power_w >= gap_w else f"; below the gaps' {gap_w:.1f} W: not used"))
+    return {"power_w": power_w, "step_ms": step_ms, "count": w.count, "output_tokens": m, "window_j": w.energy_j,
+            "prefill_s": pre_s, "decode_s": dec_s, "gap_s": w.gap_s}
 
 
 def prefill_truth_repeat(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[PhaseSpan]],

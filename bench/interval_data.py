@@ -75,16 +75,28 @@ def load_recording(data: dict[str, Any], *, timed_by: str | None = None) -> Reco
 SHAPED_OUTPUT_TOKENS = 17
 
 
+def valid_decode_truth(window: dict[str, Any], truth: dict[str, Any]) -> bool:
+    """Whether a decode truth window's power can be right: not below the power of the gaps between requests (the GPU
+    draws at least its idle). One below it is a subtraction gone wrong: the window's prefills removed at the power
+    of the prefill window, whose durations through vLLM move with the host (2026-11-27, async scheduling on:
+    ``decode/after/4096`` at 18.6 W after 4096-token prefills at 584.9 W × 29.8 ms, which ran ~45 ms in that
+    window)."""
+    floor_w = float(truth.get("gap", {}).get("power_w", 0.0) or 0.0)
+    return float(window.get("power_w", 0.0)) >= floor_w
+
+
 def truth_power_w(span: PhaseSpan, truth: dict[str, Any], prefill_work: float | None = None) -> float:
     """The steady power of the span's kind and size; a decode's from windows of its own request shape where the
     recording has them (``decode/after/N`` and ``decode/after/N/outM``, N: its request's prompt tokens, M: the
-    output tokens asked; the one whose M − 1 is nearest the decode's tokens), else ``decode/power``."""
+    output tokens asked; of the valid ones, ``valid_decode_truth``, the one whose M − 1 is nearest the decode's
+    tokens), else ``decode/power``."""
     if span.kind == "prefill":
         return float(truth[f"prefill/{int(span.work)}"]["power_w"])
     shaped = None
     if prefill_work is not None:
         key = f"decode/after/{int(prefill_work)}"
-        shapes = [v for k, v in truth.items() if k == key or k.startswith(key + "/out")]
+        shapes = [v for k, v in truth.items()
+                  if (k == key or k.startswith(key + "/out")) and valid_decode_truth(v, truth)]
         if shapes:
             shaped = min(shapes, key=lambda v: abs(float(v.get("output_tokens", SHAPED_OUTPUT_TOKENS)) - 1 - span.work))
     return float((shaped or truth["decode/power"])["power_w"])
