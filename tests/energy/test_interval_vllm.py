@@ -112,6 +112,17 @@ def test_long_decodes_take_the_truth_of_their_own_shape() -> None:
     assert truth_power_w(PhaseSpan("r", "decode", 0.0, 0.2, 63.0), truth, None) == 200.0
 
 
+def test_a_decode_window_below_the_gaps_power_is_no_truth() -> None:
+    """The GPU draws at least its idle between requests: a decode window below the gaps' power (a subtraction gone
+    wrong: 18.6 W on an H200, 2026-11-27) is skipped for the other window of the same prompt size."""
+    truth = {"gap": {"power_w": 123.0}, "decode/power": {"power_w": 263.0},
+             "decode/after/4096": {"power_w": 18.6, "output_tokens": 17},
+             "decode/after/4096/out65": {"power_w": 226.7, "output_tokens": 65}}
+    short = PhaseSpan("r", "decode", 0.0, 0.04, 15.0)
+    assert truth_power_w(short, truth, 4096.0) == 226.7
+    assert truth_power_w(short, {k: v for k, v in truth.items() if k != "gap"}, 4096.0) == 18.6  # no floor known
+
+
 def test_replayed_prefill_models_and_truth_readings() -> None:
     points = [CalibrationPoint(n, 0.0, s, 0.0, 130.0 * s + 0.003 * n, 0.0, 1)
               for n, s in ((128, 0.024), (1024, 0.022), (4096, 0.055))]
