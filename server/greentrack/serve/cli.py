@@ -56,8 +56,8 @@ def serve(
     ] = 1,
     data_parallel_size: Annotated[
         int, typer.Option("--data-parallel-size", min=1,
-                          help="vLLM: model replicas; above 1 refused (vLLM's data parallelism needs its async "
-                               "front end: run one server per GPU)."),
+                          help="vLLM on GPUs: model replicas, each with its engine process on its own GPUs "
+                               "(--tensor-parallel-size of them) and metered on them; a developer stays on one."),
     ] = 1,
     max_num_seqs: Annotated[
         int | None, typer.Option("--max-num-seqs", min=1, help="vLLM: requests batched at most (default 8).")
