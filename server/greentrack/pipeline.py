@@ -136,6 +136,8 @@ class Pipeline:
         self._finalizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="greentrack-energy")
         #: The stored calibration is still to be read: the database did not answer when the pipeline opened.
         self.calibration_pending = False
+        #: Whose calibration to use when none is stored for this backend's device (``read_stored_calibration``).
+        self.calibration_device: str | None = None
         self._next_calibration_read_s = 0.0
         self.batches = bool(getattr(backend, "batches", False))
         #: How the backend times phases (``energy.interval``: the error model applies to engine-timed ones only).
@@ -339,7 +341,8 @@ class Pipeline:
         if now < self._next_calibration_read_s:
             return
         self._next_calibration_read_s = now + CALIBRATION_RETRY_S
-        calibration, answered = read_stored_calibration(self.store, self.backend)
+        calibration, answered = read_stored_calibration(self.store, self.backend,
+                                                         fallback_device=self.calibration_device)
         if not answered:
             return
         self.calibration_pending = False
@@ -427,9 +430,11 @@ def open_pipeline(
     store: Store | None = None,
     strict_device: bool = False,
     backend_kwargs: dict[str, Any] | None = None,
+    calibration_device: str | None = None,
 ) -> Pipeline:
     """Load the model, start the energy monitor (calibrated when a calibration exists), open the store.
-    ``backend_kwargs`` go to the backend (``greentrack serve``: vLLM's parallel sizes).
+    ``backend_kwargs`` go to the backend (``greentrack serve``: vLLM's parallel sizes). ``calibration_device``: whose
+    stored calibration to use when none is stored for the backend's device (a replica on a GPU like the first's).
 
     Whatever the database's state (locked, read-only, on a full disk), the model loads and serves: rows spool
     and the calibration is read when the database answers (``Pipeline._read_calibration_late``).
@@ -443,19 +448,22 @@ def open_pipeline(
         except OSError as e:
             raise StoreError(f"cannot open the database {settings.db_path}: {e}") from e
     backend = open_backend(settings, **(backend_kwargs or {}))
-    calibration, answered = read_stored_calibration(store, backend)
+    calibration, answered = read_stored_calibration(store, backend, fallback_device=calibration_device)
     gpu_indices = _gpu_indices(backend.device)
     monitor = open_monitor(
         backend.device, gpu_indices=gpu_indices, calibration=calibration, strict=strict_device, on_demand=True
     )
     pipeline = Pipeline(settings, backend, monitor, store)
+    pipeline.calibration_device = calibration_device
     pipeline.use_suggestion_cache(settings.suggestion_cache)
     pipeline.calibration_pending = not answered
     return pipeline
 
 
-def read_stored_calibration(store: Store, backend: CompletionBackend) -> tuple[Calibration | None, bool]:
+def read_stored_calibration(store: Store, backend: CompletionBackend, *, fallback_device: str | None = None
+                            ) -> tuple[Calibration | None, bool]:
     """(the newest stored calibration of this host, device and model or None, whether the database answered).
+    ``fallback_device``: when none is stored for the backend's device, that device's (said in the log).
 
     A database that does not answer (locked, unreadable) is no reason not to serve: the caller asks again later.
     A malformed calibration is ignored.
@@ -464,6 +472,11 @@ def read_stored_calibration(store: Store, backend: CompletionBackend) -> tuple[C
 
     try:
         stored = store.latest_calibration(host=host_name(), device=backend.device, model=backend.model_id)
+        if not stored and fallback_device and fallback_device != backend.device:
+            stored = store.latest_calibration(host=host_name(), device=fallback_device, model=backend.model_id)
+            if stored:
+                log.info("%s has no calibration of its own: using %s's (the same GPU model)", backend.device,
+                         fallback_device)
     except (GreentrackError, sqlite3.Error) as e:
         log.warning("the stored calibration cannot be read now (%s); it will be read when the database answers", e)
         return None, False

@@ -187,3 +187,26 @@ def test_developers_are_spread_stay_home_and_each_replica_adds_up_to_its_own_met
         assert window_j > 0 and abs(stored_j - window_j) <= 1e-6 * window_j, (meter, stored_j, window_j)
     everything_j = math.fsum([r["total_j"] for r in rows] + [e for e, _ in idle])
     assert abs(everything_j - meter_j) <= 1e-6 * meter_j, (everything_j, meter_j)
+
+
+def test_a_replica_without_its_own_calibration_takes_the_first_replicas(tmp_path: Any) -> None:
+    """``greentrack calibrate`` measures the first visible GPU, so a second replica's device (``cuda:1``) has no stored
+    calibration: it reads the first replica's (``open_replicas`` names it only when NVML says both GPUs are the same
+    model); its own, once stored, comes first."""
+    from greentrack.energy.calibration import Calibration
+    from greentrack.pipeline import host_name, read_stored_calibration
+
+    def calibration(device: str, j_per_prompt_token: float) -> dict[str, Any]:
+        return Calibration(source_meter="nvml:gpu0", device=device, model="m", host=host_name(),
+                           j_per_prompt_token=j_per_prompt_token, j_per_decode_token=0.2, prefill_w=400.0,
+                           decode_w=250.0, idle_w=120.0, fit_error=0.05, n_points=6).to_dict()
+
+    second = cast(Any, SimpleNamespace(device="cuda:1", model_id="m"))
+    with Store(tmp_path / "c.db") as store:
+        store.save_calibration(calibration("cuda:0", 0.003))
+        assert read_stored_calibration(store, second) == (None, True)
+        got, answered = read_stored_calibration(store, second, fallback_device="cuda:0")
+        assert answered and got is not None and got.device == "cuda:0" and got.j_per_prompt_token == 0.003
+        store.save_calibration(calibration("cuda:1", 0.004))
+        got, _ = read_stored_calibration(store, second, fallback_device="cuda:0")
+        assert got is not None and got.device == "cuda:1" and got.j_per_prompt_token == 0.004

@@ -159,6 +159,25 @@ def probe_nvml() -> MeterStatus:
         counter.close()
 
 
+def gpu_names(cuda_indices: Sequence[int]) -> list[str] | None:
+    """The product names of these CUDA ordinals' GPUs (``NVIDIA H200``), through ``CUDA_VISIBLE_DEVICES``; None where
+    NVML cannot say."""
+    try:
+        pynvml = _pynvml()
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        _, handles = _open_handles(pynvml, cuda_to_nvml_ids(cuda_indices))
+        names = [pynvml.nvmlDeviceGetName(h) for h in handles]
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):  # best effort
+            pynvml.nvmlShutdown()
+
+
 def _open_handles(pynvml: Any, gpu_ids: Sequence[int | str] | None) -> tuple[list[int | str], list[Any]]:
     """The GPUs asked for (all when None), by index or UUID, and their NVML handles."""
     count = int(pynvml.nvmlDeviceGetCount())

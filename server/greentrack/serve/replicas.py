@@ -157,7 +157,8 @@ def open_replicas(
     More than one needs vLLM on GPUs with its engine core in a process of its own (``UsageError`` otherwise) and a
     meter with a counter on each (each replica's energy is split by its step ledger; ``GreentrackError`` without).
     Replicas load one after the other (each engine process is started with its GPUs in the environment); a replica
-    that fails to load closes those already loaded.
+    that fails to load closes those already loaded. A replica with no calibration stored for its GPUs uses the first
+    replica's where NVML names the same GPU model (``greentrack calibrate`` measures the first visible GPU).
     """
     from greentrack.pipeline import open_pipeline
 
@@ -166,12 +167,14 @@ def open_replicas(
         return ReplicaSet([open_pipeline(settings, store=store, strict_device=strict_device, backend_kwargs=kwargs)])
     check_replicas(settings, kwargs)
     pipelines: list[Pipeline] = []
+    groups = replica_gpus(replicas, int(kwargs.get("tensor_parallel_size", 1) or 1))
     try:
-        for r, gpus in enumerate(replica_gpus(replicas, int(kwargs.get("tensor_parallel_size", 1) or 1))):
+        for r, gpus in enumerate(groups):
             log.info("loading replica %d of %d on cuda:%s", r + 1, replicas, ",".join(map(str, gpus)))
             try:
                 pipeline = open_pipeline(settings, store=store, strict_device=strict_device,
-                                         backend_kwargs={**kwargs, "gpus": gpus})
+                                         backend_kwargs={**kwargs, "gpus": gpus},
+                                         calibration_device=_calibration_device(pipelines, groups[0], gpus))
             except BackendUnavailable as e:
                 raise UsageError(f"--data-parallel-size {replicas}: replica {r}: {e}") from e
             pipelines.append(pipeline)
@@ -186,6 +189,17 @@ def open_replicas(
                 log.warning("while closing a replica: %s", e)
         raise
     return ReplicaSet(pipelines)
+
+
+def _calibration_device(opened: Sequence[Pipeline], first: Sequence[int], gpus: Sequence[int]) -> str | None:
+    """The first replica's device, whose stored calibration a later replica uses when none is stored for its own
+    (``greentrack calibrate`` measures the first visible GPU), where NVML says their GPUs are the same model."""
+    if not opened:
+        return None
+    from greentrack.energy.nvml import gpu_names
+
+    mine, theirs = gpu_names(gpus), gpu_names(first)
+    return opened[0].backend.device if mine and theirs and mine == theirs else None
 
 
 def check_replicas(settings: Settings, backend_kwargs: dict[str, Any]) -> None:
