@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pynvml
 import pytest
 
-from greentrack.energy.nvml import NO_DRIVER, NvmlCounter, cuda_to_nvml_ids, probe_nvml
+from greentrack.energy.nvml import NO_DRIVER, NvmlCounter, cuda_to_nvml_ids, gpu_names, probe_nvml
 from greentrack.errors import MeterUnavailable
 
 
@@ -19,6 +19,7 @@ class FakeGpu:
     mig: bool = False
     limit_mw: int = 700_000
     uuid: str = ""
+    name: str = "NVIDIA H200"
 
 
 class FakeNvml:
@@ -31,7 +32,7 @@ class FakeNvml:
         self.energy_reads = 0
         for name in ("nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex",
                      "nvmlDeviceGetHandleByUUID", "nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPowerUsage",
-                     "nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetMigMode"):
+                     "nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetMigMode", "nvmlDeviceGetName"):
             monkeypatch.setattr(pynvml, name, getattr(self, name))
 
     def nvmlInit(self) -> None:
@@ -63,6 +64,9 @@ class FakeNvml:
 
     def nvmlDeviceGetEnforcedPowerLimit(self, h: FakeGpu) -> int:
         return h.limit_mw
+
+    def nvmlDeviceGetName(self, h: FakeGpu) -> str:
+        return h.name
 
     def nvmlDeviceGetMigMode(self, h: FakeGpu) -> list[int]:
         if h.mig:
@@ -192,3 +196,21 @@ def test_open_monitor_picks_nvml_for_cuda(monkeypatch: pytest.MonkeyPatch) -> No
     assert nv.shutdowns == 1
     with open_monitor("cuda", gpu_indices=[0, 1]) as m:
         assert m.meter_name == "nvml:gpu0+gpu1"
+
+
+def test_gpu_names_follow_cuda_visible_devices_and_say_none_when_nvml_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a replica compares before it takes the first replica's calibration (``serve.replicas``); checked on two
+    real H200s too (docs/benchmarks.md, 2026-11-27)."""
+    fake = FakeNvml(monkeypatch, [FakeGpu(name="NVIDIA H200"), FakeGpu(name="NVIDIA H100 80GB HBM3")])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_names([0, 1]) == ["NVIDIA H200", "NVIDIA H100 80GB HBM3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert gpu_names([0]) == ["NVIDIA H100 80GB HBM3"]
+    assert gpu_names([1]) is None  # not visible
+    assert fake.inits == fake.shutdowns == 3  # NVML released each time
+
+    def missing() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", missing)
+    assert gpu_names([0]) is None
