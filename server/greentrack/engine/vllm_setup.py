@@ -155,16 +155,16 @@ def engine_process_gpus(ordinals: Sequence[int]) -> dict[str, str]:
     ``cuda:0`` is the first of them): ``CUDA_VISIBLE_DEVICES`` with this process's own entries for them (an index
     or a ``GPU-…`` UUID) when it has the variable, else the ordinals. vLLM's own data-parallel engines are placed
     the same way. A ``BackendUnavailable`` for an ordinal this process does not see."""
+    from greentrack.energy.nvml import cuda_to_nvml_ids
+    from greentrack.errors import MeterUnavailable
+
     if not ordinals or any(i < 0 for i in ordinals):
         raise BackendUnavailable(f"no GPUs given for an engine process: {list(ordinals)}")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None or not visible.strip():
-        return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in ordinals)}
-    entries = [v.strip() for v in visible.split(",") if v.strip()]
-    missing = [i for i in ordinals if i >= len(entries)]
-    if missing:
-        raise BackendUnavailable(f"cuda:{missing[0]} is not among CUDA_VISIBLE_DEVICES={visible}")
-    return {"CUDA_VISIBLE_DEVICES": ",".join(entries[i] for i in ordinals)}
+    try:  # the same mapping the monitor meters the replica's GPUs through
+        ids = cuda_to_nvml_ids(ordinals)
+    except MeterUnavailable as e:
+        raise BackendUnavailable(str(e)) from e
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in ids)}
 
 
 #: On GPUs, steps of up to this many tokens run as CUDA graphs. vLLM's default is 2 × max_num_seqs (16 for the
