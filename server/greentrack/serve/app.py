@@ -168,15 +168,12 @@ def _add_service_state_routes(app: FastAPI, service: CompletionService) -> None:
     @app.get("/health")
     async def health() -> JSONResponse:
         monitor = service.pipeline.monitor
-        sampler = monitor.sampler
-        problem = sampler.error if sampler is not None and sampler.error else None
-        if sampler is not None and not problem and not sampler.running:
-            problem = "the energy sampler stopped"
         replicas = service.replicas
-        for pipeline in replicas.pipelines[1:]:
-            other = pipeline.monitor.sampler
-            if not problem and other is not None and (other.error or not other.running):
-                problem = other.error or "the energy sampler stopped"
+        problem = None
+        for pipeline in replicas.pipelines:
+            sampler = pipeline.monitor.sampler
+            if not problem and sampler is not None and (sampler.error or not sampler.running):
+                problem = sampler.error or "the energy sampler stopped"
         body = {
             "status": "error" if problem else "ok", "reason": problem, "version": __version__,
             "model": service.model_id, "backend": service.pipeline.backend.name,
