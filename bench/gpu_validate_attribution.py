@@ -429,8 +429,7 @@ def shaped_decode_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int],
     # the window's prefills at the prefill window's energy per phase, the stable reading: through vLLM a prefill's
     # duration moves with the host between windows (its power the other way), so power × this window's prefill
     # time removed far too much once (18.6 W left for decodes after 4096-token prefills, below idle)
-    prefill_j = float(prefill.get("energy_j", prefill["power_w"] * prefill.get("duration_ms", 0.0) / 1000.0))
-    power_w = (w.energy_j - prefill_j * w.count - gap_w * w.gap_s) / dec_s
+    power_w = (w.energy_j - prefill["energy_j"] * w.count - gap_w * w.gap_s) / dec_s
     step_ms = 1000 * w.mean_s / (m - 1)
     log(f"truth decode after prefill {n}, {m} output tokens: {power_w:.1f} W, {step_ms:.2f} ms/token ({w.count} "
         f"decodes, gaps {100 * w.gap_s / (w.covered_s + w.gap_s):.0f} % of the window)"

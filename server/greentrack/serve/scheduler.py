@@ -99,7 +99,7 @@ class FairScheduler:
             if queue is None:
                 queue = self._queues[developer] = deque()  # a newcomer joins the end of the rotation
             queue.append(job)
-            self._cond.notify()  # one idle worker looks; it wakes the next if more can run (``_work``)
+            self._cond.notify()  # one idle worker looks; it wakes the next if more can run (``_take``)
         return job
 
     @property
