@@ -42,13 +42,18 @@ def backend() -> Iterator[VllmBackend]:
         b.close()
 
 
-def test_the_engine_core_runs_in_another_process_and_sends_its_steps(backend: VllmBackend) -> None:
+def engine_processes() -> set[Any]:
+    """vLLM's engine-core processes among this process's descendants (``psutil.Process``)."""
     import psutil
 
+    return {c for c in psutil.Process(os.getpid()).children(recursive=True)
+            if "EngineCore" in " ".join(c.cmdline()) or "EngineCore" in c.name()}
+
+
+def test_the_engine_core_runs_in_another_process_and_sends_its_steps(backend: VllmBackend) -> None:
     assert backend.describe()["engine_process"] is True
     assert backend.describe()["step_records"] == "on"
-    children = psutil.Process(os.getpid()).children(recursive=True)
-    assert any("EngineCore" in " ".join(c.cmdline()) or "EngineCore" in c.name() for c in children), children
+    assert engine_processes()
     before = backend._thread.steps.steps
     r = backend.complete(request(unique_source() + "        return", max_tokens=8), CancelToken())
     assert r.completion_tokens >= 1
@@ -90,10 +95,6 @@ def test_an_engine_process_that_dies_fails_requests_clearly_and_never_hangs() ->
     import psutil
 
     from greentrack.errors import BadInput, GreentrackError
-
-    def engine_processes() -> set[psutil.Process]:
-        return {c for c in psutil.Process(os.getpid()).children(recursive=True)
-                if "EngineCore" in " ".join(c.cmdline()) or "EngineCore" in c.name()}
 
     others = engine_processes()  # the module's backend's: left alone, later tests use it
     own = VllmBackend(engine_process=True, warmup=False)
