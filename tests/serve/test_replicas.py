@@ -87,7 +87,9 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
     """Two replicas sharing a store with tokens, the app on a loopback port: (url, tokens, service)."""
     import uvicorn
 
+    from greentrack.energy.calibration import Calibration
     from greentrack.engine.vllm_backend import VllmBackend
+    from greentrack.pipeline import host_name
     from greentrack.serve.app import build_app
     from greentrack.serve.auth import Authenticator, LockedStore
     from greentrack.serve.metrics import ServerMetrics
@@ -103,7 +105,14 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
         counter = ReplayCounter(PowerProfile([(0.0, idle_w), (30.0, busy_w), (600.0, busy_w)]), seed=i)
         counter.name = f"replay:gpu{i}"
         backend = VllmBackend(engine_process=True, max_num_seqs=4)
-        pipelines.append(Pipeline(settings, backend, EnergyMonitor(counter, on_demand=True), store))
+        # the replayed power does not follow the work: with the idle power measured (the median of stepless
+        # intervals of a rising profile) a request could be left nothing above it; calibrated at the profile's
+        # lowest draw, every step has energy above idle, as a calibrated GPU's do
+        calibration = Calibration(source_meter=counter.name, device=backend.device, model=backend.model_id,
+                                  host=host_name(), j_per_prompt_token=0.003, j_per_decode_token=0.2,
+                                  prefill_w=busy_w, decode_w=busy_w, idle_w=idle_w, fit_error=0.05, n_points=6)
+        monitor = EnergyMonitor(counter, calibration=calibration, on_demand=True)
+        pipelines.append(Pipeline(settings, backend, monitor, store))
     own_store = LockedStore(store)
     service = CompletionService(ReplicaSet(pipelines), own_store, ServerMetrics(), idle_period_s=3600)
     app = build_app(service, Authenticator(own_store, local_developer="local@example.com", loopback=True))
