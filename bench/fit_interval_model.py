@@ -13,7 +13,9 @@ the engine times after a synchronise, per (kind, duration bin), with ``completio
 model for phases timed by vLLM's request timestamps, stored under the file's ``by_timing`` key
 (``energy.interval.model_from_document``) and used only for figures of phases timed so; the other models in the
 file are kept. Its errors carry a bias per machine (docs/benchmarks.md, "vLLM-timed intervals across machines"), so
-it is fitted ``across_runs``, per phase kind of any length, without ``completion`` entries (``VLLM_METHOD``). A
+it is fitted ``across_runs``: phases per kind of any length, calibrated completions per duration bin as the engine's
+(``VLLM_METHOD``: a completion's error is smaller than its phases' summed, their split errors cancel), with its
+prefills' truth read as energy per phase (``interval_data.default_truth_reading``). A
 recording that says how it was timed must agree; a vLLM-timed one must have the truth without host gaps (its
 ``gap`` window, recorded since 2026-11-27 02:24 UTC: before, vLLM's 4096-token prefill truth was ~40 % low).
 
@@ -34,7 +36,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,9 +64,9 @@ MIN_STATED_SHARE = 0.9
 
 
 #: How the model of phases timed other than by the engine is fitted (see the module docstring), for provenance.
-VLLM_METHOD = ("per phase kind, any length; ends: the lowest/highest run's median error widened by the conformal "
-               "ranks of the errors less their run's median; no completion entries (a completion: its phases' "
-               "intervals summed)")
+VLLM_METHOD = ("phases per kind, any length; calibrated completions per duration bin; prefills' truth read as "
+               "energy per phase; ends: the lowest/highest run's median error widened by the conformal ranks of "
+               "the errors less their run's median")
 
 
 def _root(case: Case) -> str:
@@ -85,8 +87,15 @@ def fit(observations: Iterable[Observation], timed_by: str, **kwargs: Any) -> Er
     """The error model of phases timed by ``timed_by``, by its method (``ENGINE_METHOD`` or ``VLLM_METHOD``)."""
     if timed_by == TIMED_BY_ENGINE:
         return fit_error_model(observations, timed_by=timed_by, bins_s=DURATION_BINS_S, **kwargs)
-    return fit_error_model((o for o in observations if o.kind != "completion"), timed_by=timed_by,
-                           bins_s=PER_KIND_BINS_S, across_runs=True, **kwargs)
+    chosen = list(observations)
+    phases = fit_error_model((o for o in chosen if o.kind != "completion"), timed_by=timed_by,
+                             bins_s=PER_KIND_BINS_S, across_runs=True, **kwargs)
+    # Calibrated figures only: uncalibrated (a time split) a completion's error follows its prefill share, which a
+    # duration bin cannot see (4096-token prefills with 16-token decodes: 57 % of one machine's were outside the
+    # completion entries); there its phases' intervals are summed.
+    completions = fit_error_model((o for o in chosen if o.kind == "completion" and o.calibrated), timed_by=timed_by,
+                                  bins_s=DURATION_BINS_S, across_runs=True, **kwargs)
+    return replace(phases, entries=phases.entries + completions.entries)
 
 
 def _observations(runs: Iterable[_Run], calibrated: bool) -> list[Observation]:
@@ -225,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sampler": "NVML energy counter read every 20 ms (always on in the recording; on demand: the same reads "
                    "around work)",
         "truth": "steady power of ≥ 2.5 s windows of identical phases × the phase's duration; decodes, where the "
-                 "recording has it, from windows of their own request shape (decode/after/N)",
+                 "recording has it, from windows of their own request shape (decode/after/N)" + (
+                     "" if timed_by == TIMED_BY_ENGINE else "; prefills: the window's energy per phase, the time they "
+                     "take beyond the window's mean at the gaps' power (interval_data.truth_energy_j)"),
         "note": "relative error = truth / figure − 1; decode pieces cut from real decodes (bench/interval_data.py)",
         "held_out": [{"test": h.test, "calibrated": h.calibrated, "completions_ge_100ms": h.long} for h in checks],
     })

@@ -61,10 +61,11 @@ from typing import Any, cast
 from bench.interval_data import (
     cases,
     completion_intervals,
+    default_truth_reading,
     load_recording,
     phase_accuracy,
     summarize,
-    truth_power_w,
+    truth_energy_j,
 )
 
 from greentrack.calibrate import gaps_s, run_calibration, run_window
@@ -491,22 +492,22 @@ def mixed_workload(run_phases: Callable[[int, int], list[PhaseSpan]], requests: 
 class _MixedRun:
     """The mixed workload's sampler reads and spans, attributed and compared with the ground truth."""
 
-    def __init__(self, monitor: EnergyMonitor, all_spans: list[PhaseSpan], truth: dict[str, dict[str, float]]) -> None:
+    def __init__(self, monitor: EnergyMonitor, all_spans: list[PhaseSpan], truth: dict[str, dict[str, float]],
+                 timed_by: str = TIMED_BY_ENGINE) -> None:
         monitor.window_energy(all_spans[-1].end_s - 0.001, all_spans[-1].end_s)  # wait for the step after the end
         assert monitor.sampler is not None and monitor.counter is not None
-        self.all_spans, self.truth = all_spans, truth
+        self.all_spans, self.truth, self.timed_by = all_spans, truth, timed_by
         self.samples = monitor.sampler.samples_between(all_spans[0].start_s - 1.0, math.inf)
         self.ctr = ctr = monitor.counter
         self.meter = MeterInfo(ctr.name, ctr.method, ctr.resolution_j, ctr.max_power_w, 0.0, ctr.relative_uncertainty)
         self._prefill_work = {sp.request_id: sp.work for sp in all_spans if sp.kind == "prefill"}
 
-    def write_recording(self, out: Path, device: str, date: str, cal_d: dict[str, Any],
-                        timed_by: str = TIMED_BY_ENGINE) -> None:
+    def write_recording(self, out: Path, device: str, date: str, cal_d: dict[str, Any]) -> None:
         """The raw run, replayed on CPU by tests/energy/test_trace_replay.py (times relative to the first sample)."""
         samples = self.samples
         t_ref = samples[0].t_s
         (out / "h100_mixed.json").write_text(json.dumps({
-            "device": device, "date": date, "timed_by": timed_by,
+            "device": device, "date": date, "timed_by": self.timed_by,
             "what": "sampler reads (t_s, energy_j, read_s) during the mixed workload, its phase spans, the "
                     "ground-truth powers from steady windows, and the calibration run_calibration fitted; timed_by: "
                     "how the phases were timed (engine: after a synchronise; vllm: its request timestamps)",
@@ -551,9 +552,10 @@ class _MixedRun:
 
     def _truth_of(self, sp: PhaseSpan) -> tuple[str, float]:
         """The span's (kind, size) key and its true energy (J): the steady power of its kind, size and request shape
-        (``interval_data.truth_power_w``) × its duration."""
+        × its duration, a vLLM-timed prefill's read as energy per phase (``interval_data.truth_energy_j``)."""
         key = f"prefill/{int(sp.work)}" if sp.kind == "prefill" else "decode"
-        return key, truth_power_w(sp, self.truth, self._prefill_work.get(sp.request_id)) * sp.duration_s
+        return key, truth_energy_j(sp, self.truth, self._prefill_work.get(sp.request_id),
+                                   default_truth_reading(self.timed_by))
 
 
 def _accuracy(vals: list[tuple[float, float, float]]) -> dict[str, Any]:
@@ -665,9 +667,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log("mixed workload")
     all_spans = mixed_workload(run_phases, requests, 12 if not tiny else 3,
                                long_share=long_share, long_output_tokens=long_tokens)
-    mixed = _MixedRun(monitor, all_spans, truth)
-    mixed.write_recording(out, results.get("counter", {}).get("device", str(device)), results["date"], cal_d,
-                          "vllm" if args.backend == "vllm" else TIMED_BY_ENGINE)
+    mixed = _MixedRun(monitor, all_spans, truth, "vllm" if args.backend == "vllm" else TIMED_BY_ENGINE)
+    mixed.write_recording(out, results.get("counter", {}).get("device", str(device)), results["date"], cal_d)
     results["mixed_uncalibrated"] = mixed.evaluate(None)
     results["mixed_calibrated"] = mixed.evaluate(cal.weights)
     assert monitor.sampler is not None

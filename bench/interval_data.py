@@ -102,6 +102,34 @@ def truth_power_w(span: PhaseSpan, truth: dict[str, Any], prefill_work: float | 
     return float((shaped or truth["decode/power"])["power_w"])
 
 
+#: How a prefill's truth is read from its steady window (power P, mean duration d̄, energy per phase E = P·d̄) for a
+#: prefill of duration d. ``power``: P × d (the window's power holds however long the phase takes). ``energy``:
+#: E + P_gap × (d − d̄) (what a prefill of its size costs, the extra or missing time at the power of the gaps between
+#: requests). The two agree where phases take as long as the window's (the engine's synchronised spans); through
+#: vLLM a prefill's duration is mostly host time that varies from window to window, and a repeated window moved its
+#: power more than its energy per phase (docs/benchmarks.md, "A truth per phase for vLLM's prefills", 2026-11-27).
+TRUTH_READINGS = ("power", "energy")
+
+
+def default_truth_reading(timed_by: str) -> str:
+    """``energy`` for phases timed by vLLM's request timestamps, ``power`` for the engine's synchronised spans."""
+    return "power" if timed_by == TIMED_BY_ENGINE else "energy"
+
+
+def truth_energy_j(span: PhaseSpan, truth: dict[str, Any], prefill_work: float | None = None,
+                   reading: str = "power") -> float:
+    """The span's true energy (J): its steady power (``truth_power_w``) × its duration; a prefill read as ``energy``
+    (``TRUTH_READINGS``) where the recording has the window's duration and the gaps' power."""
+    if reading not in TRUTH_READINGS:
+        raise ValueError(f"truth reading {reading!r}: one of {TRUTH_READINGS}")
+    window = truth.get(f"prefill/{int(span.work)}") if span.kind == "prefill" else None
+    if reading == "energy" and window is not None and "duration_ms" in window and "gap" in truth:
+        mean_s = float(window["duration_ms"]) / 1000
+        energy_j = float(window.get("energy_j", float(window["power_w"]) * mean_s))
+        return energy_j + float(truth["gap"]["power_w"]) * (span.duration_s - mean_s)
+    return truth_power_w(span, truth, prefill_work) * span.duration_s
+
+
 @dataclass(frozen=True)
 class Case:
     """One attributed figure with its truth and worst-case bound. ``request`` groups a completion's cases."""
@@ -139,11 +167,13 @@ def _size(span: PhaseSpan) -> str:
     return f"prefill/{int(span.work)}" if span.kind == "prefill" else "decode"
 
 
-def cases(rec: Recording, *, calibrated: bool, derived: bool = True) -> list[Case]:
+def cases(rec: Recording, *, calibrated: bool, derived: bool = True, truth_reading: str | None = None) -> list[Case]:
     """Every real phase and completion of the recording, attributed per request; with ``derived``, also the
-    decode prefixes and middle pieces (see the module docstring)."""
+    decode prefixes and middle pieces (see the module docstring). ``truth_reading``: how prefills' truth is read
+    (``TRUTH_READINGS``; default: ``default_truth_reading`` of how the recording's phases were timed)."""
     weights = rec.calibration.weights if calibrated and rec.calibration is not None else None
-    collect = _CaseCollector(rec, _Attributor(rec, weights))
+    reading = truth_reading or default_truth_reading(rec.timed_by)
+    collect = _CaseCollector(rec, _Attributor(rec, weights), reading)
     by_request: dict[str, list[PhaseSpan]] = {}
     for s in rec.spans:
         by_request.setdefault(s.request_id, []).append(s)
@@ -157,25 +187,28 @@ def cases(rec: Recording, *, calibrated: bool, derived: bool = True) -> list[Cas
 class _CaseCollector:
     """Attributes span sets of one request (``run``) and collects their cases, in order, in ``out``."""
 
-    def __init__(self, rec: Recording, run: _Attributor) -> None:
-        self.rec, self.run = rec, run
+    def __init__(self, rec: Recording, run: _Attributor, reading: str) -> None:
+        self.rec, self.run, self.reading = rec, run, reading
         self.out: list[Case] = []
+
+    def _truth_j(self, span: PhaseSpan, prompt: float | None) -> float:
+        return truth_energy_j(span, self.rec.truth, prompt, self.reading)
 
     def add(self, rid: str, spans: Sequence[PhaseSpan], keep: Sequence[int], *, is_derived: bool,
             completion: bool) -> None:
         """Attribute ``spans`` together; keep a case for each span in ``keep``, and (``completion``) one for all."""
         figures = self.run(spans)
-        name, truth = self.rec.meter.name, self.rec.truth
+        name = self.rec.meter.name
         prompt = spans[0].work if spans[0].kind == "prefill" else None
         for i in keep:
             sp, (e, u) = spans[i], figures[i]
             self.out.append(Case(rid, sp.kind, _size(sp), sp.duration_s, e,
-                                 truth_power_w(sp, truth, prompt) * sp.duration_s, u, name, is_derived))
+                                 self._truth_j(sp, prompt), u, name, is_derived))
         if completion:
             total = math.fsum(e for e, _ in figures)
             us = [u for _, u in figures]
             self.out.append(Case(rid, "completion", "completion", spans[-1].end_s - spans[0].start_s, total,
-                                 math.fsum(truth_power_w(sp, truth, prompt) * sp.duration_s for sp in spans),
+                                 math.fsum(self._truth_j(sp, prompt) for sp in spans),
                                  None if None in us else math.fsum(u for u in us if u is not None), name, is_derived))
 
     def decode_cuts(self, rid: str, pre: PhaseSpan, dec: PhaseSpan) -> None:

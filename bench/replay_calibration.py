@@ -36,7 +36,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.interval_data import Case, Recording, cases, load_recording, phase_accuracy
+from bench.interval_data import (
+    TRUTH_READINGS,
+    Recording,
+    cases,
+    load_recording,
+    phase_accuracy,
+)
 
 from greentrack.energy.attribution import PhaseWeights
 from greentrack.energy.calibration import Calibration
@@ -117,21 +123,6 @@ def model_weights(cal: Calibration, name: str) -> PhaseWeights:
 MODELS = ("line", "interpolated", "base+per-token")
 
 
-def energy_reading(rec: Recording, all_cases: Sequence[Case]) -> list[Case]:
-    """The cases with their prefills' truth read as ``E + P_gap × (d − d̄)`` (module docstring)."""
-    gap_w = float(rec.truth.get("gap", {}).get("power_w", rec.calibration.idle_w if rec.calibration else 0.0))
-    out = []
-    for c in all_cases:
-        t = rec.truth.get(c.size) if c.kind == "prefill" else None
-        if t is None or "duration_ms" not in t:
-            out.append(c)
-            continue
-        mean_s = float(t["duration_ms"]) / 1000
-        energy_j = float(t.get("energy_j", float(t["power_w"]) * mean_s))
-        out.append(replace(c, truth_j=energy_j + gap_w * (c.duration_s - mean_s)))
-    return out
-
-
 def replay(rec: Recording, truth_repeat: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per-phase accuracy (mean error %, calibrated, phases ≥ 10 ms) per prefill model and truth reading, the
     prefill durations of the truth windows, the calibration and the workload, and the truth's own movement between
@@ -142,9 +133,8 @@ def replay(rec: Recording, truth_repeat: dict[str, Any] | None = None) -> dict[s
     lines = []
     for name in MODELS:
         cal_rec = replace(rec, calibration=_with_weights(rec.calibration, model_weights(rec.calibration, name)))
-        all_cases = cases(cal_rec, calibrated=True, derived=False)
-        for reading, chosen in (("power", all_cases), ("energy", energy_reading(rec, all_cases))):
-            acc = phase_accuracy(chosen)
+        for reading in TRUTH_READINGS:
+            acc = phase_accuracy(cases(cal_rec, calibrated=True, derived=False, truth_reading=reading))
             accuracy[f"{name}/{reading}"] = acc
             lines.append(f"{name:15s} truth={reading:6s} " + "  ".join(
                 f"{k}: {v['mean_error_pct']:+.1f} %" for k, v in acc.items()))

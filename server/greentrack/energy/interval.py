@@ -23,9 +23,9 @@ after a device synchronise; phases timed from vLLM's per-request timestamps err 
 40–50 % of vLLM-served completions of ≥ 100 ms on an H200, 2026-11-27), so they get a model fitted on vLLM-timed
 phases (the file's ``by_timing`` entry of that name, ``bench/fit_interval_model.py --timed-by vllm``) where the
 package ships one, else the bound. Their errors differ between machines (a per-run bias of ±15 %, mostly in the
-prefills), so that model is fitted ``across_runs``: per phase kind, any length (``PER_KIND_BINS_S``), its ends the
-extreme runs' medians widened by the within-run spread, and no ``completion`` entries (a completion's interval is
-then its phases' summed, which follows how much of it is prefill).
+prefills), so that model is fitted ``across_runs``: phases per kind, any length (``PER_KIND_BINS_S``), calibrated
+completions per duration bin, each end the extreme runs' median widened by the within-run spread (an uncalibrated
+completion, with no entry, gets its phases' intervals summed: a time split errs by its prefill share).
 For the CPU-time estimate the interval is the model's ±50 % range (a TDP share, not a measurement): it states no
 coverage. For the calibrated model (no counter): ±max(10 %, 2 × fit error), about 95 % of the calibration's bins.
 """
