@@ -240,7 +240,7 @@ def completion_intervals(all_cases: Sequence[Case], model: ErrorModel | None, ca
                          timed_by: str = TIMED_BY_ENGINE) -> list[tuple[Case, Interval]]:
     """Each real completion among ``all_cases`` with its interval as the product gives it
     (``interval.completion_interval``): the model's ``completion`` entry where it has one that applies, else its
-    real phases' intervals summed linearly (the vLLM-timed model has no completion entries)."""
+    real phases' intervals summed linearly (the vLLM-timed model has none for uncalibrated figures)."""
     phases: dict[str, list[Case]] = {}
     for c in all_cases:
         if not c.derived and c.kind != "completion":
