@@ -18,6 +18,7 @@ idle, as step attribution splits only the energy above idle); the fit is stored 
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -130,6 +131,7 @@ def run_calibration(
     model: str = "",
     min_window_s: float = 2.0,
     idle_s: float = 1.0,
+    rounds: int = 1,
 ) -> Calibration:
     """Measure this machine's per-phase model with ``monitor``'s counter, over long windows.
 
@@ -139,21 +141,42 @@ def run_calibration(
     Per prompt size N: a window of back-to-back ``run_phases(N, 1)``; its energy less the host gaps between the
     phases (building the next request: no span is active) at the idle power, over the prefills' time, is the
     prefill power; × the mean prefill duration, the prefill energy. Per (N, M): a window of ``run_phases(N, M)``;
-    its energy less the prefills' (at the power just measured) and the gaps' (idle), over the decodes' time, is
-    the decode power. Gaps are charged at ``idle_w`` because attribution weighs time with no span at ``idle_w``:
-    the calibrated powers are the ones that split a counter interval right. (Charging the gaps at the phase's
-    power, as before, diluted it: through vLLM, where building a 4096-token request takes ~40 ms between 56 ms
-    prefills, by ~40 %.) A window lasts at least ``min_window_s`` (≥ 20 counter steps on NVML) and ``repeats``
-    runs, so the counter's step (~100 ms) is ≤ 5 % of it.
+    its energy less the prefills' and the gaps' (idle), over the decodes' time, is the decode power. Gaps are
+    charged at ``idle_w`` because attribution weighs time with no span at ``idle_w``: the calibrated powers are the
+    ones that split a counter interval right. (Charging the gaps at the phase's power, as before, diluted it:
+    through vLLM, where building a 4096-token request takes ~40 ms between 56 ms prefills, by ~40 %.) A decode
+    window's prefills are removed at the prefill window's energy per phase, the time they take beyond its mean at
+    ``idle_w``: through vLLM a prefill's duration is mostly host time that moves between windows, its energy much
+    less (the engine's synchronised prefills take as long in both windows, where this is their power × duration).
+    A window lasts at least ``min_window_s`` (≥ 20 counter steps on NVML) and ``repeats`` runs, so the counter's
+    step (~100 ms) is ≤ 5 % of it. ``rounds`` > 1 measures every window that many times, one round after another,
+    and keeps each bin's median: one window of a few seconds through vLLM can be 10–15 % off the next.
     """
+    if rounds < 1:
+        raise ValueError("a calibration needs at least one round")
     t0 = time.monotonic()
     time.sleep(idle_s)
     idle = monitor.window_energy(t0, time.monotonic())
     idle_w = idle.energy_j / max(idle_s, 1e-9)
 
     run_phases(min(prompt_sizes), max(2, min(output_sizes)))  # warm-up (allocations, kernels)
-    prefill_power_w: dict[int, float] = {}
-    prefill_dur_s: dict[int, float] = {}
+    measured: dict[tuple[int, int], list[CalibrationPoint]] = {}
+    for _ in range(rounds):
+        for (n, m), point in _calibration_round(run_phases, monitor, prompt_sizes, output_sizes, repeats,
+                                                min_window_s, idle_w):
+            measured.setdefault((n, m), []).append(point)
+    points = [_median_point(ps) for ps in measured.values()]
+    return fit_calibration(points, idle_w=idle_w, source_meter=monitor.meter_name,
+                           host=host, device=device, model=model)
+
+
+def _calibration_round(
+    run_phases: Callable[[int, int], Sequence[PhaseSpan]], monitor: EnergyMonitor, prompt_sizes: Sequence[int],
+    output_sizes: Sequence[int], repeats: int, min_window_s: float, idle_w: float,
+) -> list[tuple[tuple[int, int], CalibrationPoint]]:
+    """One measurement of every bin (``run_calibration``): ((N, M), its point) in order."""
+    prefill_j: dict[int, float] = {}
+    prefill_s: dict[int, float] = {}
     prefill_work: dict[int, float] = {}
     for n in prompt_sizes:
         spans = run_window(run_phases, n, 1, repeats, min_window_s)
@@ -161,38 +184,53 @@ def run_calibration(
         start, end = spans[0].start_s, spans[-1].end_s
         energy_j = monitor.window_energy(start, end).energy_j
         pre_total_s = math.fsum(s.duration_s for s in pre)
-        prefill_power_w[n] = _phase_power_w(energy_j, pre_total_s, gaps_s(spans), idle_w)
-        prefill_dur_s[n] = pre_total_s / len(pre)
+        prefill_s[n] = pre_total_s / len(pre)
+        prefill_j[n] = _phase_power_w(energy_j, pre_total_s, gaps_s(spans), idle_w) * prefill_s[n]
         prefill_work[n] = math.fsum(s.work for s in pre) / len(pre)
 
-    points: list[CalibrationPoint] = []
+    out: list[tuple[tuple[int, int], CalibrationPoint]] = []
     for n in prompt_sizes:
         for m in output_sizes:
-            prefill_j = prefill_power_w[n] * prefill_dur_s[n]
             if m < 2:
-                points.append(CalibrationPoint(prefill_work[n], 0.0, prefill_dur_s[n], 0.0, prefill_j, 0.0, m))
+                out.append(((n, m), CalibrationPoint(prefill_work[n], 0.0, prefill_s[n], 0.0, prefill_j[n], 0.0, m)))
                 continue
             spans = run_window(run_phases, n, m, repeats, min_window_s)
             pre = [s for s in spans if s.kind == "prefill"]
             dec = [s for s in spans if s.kind == "decode"]
             start, end = spans[0].start_s, spans[-1].end_s
             energy_j = monitor.window_energy(start, end).energy_j
-            pre_total_s = math.fsum(s.duration_s for s in pre)
+            pre_mean_s = math.fsum(s.duration_s for s in pre) / len(pre)
+            # this window's prefills: the prefill window's energy per phase, their extra (or missing) time at idle
+            pre_j = prefill_j[n] + idle_w * (pre_mean_s - prefill_s[n])
             dec_total_s = math.fsum(s.duration_s for s in dec)
-            decode_w = _phase_power_w(energy_j - prefill_power_w[n] * pre_total_s, dec_total_s, gaps_s(spans), idle_w)
+            decode_w = _phase_power_w(energy_j - pre_j * len(pre), dec_total_s, gaps_s(spans), idle_w)
             dec_s = dec_total_s / len(dec) if dec else 0.0
             dec_work = math.fsum(s.work for s in dec) / len(dec) if dec else 0.0
-            points.append(CalibrationPoint(
+            out.append(((n, m), CalibrationPoint(
                 prompt_tokens=math.fsum(s.work for s in pre) / len(pre),
                 decode_tokens=dec_work,
-                prefill_s=math.fsum(s.duration_s for s in pre) / len(pre),
+                prefill_s=pre_mean_s,
                 decode_s=dec_s,
-                prefill_j=prefill_power_w[n] * pre_total_s / len(pre),
+                prefill_j=max(0.0, pre_j),
                 decode_j=decode_w * dec_s,
                 output_tokens=m,
-            ))
-    return fit_calibration(points, idle_w=idle_w, source_meter=monitor.meter_name,
-                           host=host, device=device, model=model)
+            )))
+    return out
+
+
+def _median_point(points: Sequence[CalibrationPoint]) -> CalibrationPoint:
+    """One bin's measurements over the rounds, each quantity's median (one round: itself)."""
+    if len(points) == 1:
+        return points[0]
+    return CalibrationPoint(
+        prompt_tokens=statistics.median(p.prompt_tokens for p in points),
+        decode_tokens=statistics.median(p.decode_tokens for p in points),
+        prefill_s=statistics.median(p.prefill_s for p in points),
+        decode_s=statistics.median(p.decode_s for p in points),
+        prefill_j=statistics.median(p.prefill_j for p in points),
+        decode_j=statistics.median(p.decode_j for p in points),
+        output_tokens=points[0].output_tokens,
+    )
 
 
 def gaps_s(spans: Sequence[PhaseSpan]) -> float:
