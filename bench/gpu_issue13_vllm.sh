@@ -7,7 +7,8 @@
 #   source .vx/c2/install.sh && bash bench/gpu_issue13_vllm.sh "$OUT"
 # Files in $OUT: run_log.txt, validate_<mode>.txt and v_<mode>/ (results.json, intervals.json, h100_mixed.json).
 # Knobs: GT_ASYNC_MODES ("off on"), GT_REQUESTS (90 completions per mode), GT_LONG_SHARE (0.5 of them decode
-# GT_LONG_OUTPUT_TOKENS − 1 = 64 tokens: completions of ≥ 100 ms for the vLLM error model). About 340 s on an H200
+# GT_LONG_OUTPUT_TOKENS − 1 = 64 tokens: completions of ≥ 100 ms for the vLLM error model), GT_ROUNDS (1: the truth's
+# and the calibration's windows measured that many times, medians kept; 3 takes ~300 s a mode). About 340 s on an H200
 # for both modes (the run of 2026-11-27 with 60 short completions: 279 s).
 # Then, with this machine's two recordings added to the others (held-out checks leave each machine out; the model is
 # written only when they hold): PYTHONPATH=server:. python3 bench/fit_interval_model.py @bench/interval_runs_vllm.txt
@@ -24,6 +25,7 @@ for mode in ${GT_ASYNC_MODES:-off on}; do
   timeout $(( $(left) - 5 )) python3 bench/gpu_validate_attribution.py --backend vllm --model "$model" \
     --out "$out/v_$mode" --requests "${GT_REQUESTS:-90}" --async-scheduling "$mode" \
     --long-share "${GT_LONG_SHARE:-0.5}" --long-output-tokens "${GT_LONG_OUTPUT_TOKENS:-65}" \
+    --rounds "${GT_ROUNDS:-1}" \
     > "$out/validate_$mode.txt" 2>&1
   say "async scheduling $mode: rc=$?"
   grep -E "async scheduling|truth|mixed_|prefill/|decode:|replay" "$out/validate_$mode.txt" | cut -c1-220 | tee -a "$log"

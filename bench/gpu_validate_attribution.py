@@ -414,6 +414,20 @@ def ground_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[P
     return truth
 
 
+def median_truth(rounds: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """The truth of several rounds of ``ground_truth``: each window's figures, the median over the rounds (one
+    window through vLLM can be 10–15 % off the same window minutes later)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    out: dict[str, dict[str, float]] = {}
+    for key, first in rounds[0].items():
+        windows = [r[key] for r in rounds if key in r]
+        out[key] = {field: (statistics.median(float(w[field]) for w in windows if field in w)
+                            if isinstance(value, int | float) and not isinstance(value, bool) else value)
+                    for field, value in first.items()}
+    return out
+
+
 def shaped_decode_truth(monitor: EnergyMonitor, run_phases: Callable[[int, int], list[PhaseSpan]], n: int,
                         prefill: dict[str, float], gap_w: float, window_s: float,
                         m: int = DECODE_TOKENS) -> dict[str, float]:
@@ -648,16 +662,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     long_tokens = args.long_output_tokens if not tiny else min(args.long_output_tokens, 9)
     requests = args.requests if not tiny else 6
     results["workload"] = {"long_share": long_share, "long_output_tokens": long_tokens, "requests": requests}
-    truth = ground_truth(monitor, run_phases, window_s,
-                         (DECODE_TOKENS, long_tokens) if long_share > 0 and long_tokens != DECODE_TOKENS
-                         else (DECODE_TOKENS,))
+    shapes = (DECODE_TOKENS, long_tokens) if long_share > 0 and long_tokens != DECODE_TOKENS else (DECODE_TOKENS,)
+    truth_rounds = [ground_truth(monitor, run_phases, window_s, shapes) for _ in range(args.rounds)]
+    truth = median_truth(truth_rounds)
     results["truth"] = truth
+    if args.rounds > 1:
+        results["truth_rounds"] = truth_rounds
+        log("truth, median of the rounds: " + json.dumps(
+            {k: round(v.get("energy_j", v["power_w"]), 3) for k, v in truth.items() if "power_w" in v}))
     save()
 
     log("run_calibration")
     cal = run_calibration(run_phases, monitor, PROMPT_SIZES, (1, DECODE_TOKENS), repeats=5,
                           host=platform.node(), device=str(device), model="qwen2.5-coder-1.5b-shape",
-                          min_window_s=window_s, idle_s=1.0 if not tiny else 0.2)
+                          min_window_s=window_s, idle_s=1.0 if not tiny else 0.2, rounds=args.rounds)
     cal_d = cal.to_dict()
     results["calibration"] = {k: v for k, v in cal_d.items() if k not in ("points", "bins")}
     results["calibration_points"] = cal_d["points"]
@@ -747,6 +765,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     "(default: 0.5 with --backend vllm, whose 16-token completions are mostly < 100 ms; else 0)")
     ap.add_argument("--long-output-tokens", type=int, default=65,
                     help="output tokens of the long completions (their decode truth: decode/after/N/outM)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure the truth's windows and the calibration's this many times each, keeping medians")
     ap.add_argument("--no-truth-repeat", dest="truth_repeat", action="store_false",
                     help="skip the second pass of the prefill truth windows after the workload")
     ap.add_argument("--on-demand", action="store_true",
