@@ -55,10 +55,25 @@ def parse_sizes(text: str | None, default: Sequence[int]) -> tuple[int, ...]:
     return sizes
 
 
+#: Rounds of calibration windows (``run_calibration``) by backend when not asked: through vLLM a window of a few
+#: seconds can be 10–15 % off the same window minutes later (its phases are mostly host time), and the median of
+#: three brought every phase kind of two H200 runs within ±10 % of the truth but one (docs/benchmarks.md, 2026-11-27).
+DEFAULT_ROUNDS = {"vllm": 3}
+
+
+def calibration_rounds(backend: str | None, asked: int | None) -> int:
+    """The rounds to measure: ``asked`` where given (≥ 1), else the backend's default (``DEFAULT_ROUNDS``, else 1)."""
+    if asked is not None:
+        if asked < 1:
+            raise ValueError("a calibration needs at least one round")
+        return asked
+    return DEFAULT_ROUNDS.get(backend or "transformers", 1)
+
+
 def run_calibrate(settings: Settings, *, repeats: int, allow_estimate: bool, batched: bool | None = None,
                   batch_sizes: Sequence[int] = BATCH_SIZES, prompt_bins: Sequence[int] = BATCHED_PROMPT_BINS,
-                  output_bins: Sequence[int] = BATCHED_OUTPUT_BINS) -> None:
-    """``batched`` None: batched windows too when the backend batches."""
+                  output_bins: Sequence[int] = BATCHED_OUTPUT_BINS, rounds: int | None = None) -> None:
+    """``batched`` None: batched windows too when the backend batches. ``rounds`` None: ``DEFAULT_ROUNDS``."""
     from greentrack.engine.factory import open_backend
 
     console = Console(stderr=True)
@@ -86,6 +101,7 @@ def run_calibrate(settings: Settings, *, repeats: int, allow_estimate: bool, bat
                 calibration = run_calibration(
                     run_synthetic, monitor, PROMPT_SIZES, OUTPUT_SIZES, repeats=repeats,
                     host=host_name(), device=backend.device, model=backend.model_id,
+                    rounds=calibration_rounds(settings.backend, rounds),
                 )
             if batched:
                 with console.status(f"batched windows: batch sizes {', '.join(map(str, batch_sizes))}…"):

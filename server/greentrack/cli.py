@@ -261,6 +261,9 @@ def calibrate(
     backend: BackendOption = None,
     device: DeviceOption = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Repetitions per size (long windows).")] = 5,
+    rounds: Annotated[int | None, typer.Option(
+        "--rounds", min=1, help="Measure every window this many times and keep each bin's median (default: 3 with "
+        "the vllm backend, whose phases are mostly host time that moves between windows; else 1).")] = None,
     allow_estimate: Annotated[
         bool,
         typer.Option("--allow-estimate", help="Calibrate even without an energy counter (fits the CPU-time estimate)."),
@@ -281,7 +284,7 @@ def calibrate(
                 calibration.parse_sizes(output_bins, calibration.BATCHED_OUTPUT_BINS))
     except ValueError as e:
         _fail(f"--batch-sizes/--prompt-bins/--output-bins: {e}", 2)
-    calibration.run_calibrate(_settings(db, model, backend, device), repeats=repeats,
+    calibration.run_calibrate(_settings(db, model, backend, device), repeats=repeats, rounds=rounds,
                               allow_estimate=allow_estimate, batched=batched, batch_sizes=grid[0],
                               prompt_bins=grid[1], output_bins=grid[2])
 

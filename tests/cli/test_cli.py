@@ -57,6 +57,7 @@ def test_help_exits_zero(command: str) -> None:
         (["nosuch"], "No such command"),
         (["report", "--developer", "a", "--all"], "exclude each other"),
         (["report", "--format", "pdf"], "--format"),
+        (["calibrate", "--rounds", "0"], "--rounds"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args: list[str], message: str) -> None:

@@ -253,6 +253,16 @@ def test_run_calibration_keeps_the_median_of_its_rounds(monkeypatch: pytest.Monk
         calibrated_decode_w(0)
 
 
+def test_calibrate_measures_three_rounds_through_vllm_unless_asked() -> None:
+    from greentrack.calibrate import calibration_rounds
+
+    assert calibration_rounds("vllm", None) == 3
+    assert calibration_rounds("transformers", None) == calibration_rounds(None, None) == 1
+    assert calibration_rounds("vllm", 1) == 1 and calibration_rounds("transformers", 5) == 5
+    with pytest.raises(ValueError, match="at least one round"):
+        calibration_rounds("vllm", 0)
+
+
 def test_gaps_are_the_time_no_span_covers() -> None:
     from greentrack.calibrate import gaps_s
 
