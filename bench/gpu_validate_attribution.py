@@ -457,17 +457,18 @@ def prefill_truth_repeat(monitor: EnergyMonitor, run_phases: Callable[[int, int]
                          truth: dict[str, dict[str, float]], window_s: float) -> dict[str, dict[str, float]]:
     """The plain prefill windows of step 3 once more (after the workload, minutes later), their gaps at the truth's
     gap power: how far the truth of a size moves between two windows of the same phases, in power and in energy
-    per phase (through vLLM, the durations move with the host: 19–31 ms for 1024-token prefills on 2026-11-27)."""
+    per phase (through vLLM, the durations move with the host: 19–31 ms for 1024-token prefills on 2026-11-27).
+    With ``--rounds`` above 1 the comparison is with step 3's medians over its rounds."""
     gap_w = truth["gap"]["power_w"] if "gap" in truth else 0.0
     out = {}
     for n in PROMPT_SIZES:
         w = steady_window(monitor, run_phases, n, 1, "prefill", window_s)
-        p, first = w.power_w(gap_w), truth[f"prefill/{n}"]
+        p, step3 = w.power_w(gap_w), truth[f"prefill/{n}"]
         out[f"prefill/{n}"] = {"power_w": p, "duration_ms": 1000 * w.mean_s, "energy_j": p * w.mean_s,
-                               "count": w.count, "power_change_pct": 100 * (p / first["power_w"] - 1),
-                               "energy_change_pct": 100 * (p * w.mean_s / first["energy_j"] - 1)}
-        log(f"truth repeat prefill {n}: {p:.1f} W × {1000 * w.mean_s:.2f} ms = {p * w.mean_s:.3f} J (first: "
-            f"{first['power_w']:.1f} W × {first['duration_ms']:.2f} ms)")
+                               "count": w.count, "power_change_pct": 100 * (p / step3["power_w"] - 1),
+                               "energy_change_pct": 100 * (p * w.mean_s / step3["energy_j"] - 1)}
+        log(f"truth repeat prefill {n}: {p:.1f} W × {1000 * w.mean_s:.2f} ms = {p * w.mean_s:.3f} J (step 3: "
+            f"{step3['power_w']:.1f} W × {step3['duration_ms']:.2f} ms)")
     return out
 
 
